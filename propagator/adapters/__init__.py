@@ -1,0 +1,1 @@
+"""Adapters: everything that talks to PostgreSQL, the network or the operating system."""

@@ -1,0 +1,125 @@
+"""``propagator reconcile``: compare both tables in full; dry run unless ``--apply``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+from propagator.core.report import RULE, ReconcileReport, render_json, render_text
+from propagator.errors import DatabaseUnavailableError, ExitCode
+from propagator.services.sync import SyncSession, reconcile
+from propagator.settings import Settings, load_settings
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
+    parser = subparsers.add_parser(
+        "reconcile",
+        parents=[common],
+        help="compare production and sandbox in full and (with --apply) fix every difference",
+        description=(
+            "Compare the mapped columns of every production row with the sandbox. Dry run by "
+            "default: prints the plan and writes nothing. Exit codes: 0 ok, 1 differences found "
+            "(with --check), 2 configuration error, 3 database unreachable, 4 rows rejected."
+        ),
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--apply", action="store_true", help="write the differences to the sandbox")
+    mode.add_argument("--dry-run", action="store_true", help="only report (the default)")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when differences exist (for cron and CI)"
+    )
+    parser.add_argument(
+        "--limit", type=int, metavar="N", help="changes listed per field (default: report_limit)"
+    )
+    return "reconcile"
+
+
+class _Printer:
+    """Progress lines for people; silent in JSON mode so stdout stays one document."""
+
+    def __init__(self, enabled: bool, stream: TextIO = sys.stdout) -> None:
+        self.enabled = enabled
+        self.stream = stream
+
+    def __call__(self, line: str = "") -> None:
+        if self.enabled:
+            print(line, file=self.stream, flush=True)
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return None
+
+    def show(count: int) -> None:
+        print(f"\r  compared {count:,} production rows…", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    limit = args.limit if args.limit is not None else settings.report_limit
+    if args.format == "json" and args.limit is None:
+        limit = max(limit, 1000)
+    report = execute(settings, apply=args.apply, limit=limit, text=args.format == "text")
+    if args.format == "json":
+        print(render_json(report))
+    else:
+        print(render_text(report))
+    if report.statistics.failed:
+        return ExitCode.ROWS_FAILED
+    if args.check and report.differences:
+        return ExitCode.DIFFERENCES_FOUND
+    return ExitCode.OK
+
+
+def execute(settings: Settings, *, apply: bool, limit: int, text: bool) -> ReconcileReport:
+    """Run one reconcile, printing the seed's progress lines when ``text``."""
+    say = _Printer(text)
+    say(RULE)
+    say("MAP PRODUCTION → SANDBOX")
+    say(RULE)
+    say()
+    if not apply:
+        say("⚠ DRY RUN MODE - No changes will be made")
+        say()
+    say("Testing database connections...")
+    with SyncSession(settings, application_name="propagator reconcile") as session:
+        for side, opener in (
+            ("Production", session.open_production),
+            ("Sandbox", session.open_sandbox),
+        ):
+            try:
+                opener()
+            except DatabaseUnavailableError:
+                say(f"✗ {side} database connection failed")
+                raise
+            say(f"✓ {side} database connection successful")
+        context = session.prepare()
+        say()
+        say("Fetching jobs from databases...")
+        report = ReconcileReport(
+            dry_run=not apply,
+            production=session.describe_production(),
+            sandbox=session.describe_sandbox(),
+            fields=context.spec.target_columns,
+            limit=limit,
+        )
+        reconcile(
+            context,
+            lambda side: session.connect(side),
+            report,
+            apply=apply,
+            progress=_progress(text and sys.stderr.isatty()),
+        )
+        if text and sys.stderr.isatty():
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+        say(f"✓ Fetched {report.statistics.production_rows} jobs from Production database")
+        say(f"✓ Fetched {report.statistics.sandbox_rows} jobs from Sandbox database")
+        say()
+        say("Mapping jobs...")
+    return report

@@ -1,0 +1,199 @@
+"""The reconcile report: collected while streaming, rendered as the seed's text or JSON.
+
+Figures are exact; listed examples are bounded (``limit`` per field) so a report
+over ten million rows costs no more memory than one over ten.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from propagator.core.mapping import Key, format_key
+from propagator.core.plan import FieldChange, JobMappingResult, MappingStatistics, MatchStatus
+
+__all__ = ["ReconcileReport", "json_value", "render_json", "render_text", "show_value"]
+
+RULE = "=" * 80
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    """Everything a reconcile found and did, with bounded examples."""
+
+    dry_run: bool
+    production: str
+    sandbox: str
+    fields: tuple[str, ...]
+    limit: int = 10
+    method: str = "stream"
+    statistics: MappingStatistics = field(default_factory=MappingStatistics)
+    examples: dict[str, list[tuple[Key, FieldChange]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    changed_rows: list[JobMappingResult] = field(default_factory=list)
+    not_found_examples: list[Key] = field(default_factory=list)
+    fallback_reason: str | None = None
+    started_at: datetime | None = None
+
+    def note(self, result: JobMappingResult) -> None:
+        """Keep a bounded sample of what a streamed result showed."""
+        if result.status is MatchStatus.NOT_FOUND_IN_SANDBOX:
+            if len(self.not_found_examples) < self.limit:
+                self.not_found_examples.append(result.key)
+            return
+        if not result.changes:
+            return
+        if len(self.changed_rows) < self.limit:
+            self.changed_rows.append(result)
+        for change in result.changes:
+            sample = self.examples[change.field]
+            if len(sample) < self.limit:
+                sample.append((result.key, change))
+
+    @property
+    def differences(self) -> int:
+        return self.statistics.rows_with_differences
+
+    @property
+    def ok(self) -> bool:
+        return self.statistics.failed == 0
+
+
+def show_value(value: Any) -> str:
+    """Values as the seed prints them: ``500.0``, ``NULL``, text as is."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+        return repr(value)
+    return str(value)
+
+
+def json_value(value: Any) -> Any:
+    """A JSON-safe form: exact decimals stay numbers when a float represents them exactly."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Decimal):
+        if value.is_finite() and Decimal(repr(float(value))) == value:
+            return (
+                float(value)
+                if value != value.to_integral_value() or "." in str(value)
+                else int(value)
+            )
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, dict | list):
+        return value
+    return str(value)
+
+
+def render_text(report: ReconcileReport) -> str:
+    """The MAPPING SUMMARY and apply sections of the seed's example output."""
+    stats = report.statistics
+    lines = [
+        "",
+        RULE,
+        "MAPPING SUMMARY",
+        RULE,
+        "",
+        "Database Stats:",
+        f"  Production Jobs: {stats.production_rows}",
+        f"  Sandbox Jobs: {stats.sandbox_rows}",
+        "",
+        "Mapping Results:",
+        f"  Matched: {stats.matched}",
+        f"  Not Found in Sandbox: {stats.not_found_in_sandbox}",
+    ]
+    if stats.not_found_in_production:
+        lines.append(f"  Not Found in Production: {stats.not_found_in_production}")
+    for name in report.fields:
+        lines.append(f"  {name} Differences: {stats.differences.get(name, 0)}")
+    for name in report.fields:
+        count = stats.differences.get(name, 0)
+        if not count:
+            continue
+        lines += ["", f"{name} Updates Needed ({count}):"]
+        for key, change in report.examples.get(name, []):
+            lines.append(
+                f"  - {format_key(key)}: {show_value(change.old)} → {show_value(change.new)}"
+            )
+        if count > len(report.examples.get(name, [])):
+            lines.append(f"  ... and {count - len(report.examples.get(name, []))} more")
+    if stats.not_found_in_sandbox:
+        lines += ["", f"Not Found in Sandbox ({stats.not_found_in_sandbox}):"]
+        lines += [f"  - {format_key(key)}" for key in report.not_found_examples]
+        if stats.not_found_in_sandbox > len(report.not_found_examples):
+            lines.append(
+                f"  ... and {stats.not_found_in_sandbox - len(report.not_found_examples)} more"
+            )
+    lines += ["", RULE, "Applying Updates...", f"Total updates to apply: {report.differences}"]
+    tag = "[DRY RUN]" if report.dry_run else "✓"
+    failed = {failure.key for failure in stats.failures}
+    for result in report.changed_rows:
+        changes = ", ".join(
+            f"{c.field} {show_value(c.old)} → {show_value(c.new)}" for c in result.changes
+        )
+        mark = "✗" if result.key in failed else tag
+        lines.append(f"  {mark} Job {result.label}: {changes}")
+    if report.differences:
+        lines.append(f"  ... ({report.differences} total)")
+    for failure in stats.failures[: max(report.limit, 1)]:
+        lines.append(f"  ✗ Job {format_key(failure.key)} rejected by the sandbox: {failure.error}")
+    if len(stats.failures) > report.limit:
+        lines.append(f"  ... and {len(stats.failures) - report.limit} more rejected")
+    lines.append("")
+    if report.dry_run:
+        lines.append("✓ Dry run completed successfully")
+    elif report.ok:
+        lines.append(f"✓ Applied {stats.updated} updates in {stats.duration_seconds:.2f}s")
+    else:
+        lines.append(
+            f"✗ Applied {stats.updated} updates; {stats.failed} rows were rejected by the sandbox"
+        )
+    lines.append(RULE)
+    return "\n".join(lines)
+
+
+def render_json(report: ReconcileReport) -> str:
+    """One machine-readable document for scripts and CI."""
+    document = {
+        "dry_run": report.dry_run,
+        "method": report.method,
+        "fallback_reason": report.fallback_reason,
+        "production": report.production,
+        "sandbox": report.sandbox,
+        "started_at": report.started_at.isoformat() if report.started_at else None,
+        "statistics": report.statistics.to_dict(),
+        "changes": [
+            {
+                "key": [json_value(part) for part in result.key],
+                "label": result.label,
+                "changes": [
+                    {"field": c.field, "old": json_value(c.old), "new": json_value(c.new)}
+                    for c in result.changes
+                ],
+            }
+            for result in report.changed_rows
+        ],
+        "changes_truncated": report.differences > len(report.changed_rows),
+        "not_found_in_sandbox": [
+            [json_value(part) for part in key] for key in report.not_found_examples
+        ],
+        "failures": [
+            {"key": [json_value(p) for p in f.key], "label": format_key(f.key), "error": f.error}
+            for f in report.statistics.failures
+        ],
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False)

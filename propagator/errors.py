@@ -1,0 +1,66 @@
+"""The errors propagator reports, and the exit code each one means.
+
+Transient versus permanent is a type, not a string match: the daemon retries a
+``TransientError`` quickly with backoff, and a ``PermanentError`` slowly, with a
+clear report, without spinning.
+"""
+
+from __future__ import annotations
+
+from propagator.core.redact import redact
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "ExitCode",
+    "PermanentError",
+    "PropagatorError",
+    "SchemaError",
+    "TransientError",
+]
+
+
+class ExitCode:
+    """Documented process exit codes of every subcommand."""
+
+    OK = 0
+    DIFFERENCES_FOUND = 1
+    USAGE = 2
+    DATABASE_UNAVAILABLE = 3
+    ROWS_FAILED = 4
+    INTERRUPTED = 130
+
+
+class PropagatorError(Exception):
+    """Base of every error propagator reports to a user; its text is always redacted."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigurationError(PropagatorError):
+    """A setting is missing or wrong; nothing was contacted or written."""
+
+
+class PermanentError(PropagatorError):
+    """Retrying soon will not help: a dropped column, a refused permission."""
+
+
+class SchemaError(PermanentError):
+    """A table or a mapped/key column is missing or unusable on one side."""
+
+
+class TransientError(PropagatorError):
+    """A failure that retrying with backoff is expected to cure."""
+
+    exit_code = ExitCode.DATABASE_UNAVAILABLE
+
+
+class DatabaseUnavailableError(TransientError):
+    """A database could not be reached or dropped the connection."""

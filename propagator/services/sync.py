@@ -1,0 +1,327 @@
+"""Converging the sandbox: the one code path every writer goes through.
+
+``converge_keys`` is level-triggered: given keys that *may* have changed, it
+reads their current production rows, plans through the mapping core and applies
+only real differences. The listener, the catch-up, the periodic reconcile and
+``propagator reconcile --apply`` all write through it, so a notification that
+is duplicated, reordered or stale can never write a wrong value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import psycopg
+
+from propagator.adapters.postgres import (
+    TableInfo,
+    apply_values,
+    check_mapping,
+    connect,
+    describe_table,
+    prefetch,
+    read_by_keys,
+    stream_rows,
+)
+from propagator.core.identifiers import QualifiedName
+from propagator.core.mapping import Key, MappingSpec
+from propagator.core.plan import (
+    JobMappingResult,
+    MappingStatistics,
+    merge_compare,
+    plan_against_lookup,
+)
+from propagator.core.redact import mask_url
+from propagator.core.report import ReconcileReport
+from propagator.settings import Settings
+
+__all__ = [
+    "BatchResult",
+    "Source",
+    "SyncContext",
+    "SyncSession",
+    "converge_keys",
+    "reconcile",
+]
+
+Source = Literal["event", "catchup", "reconcile", "manual"]
+Connection = psycopg.Connection[tuple[Any, ...]]
+AppliedHook = Callable[[Connection, Sequence[JobMappingResult], Source], None]
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncContext:
+    """The mapping and both tables' definitions, checked against each other once."""
+
+    spec: MappingSpec
+    production: TableInfo
+    sandbox: TableInfo
+    production_filter: str | None = None
+    batch_size: int = 1000
+
+    @classmethod
+    def prepare(
+        cls,
+        production_conn: Connection,
+        sandbox_conn: Connection,
+        spec: MappingSpec,
+        production_table: QualifiedName,
+        sandbox_table: QualifiedName,
+        *,
+        production_filter: str | None = None,
+        batch_size: int = 1000,
+    ) -> SyncContext:
+        production = describe_table(production_conn, production_table, "production")
+        sandbox = describe_table(sandbox_conn, sandbox_table, "sandbox")
+        check_mapping(production, sandbox, spec)
+        return cls(spec, production, sandbox, production_filter, batch_size)
+
+    @property
+    def key_width(self) -> int:
+        return len(self.spec.key_columns)
+
+    @property
+    def source_reads(self) -> tuple[str, ...]:
+        """Production columns read, one per field mapping (a source may feed two targets)."""
+        return tuple(m.source for m in self.spec.field_mappings)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What converging one set of keys planned, wrote and could not write."""
+
+    planned: list[JobMappingResult] = field(default_factory=list)
+    updated: list[Key] = field(default_factory=list)
+    statistics: MappingStatistics = field(default_factory=MappingStatistics)
+    duration_seconds: float = 0.0
+
+
+def converge_keys(
+    context: SyncContext,
+    production_conn: Connection,
+    sandbox_conn: Connection,
+    keys: Sequence[Key],
+    *,
+    source: Source = "event",
+    on_applied: AppliedHook | None = None,
+) -> BatchResult:
+    """Make the sandbox rows of ``keys`` equal to production's current values.
+
+    Keys are processed in slices of ``batch_size``; each slice is one sandbox
+    transaction (rows the sandbox rejects are isolated and reported).
+    """
+    started = time.perf_counter()
+    result = BatchResult()
+    unique = list(dict.fromkeys(keys))
+    for offset in range(0, len(unique), context.batch_size):
+        _converge_slice(
+            context,
+            production_conn,
+            sandbox_conn,
+            unique[offset : offset + context.batch_size],
+            result,
+            source,
+            on_applied,
+        )
+    result.duration_seconds = time.perf_counter() - started
+    result.statistics.duration_seconds = result.duration_seconds
+    return result
+
+
+def _converge_slice(
+    context: SyncContext,
+    production_conn: Connection,
+    sandbox_conn: Connection,
+    keys: Sequence[Key],
+    result: BatchResult,
+    source: Source,
+    on_applied: AppliedHook | None,
+) -> None:
+    spec, width = context.spec, context.key_width
+    production_rows = read_by_keys(
+        production_conn,
+        context.production,
+        spec.key_columns,
+        context.source_reads,
+        keys,
+        where=context.production_filter,
+    )
+    sandbox_rows = read_by_keys(
+        sandbox_conn, context.sandbox, spec.key_columns, spec.target_columns, keys
+    )
+    lookup = {tuple(row[:width]): row[width:] for row in sandbox_rows}
+    desired = {
+        tuple(row[:width]): [
+            m.apply(v) for m, v in zip(spec.field_mappings, row[width:], strict=True)
+        ]
+        for row in production_rows
+    }
+    planned = [
+        r
+        for r in plan_against_lookup(production_rows, lookup, spec, result.statistics)
+        if r.changes
+    ]
+    result.statistics.sandbox_rows += len(sandbox_rows)
+    if not planned:
+        return
+    by_key = {r.key: r for r in planned}
+
+    def record(conn: Connection, updated: Sequence[Key]) -> None:
+        if on_applied is not None:
+            on_applied(conn, [by_key[k] for k in updated if k in by_key], source)
+
+    outcome = apply_values(
+        sandbox_conn,
+        context.sandbox,
+        spec.key_columns,
+        spec.target_columns,
+        [(r.key, desired[r.key]) for r in planned],
+        in_transaction=record if on_applied is not None else None,
+    )
+    result.planned.extend(planned)
+    result.updated.extend(outcome.updated)
+    result.statistics.updated += len(outcome.updated)
+    result.statistics.failed += len(outcome.failures)
+    result.statistics.failures.extend(outcome.failures)
+
+
+class SyncSession:
+    """Connections to both databases and the checked context, for one command or daemon."""
+
+    def __init__(self, settings: Settings, *, application_name: str = "propagator") -> None:
+        self.settings = settings
+        self.application_name = application_name
+        self._stack = ExitStack()
+        self.production: Connection | None = None
+        self.sandbox: Connection | None = None
+        self.context: SyncContext | None = None
+
+    def connect(self, side: Literal["production", "sandbox"], **options: Any) -> Connection:
+        url = (
+            self.settings.production_url() if side == "production" else self.settings.sandbox_url()
+        )
+        conn = connect(
+            url,
+            side,
+            connect_timeout=self.settings.connect_timeout.total_seconds(),
+            statement_timeout=self.settings.statement_timeout,
+            application_name=self.application_name,
+            **options,
+        )
+        self._stack.callback(conn.close)
+        return conn
+
+    def open_production(self) -> Connection:
+        self.production = self.connect("production")
+        return self.production
+
+    def open_sandbox(self) -> Connection:
+        self.sandbox = self.connect("sandbox")
+        return self.sandbox
+
+    def prepare(self) -> SyncContext:
+        production = self.production or self.open_production()
+        sandbox = self.sandbox or self.open_sandbox()
+        self.context = SyncContext.prepare(
+            production,
+            sandbox,
+            self.settings.mapping_spec,
+            self.settings.production_table_name,
+            self.settings.sandbox_table_name,
+            production_filter=self.settings.production_filter,
+            batch_size=self.settings.batch_size,
+        )
+        return self.context
+
+    def describe_production(self) -> str:
+        return f"{self.settings.production_table_name} @ {mask_url(self.settings.production_url())}"
+
+    def describe_sandbox(self) -> str:
+        return f"{self.settings.sandbox_table_name} @ {mask_url(self.settings.sandbox_url())}"
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> SyncSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _counting(rows: Iterator[tuple[Any, ...]], progress: ProgressCallback | None) -> Iterator[Any]:
+    if progress is None:
+        yield from rows
+        return
+    for count, row in enumerate(rows, 1):
+        if count % 50_000 == 0:
+            progress(count)
+        yield row
+
+
+def reconcile(
+    context: SyncContext,
+    open_connection: Callable[[Literal["production", "sandbox"]], Connection],
+    report: ReconcileReport,
+    *,
+    apply: bool,
+    source: Source = "reconcile",
+    on_applied: AppliedHook | None = None,
+    progress: ProgressCallback | None = None,
+) -> ReconcileReport:
+    """Full compare of both tables by a streaming merge; with ``apply``, converge every difference.
+
+    Both tables are read at once (a thread each) in key order from read-only
+    snapshots; differing keys are converged in batches through ``converge_keys``,
+    which re-reads production so a row changed since the snapshot is never
+    overwritten with a stale value.
+    """
+    started = time.perf_counter()
+    report.started_at = report.started_at or datetime.now(UTC)
+    spec = context.spec
+    stats = report.statistics
+    production_stream = open_connection("production")
+    sandbox_stream = open_connection("sandbox")
+    writers: tuple[Connection, Connection] | None = None
+    if apply:
+        writers = (open_connection("production"), open_connection("sandbox"))
+    production_rows = prefetch(
+        stream_rows(
+            production_stream,
+            context.production,
+            spec.key_columns,
+            context.source_reads,
+            where=context.production_filter,
+        )
+    )
+    sandbox_rows = prefetch(
+        stream_rows(sandbox_stream, context.sandbox, spec.key_columns, spec.target_columns)
+    )
+    pending: list[Key] = []
+
+    def flush() -> None:
+        if writers is None or not pending:
+            return
+        batch = converge_keys(
+            context, writers[0], writers[1], pending, source=source, on_applied=on_applied
+        )
+        stats.updated += batch.statistics.updated
+        stats.failed += batch.statistics.failed
+        stats.failures.extend(batch.statistics.failures)
+        pending.clear()
+
+    for result in merge_compare(_counting(production_rows, progress), sandbox_rows, spec, stats):
+        report.note(result)
+        if result.changes:
+            pending.append(result.key)
+            if len(pending) >= context.batch_size:
+                flush()
+    flush()
+    stats.duration_seconds = time.perf_counter() - started
+    return report

