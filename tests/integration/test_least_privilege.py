@@ -1,0 +1,206 @@
+"""The database roles from ``deploy/sql/`` are enough to run propagator, and no more.
+
+The role scripts are run with the real ``psql`` against the two real servers;
+then the CLI runs as those roles, as it does in production, and the same roles
+are shown to be refused everywhere outside the mapped columns.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from propagator.adapters.embedded import binary_dir
+from tests.conftest import Server
+from tests.helpers import Database, DatabasePair, run_cli
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "deploy" / "sql"
+PASSWORD = "lp-secret-Pa55"
+
+
+def psql(url: str, script: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    """Run a deploy script the way a DBA would (``psql -f``), failing on its first error."""
+    command = [str(binary_dir() / "psql"), "-X", "-q", "-d", url, "-f", str(script)]
+    for name, value in variables.items():
+        command[1:1] = ["-v", f"{name}={value}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def url_as(database: Database, role: str, password: str) -> str:
+    """The database's URL, logging in as ``role``."""
+    parts = urlsplit(database.url)
+    netloc = f"{quote(role)}:{quote(password)}@{parts.hostname}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+@dataclass
+class Grants:
+    """A least-privilege role on both servers, and the URLs that log in as it."""
+
+    role: str
+    production_url: str
+    sandbox_url: str
+
+    def env(self, pair: DatabasePair, **extra: str) -> dict[str, str]:
+        return pair.env(
+            PRODUCTION_DATABASE_URL=self.production_url,
+            SANDBOX_DATABASE_URL=self.sandbox_url,
+            PROPAGATOR_HISTORY_ENABLED="false",
+            **extra,
+        )
+
+
+def _drop_role(server: Server, database: Database, role: str) -> None:
+    with psycopg.connect(database.url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+        )
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    with server.admin() as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def grants(
+    databases: DatabasePair, production_server: Server, sandbox_server: Server
+) -> Iterator[Grants]:
+    """One role, created on both servers by the deploy scripts, dropped afterwards."""
+    role = f"propagator_lp_{uuid.uuid4().hex[:8]}"
+    psql(databases.production.url, SQL_DIR / "production_roles.sql", role=role, password=PASSWORD)
+    psql(
+        databases.sandbox.url,
+        SQL_DIR / "sandbox_roles.sql",
+        role=role,
+        password=PASSWORD,
+        update_columns="fab_order",
+    )
+    try:
+        yield Grants(
+            role,
+            url_as(databases.production, role, PASSWORD),
+            url_as(databases.sandbox, role, PASSWORD),
+        )
+    finally:
+        _drop_role(production_server, databases.production, role)
+        _drop_role(sandbox_server, databases.sandbox, role)
+
+
+def _seed(databases: DatabasePair) -> None:
+    databases.production.insert_jobs(
+        [(job, "A", Decimal(job * 10), "red", "cut") for job in range(1, 51)]
+    )
+    databases.sandbox.insert_jobs(
+        [(job, "A", Decimal(job), "blue", "weld") for job in range(1, 51)]
+    )
+
+
+def test_reconcile_apply_succeeds_with_exactly_the_scripted_grants(
+    databases: DatabasePair, grants: Grants
+) -> None:
+    """`reconcile --apply` as the scripted role converges the sandbox and touches nothing else."""
+    _seed(databases)
+
+    result = run_cli(["reconcile", "--apply"], grants.env(databases))
+
+    assert result.returncode == 0, result.stderr
+    assert databases.sandbox.fab_orders() == databases.production.fab_orders()
+    assert databases.sandbox.fetchall("SELECT DISTINCT paint_color, stage FROM public.jobs") == [
+        ("blue", "weld")
+    ]
+
+
+def test_check_passes_with_the_scripted_grants(databases: DatabasePair, grants: Grants) -> None:
+    """`propagator check` (connections, tables, mapping) is satisfied by the scripted grants."""
+    result = run_cli(["check"], grants.env(databases))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_role_cannot_write_outside_the_mapped_columns(
+    databases: DatabasePair, grants: Grants
+) -> None:
+    """The sandbox role may update fab_order only: other columns, INSERT and DELETE are denied."""
+    _seed(databases)
+    with psycopg.connect(grants.sandbox_url, autocommit=True) as conn:
+        conn.execute("UPDATE public.jobs SET fab_order = 1 WHERE job = 1")
+        refused = [
+            "UPDATE public.jobs SET paint_color = 'green' WHERE job = 1",
+            "UPDATE public.jobs SET fab_order = 2, stage = 'paint' WHERE job = 1",
+            "INSERT INTO public.jobs (job, release) VALUES (999, 'Z')",
+            "DELETE FROM public.jobs WHERE job = 1",
+            "TRUNCATE public.jobs",
+        ]
+        for statement in refused:
+            with pytest.raises(pg_errors.InsufficientPrivilege, match="permission denied"):
+                conn.execute(statement)
+    assert databases.sandbox.fetchall(
+        "SELECT paint_color, stage FROM public.jobs WHERE job = 1"
+    ) == [("blue", "weld")]
+    assert databases.sandbox.scalar("SELECT count(*) FROM public.jobs") == 50
+
+
+def test_production_role_is_read_only_even_when_it_asks_otherwise(
+    databases: DatabasePair, grants: Grants
+) -> None:
+    """Production sessions start read-only, and lifting that still leaves no right to write."""
+    _seed(databases)
+    with psycopg.connect(grants.production_url, autocommit=True) as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        with pytest.raises(pg_errors.ReadOnlySqlTransaction):
+            conn.execute("UPDATE public.jobs SET fab_order = 0 WHERE job = 1")
+        conn.execute("SET default_transaction_read_only = off")
+        with pytest.raises(pg_errors.InsufficientPrivilege, match="permission denied"):
+            conn.execute("UPDATE public.jobs SET fab_order = 0 WHERE job = 1")
+        conn.execute("LISTEN propagator_jobs")
+        held = conn.execute(
+            "SELECT privilege FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', "
+            "'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS privilege "
+            "WHERE has_table_privilege('public.jobs', privilege)"
+        ).fetchall()
+    assert held == [("SELECT",)]
+    assert databases.production.scalar("SELECT fab_order FROM public.jobs WHERE job = 1") == 10
+
+
+def test_role_scripts_are_rerunnable_and_reset_grants_exactly(
+    databases: DatabasePair, grants: Grants
+) -> None:
+    """Re-running the sandbox script with other columns leaves exactly those UPDATE grants."""
+    script = SQL_DIR / "sandbox_roles.sql"
+    psql(
+        databases.sandbox.url,
+        script,
+        role=grants.role,
+        password=PASSWORD,
+        update_columns="fab_order, paint_color",
+    )
+    psql(
+        databases.sandbox.url,
+        script,
+        role=grants.role,
+        password=PASSWORD,
+        update_columns="paint_color",
+    )
+
+    privileges = databases.sandbox.fetchall(
+        "SELECT column_name FROM information_schema.column_privileges "
+        "WHERE grantee = %s AND privilege_type = 'UPDATE' ORDER BY column_name",
+        (grants.role,),
+    )
+    assert privileges == [("paint_color",)]
+    table_privileges = databases.sandbox.fetchall(
+        "SELECT privilege_type FROM information_schema.role_table_grants WHERE grantee = %s",
+        (grants.role,),
+    )
+    assert table_privileges == [("SELECT",)]
