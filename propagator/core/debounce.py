@@ -1,0 +1,160 @@
+"""Coalescing changed keys into batches: bounded in size and in delay.
+
+A burst of updates to one row becomes one re-read; a steady stream is cut into
+batches at most ``max_delay`` old; memory never grows past ``hard_cap`` keys —
+beyond it the keys are dropped and the buffer asks for a full reconcile
+instead, which converges them anyway (the notifications are level-triggered).
+The clock is injected so the timing rules are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from propagator.core.mapping import Key
+
+__all__ = ["Batch", "DebounceBuffer", "FlushReason"]
+
+FlushReason = Literal["quiet", "max_delay", "max_keys", "drain"]
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Keys to converge together, and the earliest production change among them."""
+
+    keys: tuple[Key, ...]
+    earliest_change: float | None
+    reason: FlushReason
+
+
+@dataclass(slots=True)
+class _Pending:
+    arrived: float  # buffer clock when the key was first added
+    changed_at: float | None  # earliest production change time seen for it
+
+
+class DebounceBuffer:
+    """Pending keys in arrival order, with the rules that decide when to flush them."""
+
+    def __init__(
+        self,
+        *,
+        quiet: timedelta,
+        max_delay: timedelta,
+        max_keys: int,
+        hard_cap: int,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if max_keys < 1 or hard_cap < 1:
+            raise ValueError("max_keys and hard_cap must be positive")
+        self.quiet = quiet.total_seconds()
+        self.max_delay = max_delay.total_seconds()
+        self.max_keys = max_keys
+        self.hard_cap = hard_cap
+        self._clock = clock
+        self._pending: dict[Key, _Pending] = {}
+        self._last_added: float | None = None
+        self._overflowed = False
+        self.coalesced_total = 0
+        self.dropped_total = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def overflowed(self) -> bool:
+        """Keys were dropped at the hard cap: only a full reconcile covers them now."""
+        return self._overflowed
+
+    def add(self, keys: Iterable[Key], changed_at: float | None = None) -> int:
+        """Buffer keys changed at production time ``changed_at``; return how many coalesced."""
+        now = self._clock()
+        coalesced = 0
+        for key in keys:
+            entry = self._pending.get(key)
+            if entry is not None:
+                coalesced += 1
+                if changed_at is not None and (
+                    entry.changed_at is None or changed_at < entry.changed_at
+                ):
+                    entry.changed_at = changed_at
+                continue
+            if len(self._pending) >= self.hard_cap:
+                self.dropped_total += len(self._pending) + 1
+                self._pending.clear()
+                self._overflowed = True
+                continue
+            self._pending[key] = _Pending(now, changed_at)
+        self._last_added = now
+        self.coalesced_total += coalesced
+        return coalesced
+
+    def acknowledge_overflow(self) -> bool:
+        """Whether an overflow happened since the last call (the caller then reconciles)."""
+        overflowed, self._overflowed = self._overflowed, False
+        return overflowed
+
+    def _oldest_arrival(self) -> float | None:
+        for entry in self._pending.values():
+            return entry.arrived
+        return None
+
+    def due(self) -> FlushReason | None:
+        """Why a batch should be taken now, or None while waiting is still right."""
+        if not self._pending:
+            return None
+        if len(self._pending) >= self.max_keys:
+            return "max_keys"
+        now = self._clock()
+        oldest = self._oldest_arrival()
+        if oldest is not None and now - oldest >= self.max_delay:
+            return "max_delay"
+        if self._last_added is not None and now - self._last_added >= self.quiet:
+            return "quiet"
+        return None
+
+    def seconds_until_due(self) -> float | None:
+        """How long until ``due()`` turns true with no new keys; None when empty."""
+        if not self._pending:
+            return None
+        if len(self._pending) >= self.max_keys:
+            return 0.0
+        now = self._clock()
+        deadlines = []
+        oldest = self._oldest_arrival()
+        if oldest is not None:
+            deadlines.append(oldest + self.max_delay)
+        if self._last_added is not None:
+            deadlines.append(self._last_added + self.quiet)
+        return max(0.0, min(deadlines) - now)
+
+    def take(self, reason: FlushReason | None = None) -> Batch | None:
+        """Remove and return the oldest keys (at most ``max_keys``), if a batch is due.
+
+        ``reason="drain"`` takes a batch regardless of timing (shutdown, catch-up).
+        """
+        why = reason or self.due()
+        if why is None or not self._pending:
+            return None
+        keys: list[Key] = []
+        earliest: float | None = None
+        for key, entry in self._pending.items():
+            if len(keys) >= self.max_keys:
+                break
+            keys.append(key)
+            if entry.changed_at is not None and (earliest is None or entry.changed_at < earliest):
+                earliest = entry.changed_at
+        for key in keys:
+            del self._pending[key]
+        return Batch(tuple(keys), earliest, why)
+
+    def clear(self) -> int:
+        """Forget every pending key (a full reconcile is about to cover them); return how many."""
+        count = len(self._pending)
+        self._pending.clear()
+        return count

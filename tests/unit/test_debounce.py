@@ -1,0 +1,161 @@
+"""The debounce buffer: coalescing, the three flush rules and the hard cap, on a fake clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from propagator.core.debounce import DebounceBuffer
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make(clock: FakeClock, *, max_keys: int = 100, hard_cap: int = 1000) -> DebounceBuffer:
+    return DebounceBuffer(
+        quiet=timedelta(milliseconds=50),
+        max_delay=timedelta(milliseconds=500),
+        max_keys=max_keys,
+        hard_cap=hard_cap,
+        clock=clock,
+    )
+
+
+def test_duplicate_keys_coalesce_and_are_counted() -> None:
+    """A key added three times is pending once and counts two coalesced duplicates."""
+    buffer = make(FakeClock())
+    assert buffer.add([(1, "A")]) == 0
+    assert buffer.add([(1, "A"), (1, "A"), (2, "B")]) == 2
+    assert len(buffer) == 2
+    assert buffer.coalesced_total == 2
+
+
+def test_flushes_after_the_quiet_window() -> None:
+    """Nothing is due while keys keep arriving inside the quiet window; then a batch is."""
+    clock = FakeClock()
+    buffer = make(clock)
+    buffer.add([(1, "A")])
+    clock.advance(0.049)
+    assert buffer.due() is None
+    assert buffer.take() is None
+    clock.advance(0.002)
+    batch = buffer.take()
+    assert batch is not None
+    assert batch.keys == ((1, "A"),)
+    assert batch.reason == "quiet"
+    assert len(buffer) == 0
+
+
+def test_max_delay_bounds_a_steady_stream() -> None:
+    """A stream that never goes quiet still flushes once the oldest key waited max_delay."""
+    clock = FakeClock()
+    buffer = make(clock)
+    for i in range(20):
+        buffer.add([(i, "A")])
+        clock.advance(0.03)
+        if i < 16:
+            assert buffer.due() is None, i
+    assert buffer.due() == "max_delay"
+    batch = buffer.take()
+    assert batch is not None
+    assert len(batch.keys) == 20
+
+
+def test_max_keys_flushes_at_once_in_arrival_order() -> None:
+    """Reaching max_keys makes a batch due immediately, holding the oldest keys first."""
+    buffer = make(FakeClock(), max_keys=3)
+    buffer.add([(i, "A") for i in range(5)])
+    assert buffer.due() == "max_keys"
+    batch = buffer.take()
+    assert batch is not None
+    assert batch.keys == ((0, "A"), (1, "A"), (2, "A"))
+    assert len(buffer) == 2
+    assert buffer.due() is None
+
+
+def test_seconds_until_due_is_the_nearest_rule() -> None:
+    """The applier sleeps exactly until the quiet window or the max delay expires."""
+    clock = FakeClock()
+    buffer = make(clock)
+    assert buffer.seconds_until_due() is None
+    buffer.add([(1, "A")])
+    assert abs((buffer.seconds_until_due() or 0) - 0.05) < 1e-9
+    for _ in range(10):
+        clock.advance(0.045)
+        buffer.add([(2, "B")])
+    assert abs((buffer.seconds_until_due() or 0) - 0.05) < 1e-9
+    clock.advance(0.045)
+    buffer.add([(3, "C")])
+    assert abs((buffer.seconds_until_due() or 0) - 0.005) < 1e-9
+
+
+def test_batch_keeps_the_earliest_production_change_time() -> None:
+    """A batch carries the earliest change time of its keys, coalesced duplicates included."""
+    clock = FakeClock()
+    buffer = make(clock)
+    buffer.add([(1, "A")], changed_at=50.0)
+    buffer.add([(2, "B")], changed_at=40.0)
+    buffer.add([(1, "A")], changed_at=30.0)
+    buffer.add([(3, "C")])
+    batch = buffer.take("drain")
+    assert batch is not None
+    assert batch.earliest_change == 30.0
+    assert batch.reason == "drain"
+
+
+def test_hard_cap_drops_keys_and_asks_for_a_reconcile() -> None:
+    """Past the hard cap the buffer empties and flags an overflow instead of growing."""
+    buffer = make(FakeClock(), max_keys=10, hard_cap=5)
+    buffer.add([(i, "A") for i in range(5)])
+    assert not buffer.overflowed
+    buffer.add([(5, "A"), (6, "A")])
+    assert buffer.overflowed
+    assert len(buffer) == 1
+    assert buffer.acknowledge_overflow() is True
+    assert buffer.acknowledge_overflow() is False
+
+
+def test_drain_takes_a_batch_regardless_of_timing() -> None:
+    """Shutdown drains pending keys without waiting for the quiet window."""
+    buffer = make(FakeClock())
+    buffer.add([(1, "A"), (2, "B")])
+    assert buffer.due() is None
+    batch = buffer.take("drain")
+    assert batch is not None
+    assert len(batch.keys) == 2
+    assert buffer.take("drain") is None
+
+
+@given(st.lists(st.lists(st.integers(0, 50), max_size=20), max_size=40), st.integers(1, 30))
+def test_every_key_added_is_taken_exactly_once_or_covered_by_overflow(
+    additions: list[list[int]], hard_cap: int
+) -> None:
+    """Each distinct key is either handed out in a batch or covered by an overflow flag."""
+    clock = FakeClock()
+    buffer = make(clock, max_keys=7, hard_cap=hard_cap)
+    taken: list[tuple[int]] = []
+    added: set[tuple[int]] = set()
+    for group in additions:
+        keys = [(value,) for value in group]
+        added.update(keys)
+        buffer.add(keys)
+        assert len(buffer) <= hard_cap
+        clock.advance(0.02)
+        while (batch := buffer.take()) is not None:
+            assert len(batch.keys) <= 7
+            taken.extend(batch.keys)  # type: ignore[arg-type]
+    while (batch := buffer.take("drain")) is not None:
+        taken.extend(batch.keys)  # type: ignore[arg-type]
+    if not buffer.overflowed:
+        assert set(taken) == added
+    assert len(buffer) == 0
