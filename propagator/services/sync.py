@@ -274,6 +274,7 @@ def reconcile(
     source: Source = "reconcile",
     on_applied: AppliedHook | None = None,
     progress: ProgressCallback | None = None,
+    on_difference: Callable[[JobMappingResult], None] | None = None,
 ) -> ReconcileReport:
     """Full compare of both tables by a streaming merge; with ``apply``, converge every difference.
 
@@ -319,6 +320,8 @@ def reconcile(
     for result in merge_compare(_counting(production_rows, progress), sandbox_rows, spec, stats):
         report.note(result)
         if result.changes:
+            if on_difference is not None:
+                on_difference(result)  # every difference, unlike the report's bounded sample
             pending.append(result.key)
             if len(pending) >= context.batch_size:
                 flush()
