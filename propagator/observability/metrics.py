@@ -92,6 +92,7 @@ class Metrics:
             PlatformCollector(registry=registry)
             GCCollector(registry=registry)
         self.registry = registry
+        self._last_tick_monotonic: float | None = None
         r = registry
         ns = NAMESPACE
 
@@ -304,7 +305,19 @@ class Metrics:
 
     def mark_loop_tick(self, now: float | None = None) -> None:
         """The event loop turned: the liveness signal behind ``/healthz``."""
+        self._last_tick_monotonic = time.monotonic()
         self.last_loop_timestamp.set(time.time() if now is None else now)
+
+    def loop_tick_age(self) -> float | None:
+        """Seconds since ``mark_loop_tick`` (monotonic clock), None before the first tick."""
+        if self._last_tick_monotonic is None:
+            return None
+        return time.monotonic() - self._last_tick_monotonic
+
+    def loop_alive(self, max_age_seconds: float) -> bool:
+        """A liveness callable for ``HttpServer``: the loop ticked within ``max_age_seconds``."""
+        age = self.loop_tick_age()
+        return age is not None and age <= max_age_seconds
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
