@@ -24,9 +24,9 @@ _INTERNAL_ERROR = 70
 
 
 def _commands() -> list[ModuleType]:
-    from propagator.cli import check, reconcile
+    from propagator.cli import check, reconcile, status
 
-    return [reconcile, check]
+    return [reconcile, check, status]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:

@@ -122,6 +122,7 @@ class HttpServer:
         self.max_body_bytes = max_body_bytes
         self.max_connections = max_connections
         self._server: asyncio.Server | None = None
+        self._bound_port: int | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._routes: dict[str, dict[str, Handler]] = {}
         self.add_route("GET", "/metrics", self._metrics_endpoint)
@@ -156,9 +157,7 @@ class HttpServer:
     @property
     def port(self) -> int:
         """The port actually listened on (the requested one until ``start``)."""
-        if self._server is not None and self._server.sockets:
-            return int(self._server.sockets[0].getsockname()[1])
-        return self._requested_port
+        return self._bound_port if self._bound_port is not None else self._requested_port
 
     @property
     def url(self) -> str:
@@ -171,6 +170,7 @@ class HttpServer:
         self._server = await asyncio.start_server(
             self._accept, self.host, self._requested_port, limit=self.max_header_bytes
         )
+        self._bound_port = int(self._server.sockets[0].getsockname()[1])
         _log.info("http_server_started", host=self.host, port=self.port)
 
     async def stop(self) -> None:

@@ -1,0 +1,172 @@
+"""``propagator status``: ask a running daemon how it is doing, over its HTTP endpoint.
+
+Reads ``/status`` (and ``/readyz`` for the headline) from the daemon at
+``--url`` or at ``http_host:http_port`` from the settings. Nothing answering is
+one line and exit code 3, like an unreachable database: it is the same kind of
+trouble for whoever runs the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+from propagator.core.redact import redact
+from propagator.errors import ConfigurationError, ExitCode, TransientError
+from propagator.observability.logging import redact_data
+from propagator.settings import Settings, load_settings
+
+__all__ = ["default_url", "fetch_status", "register", "render_status", "run"]
+
+_WILDCARD_HOSTS: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
+
+
+class DaemonUnreachableError(TransientError):
+    """No propagator daemon answered at the URL."""
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
+    parser = subparsers.add_parser(
+        "status",
+        parents=[common],
+        help="show the state of a running daemon (from its HTTP endpoint)",
+    )
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        help="daemon address, e.g. http://127.0.0.1:9753 (default: from http_host/http_port)",
+    )
+    parser.add_argument("--format", choices=["text", "json"], default="text", help="output form")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="give up after this long"
+    )
+    return "status"
+
+
+def default_url(settings: Settings) -> str:
+    """Where a local daemon listens; a wildcard bind address is reached on loopback."""
+    host = _WILDCARD_HOSTS.get(settings.http_host, settings.http_host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.http_port}"
+
+
+def _endpoint(base: str, path: str) -> str:
+    parts = urlsplit(base if "://" in base else f"http://{base}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"--url must be an http:// address, not {base!r}")
+    prefix = parts.path.rstrip("/")
+    if prefix.endswith("/status"):
+        prefix = prefix.removesuffix("/status")
+    return urlunsplit((parts.scheme, parts.netloc, prefix + path, "", ""))
+
+
+def _get(url: str, timeout: float, token: str | None) -> tuple[int, Any]:
+    """GET a JSON endpoint; an HTTP error status is returned, not raised."""
+    headers = {"Accept": "application/json", "User-Agent": "propagator-status"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - http(s) checked above
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            status, body = int(response.status), response.read()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DaemonUnreachableError(f"no propagator daemon answers at {url}: {reason}") from None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        raise DaemonUnreachableError(
+            f"{url} answered HTTP {status} but not with JSON: is a propagator daemon there?"
+        ) from None
+
+
+def fetch_status(base_url: str, *, timeout: float = 5.0, token: str | None = None) -> Any:
+    """The daemon's ``/status`` document."""
+    url = _endpoint(base_url, "/status")
+    status, payload = _get(url, timeout, token)
+    if status in (401, 403):
+        raise ConfigurationError(f"{url} refused the request (HTTP {status}): check api_token")
+    if status != 200:
+        raise DaemonUnreachableError(f"{url} answered HTTP {status}: {payload}")
+    return payload
+
+
+def _readiness(base_url: str, timeout: float, token: str | None) -> tuple[bool, list[str]] | None:
+    try:
+        status, payload = _get(_endpoint(base_url, "/readyz"), timeout, token)
+    except TransientError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    return status == 200, [str(reason) for reason in payload.get("reasons", [])]
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if value % 1 else f"{value:.0f}"
+    return str(value)
+
+
+def _lines(value: Any, indent: int) -> list[str]:
+    pad = "  " * indent
+    out: list[str] = []
+    if isinstance(value, dict):
+        simple = [(k, v) for k, v in value.items() if not isinstance(v, dict | list)]
+        nested = [(k, v) for k, v in value.items() if isinstance(v, dict | list)]
+        width = max((len(str(k)) for k, _ in simple), default=0)
+        for key, item in simple:
+            out.append(f"{pad}{str(key).replace('_', ' ') + ':':<{width + 1}} {_scalar(item)}")
+        for key, item in nested:
+            if not item:
+                out.append(f"{pad}{str(key).replace('_', ' ')}: (none)")
+                continue
+            out.append(f"{pad}{str(key).replace('_', ' ')}:")
+            out.extend(_lines(item, indent + 1))
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict | list):
+                sub = _lines(item, indent + 1)
+                out.append(f"{pad}- {sub[0].strip()}" if sub else f"{pad}-")
+                out.extend(sub[1:])
+            else:
+                out.append(f"{pad}- {_scalar(item)}")
+    else:
+        out.append(f"{pad}{_scalar(value)}")
+    return out
+
+
+def render_status(url: str, payload: Any, readiness: tuple[bool, list[str]] | None) -> str:
+    """A readable summary: a headline with readiness, then every field of ``/status``."""
+    lines = [f"propagator daemon at {url}"]
+    if readiness is not None:
+        ready, reasons = readiness
+        headline = "ready" if ready else "NOT READY"
+        lines.append(f"  {headline}" + (f": {'; '.join(reasons)}" if reasons else ""))
+    lines.extend(_lines(payload, 1))
+    return redact("\n".join(lines))
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    if args.timeout <= 0:
+        raise ConfigurationError("--timeout must be a positive number of seconds")
+    base = args.url or default_url(settings)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    payload = fetch_status(base, timeout=args.timeout, token=token)
+    if args.format == "json":
+        print(json.dumps(redact_data(payload), indent=2))
+        return ExitCode.OK
+    readiness = _readiness(base, args.timeout, token)
+    print(render_status(_endpoint(base, ""), payload, readiness))
+    return ExitCode.OK
