@@ -15,8 +15,14 @@ __all__ = ["mask_url", "redact", "register_secret"]
 _MASK = "***"
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
-_KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+# The password runs to the LAST "@" of the authority (as urlsplit reads it), so an
+# unencoded "@" inside it cannot leave a fragment behind.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^/?#\s]*)@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s]*", re.I)
+# Not after "?" or "&": URL query passwords are masked above, keeping the options that follow.
+_KEYWORD_PASSWORD = re.compile(
+    r"(?P<head>(?<![?&])\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I
+)
 
 
 def register_secret(secret: str | None) -> None:
@@ -38,7 +44,7 @@ def secrets_of_url(url: str) -> list[str]:
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ``***`` (user, host and options kept)."""
     masked = _URL_PASSWORD.sub(lambda m: m.group("head") + _MASK + "@", url)
-    return re.sub(r"([?&]password=)[^&]*", r"\g<1>" + _MASK, masked, flags=re.I)
+    return _QUERY_PASSWORD.sub(r"\g<1>" + _MASK, masked)
 
 
 def redact(text: str) -> str:
