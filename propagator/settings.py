@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -67,7 +67,9 @@ def normalize_database_url(url: str) -> str:
         raise ValueError(f"must be a postgresql:// or postgres:// URL, not scheme {shown}")
     if not parts.hostname and "host=" not in parts.query:
         raise ValueError("has no host")
-    return urlunsplit(("postgresql", *parts[1:]))
+    # Replace only the scheme: urlunsplit would drop the "//" of a URL without a host
+    # part (postgresql:///db?host=/run/postgresql), which libpq then refuses.
+    return "postgresql" + url[len(parts.scheme) :]
 
 
 def parse_field_mapping(item: Any) -> FieldMapping:
@@ -225,6 +227,15 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive duration")
         return value
 
+    @field_validator(
+        "statement_timeout", "reconcile_interval", "debounce_quiet", "history_retention"
+    )
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be a negative duration")
+        return value
+
     @field_validator("production_database_url", "sandbox_database_url", mode="before")
     @classmethod
     def _database_url(cls, value: Any) -> Any:
@@ -240,6 +251,8 @@ class Settings(BaseSettings):
     def _key_columns(cls, value: Any) -> Any:
         value = _split_list(value)
         if isinstance(value, Sequence) and not isinstance(value, str):
+            if not value:
+                raise ValueError("at least one key column is required")
             return tuple(validate_identifier(str(v), what="key column") for v in value)
         return value
 
@@ -248,6 +261,8 @@ class Settings(BaseSettings):
     def _field_mappings(cls, value: Any) -> Any:
         value = _split_list(value)
         if isinstance(value, Sequence) and not isinstance(value, str):
+            if not value:
+                raise ValueError("at least one field mapping is required")
             return tuple(parse_field_mapping(item) for item in value)
         return value
 
@@ -338,7 +353,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
     try:
         settings = _FromFile(**overrides)
-        MappingSpec(settings.key_columns, settings.field_mappings)
     except ValidationError as error:
         first = error.errors()[0]
         location = [str(part) for part in first["loc"]]
@@ -349,6 +363,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if first["type"] == "extra_forbidden":
             raise ConfigurationError(f"unknown setting {field!r} in {config_file}") from None
         raise ConfigurationError(f"invalid setting {env_name(field)}: {reason}") from None
-    except ValueError as error:  # MappingSpec rules, TOML syntax
-        raise ConfigurationError(f"invalid settings: {error}") from None
+    except ValueError as error:  # only TOML syntax is left: pydantic errors are caught above
+        raise ConfigurationError(f"config file {config_file} is not valid TOML: {error}") from None
+    try:
+        MappingSpec(settings.key_columns, settings.field_mappings)
+    except ValueError as error:  # rules across both settings name both variables
+        names = f"{env_name('key_columns')}/{env_name('field_mappings')}"
+        raise ConfigurationError(f"invalid setting {names}: {error}") from None
     return settings
