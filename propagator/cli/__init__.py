@@ -24,9 +24,9 @@ _INTERNAL_ERROR = 70
 
 
 def _commands() -> list[ModuleType]:
-    from propagator.cli import check, reconcile, status
+    from propagator.cli import check, reconcile, run, status, triggers
 
-    return [reconcile, check, status]
+    return [reconcile, check, status, run, triggers]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:

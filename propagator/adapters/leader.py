@@ -1,0 +1,141 @@
+"""One writer: a PostgreSQL session advisory lock on the sandbox elects it.
+
+The lock lives on a dedicated connection, so it frees itself the moment that
+process or connection dies. Every sandbox write transaction also checks, inside
+itself, that the lock is still held by that very session (``assert_lock_held``):
+a leader whose lock connection silently died can never commit a batch after a
+successor has taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from propagator.adapters.listener import AsyncConnection, open_async_connection
+from propagator.adapters.postgres import translate_error
+from propagator.core.identifiers import QualifiedName
+from propagator.errors import DatabaseUnavailableError, PropagatorError
+
+__all__ = ["LeaderLock", "LeadershipLostError", "assert_lock_held", "lock_id_for"]
+
+_HELD = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_locks
+    WHERE locktype = 'advisory' AND granted AND pid = %(pid)s
+      AND database = (SELECT oid FROM pg_catalog.pg_database
+                      WHERE datname = pg_catalog.current_database())
+      AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = %(lock)s
+)
+"""
+
+
+class LeadershipLostError(PropagatorError):
+    """This process no longer holds the leader lock, so it must not write."""
+
+
+def lock_id_for(sandbox_table: QualifiedName) -> int:
+    """A stable 64-bit lock id derived from the sandbox table's name."""
+    digest = hashlib.sha256(f"propagator:{sandbox_table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def assert_lock_held(conn: psycopg.Connection[tuple[Any, ...]], lock_id: int, pid: int) -> None:
+    """Inside a write transaction: fail (and so roll back) unless session ``pid`` holds the lock."""
+    row = conn.execute(_HELD, {"pid": pid, "lock": lock_id}).fetchone()
+    if not row or not row[0]:
+        raise LeadershipLostError(
+            f"the leader lock {lock_id} is no longer held by this process; not writing"
+        )
+
+
+class LeaderLock:
+    """The session advisory lock ``lock_id`` on the sandbox, on its own connection."""
+
+    def __init__(
+        self,
+        url: str,
+        lock_id: int,
+        *,
+        connect_timeout: timedelta = timedelta(seconds=10),
+        probe_timeout: timedelta = timedelta(seconds=5),
+        application_name: str = "propagator leader",
+    ) -> None:
+        self.url = url
+        self.lock_id = lock_id
+        self.connect_timeout = connect_timeout
+        self.probe_timeout = probe_timeout.total_seconds()
+        self.application_name = application_name
+        self._conn: AsyncConnection | None = None
+        self.held = False
+        self.backend_pid: int | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    async def try_acquire(self) -> bool:
+        """Take the lock if it is free (connecting first if needed); True when held."""
+        if self.held:
+            return await self.still_held()
+        if not self.connected:
+            self._conn = await open_async_connection(
+                self.url,
+                "sandbox",
+                connect_timeout=self.connect_timeout,
+                application_name=self.application_name,
+            )
+            self.backend_pid = self._conn.info.backend_pid
+        assert self._conn is not None
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                cursor = await self._conn.execute(
+                    "SELECT pg_catalog.pg_try_advisory_lock(%s)", (self.lock_id,)
+                )
+                row = await cursor.fetchone()
+        except TimeoutError:
+            await self._drop()
+            raise DatabaseUnavailableError(
+                "the sandbox did not answer the leader lock request in time"
+            ) from None
+        except psycopg.Error as error:
+            await self._drop()
+            raise translate_error(error, "sandbox", "taking the leader lock") from None
+        self.held = bool(row and row[0])
+        return self.held
+
+    async def still_held(self) -> bool:
+        """Probe the lock connection; a dead connection means the lock is gone."""
+        if not self.held or self._conn is None or self._conn.closed:
+            await self._drop()
+            return False
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                await self._conn.execute("SELECT 1")
+        except (psycopg.Error, TimeoutError):
+            await self._drop()
+            return False
+        return True
+
+    async def release(self) -> None:
+        """Give the lock back and close its connection."""
+        if self.held and self._conn is not None and not self._conn.closed:
+            with contextlib.suppress(psycopg.Error, TimeoutError):
+                async with asyncio.timeout(self.probe_timeout):
+                    await self._conn.execute(
+                        "SELECT pg_catalog.pg_advisory_unlock(%s)", (self.lock_id,)
+                    )
+        await self._drop()
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        self.held = False
+        self.backend_pid = None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error, TimeoutError, OSError):
+                await asyncio.wait_for(conn.close(), timeout=5)

@@ -1,0 +1,203 @@
+"""The production listener: one dedicated autocommit connection that LISTENs.
+
+It wakes at least every second (so shutdown is never blocked on the socket),
+probes itself while idle, and sends itself a heartbeat through the real NOTIFY
+path: a connection that stops hearing its own heartbeat is half-open, however
+healthy the socket looks, and is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from propagator.adapters.postgres import translate_error
+from propagator.core.payload import (
+    Heartbeat,
+    MalformedNotification,
+    Notification,
+    heartbeat_payload,
+    parse_notification,
+)
+from propagator.core.redact import mask_url, redact
+from propagator.errors import DatabaseUnavailableError
+
+__all__ = ["HalfOpenConnectionError", "Listener", "open_async_connection"]
+
+AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
+_PROBE = "SELECT pg_catalog.pg_notification_queue_usage()"
+
+
+class HalfOpenConnectionError(DatabaseUnavailableError):
+    """The listener stopped hearing its own heartbeat: the connection is presumed dead."""
+
+
+async def open_async_connection(
+    url: str,
+    side: str,
+    *,
+    connect_timeout: timedelta,
+    application_name: str,
+) -> AsyncConnection:
+    """An autocommit asyncio connection with TCP keepalives, or ``DatabaseUnavailableError``."""
+    seconds = max(1, math.ceil(connect_timeout.total_seconds()))
+    try:
+        return await asyncio.wait_for(
+            psycopg.AsyncConnection.connect(
+                url,
+                autocommit=True,
+                connect_timeout=seconds,
+                application_name=application_name,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+            ),
+            timeout=seconds + 1,
+        )
+    except (psycopg.Error, TimeoutError, OSError) as error:
+        text = str(error).strip()
+        reason = redact(text.splitlines()[-1] if text else type(error).__name__)
+        raise DatabaseUnavailableError(
+            f"cannot connect to the {side} database at {mask_url(url)}: {reason}"
+        ) from None
+
+
+class Listener:
+    """LISTEN on ``channel`` and turn what arrives into parsed notifications."""
+
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        *,
+        instance_id: str,
+        key_width: int,
+        heartbeat_interval: timedelta,
+        heartbeat_timeout: timedelta,
+        connect_timeout: timedelta = timedelta(seconds=10),
+        application_name: str = "propagator listener",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.channel = channel
+        self.instance_id = instance_id
+        self.key_width = key_width
+        self.heartbeat_interval = heartbeat_interval.total_seconds()
+        self.heartbeat_timeout = heartbeat_timeout.total_seconds()
+        self.connect_timeout = connect_timeout
+        self.application_name = application_name
+        self._clock = clock
+        self._conn: AsyncConnection | None = None
+        self._last_heartbeat_sent = 0.0
+        self._last_heartbeat_seen = 0.0
+        self.backend_pid: int | None = None
+        self.queue_usage: float | None = None
+        self.heartbeat_round_trip: float | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    @property
+    def heartbeat_age(self) -> float:
+        """Seconds since this connection last heard its own heartbeat (or was opened)."""
+        return max(0.0, self._clock() - self._last_heartbeat_seen) if self.connected else 0.0
+
+    async def connect(self) -> None:
+        """Open the connection and LISTEN; nothing committed after this can be missed."""
+        await self.close()
+        conn = await open_async_connection(
+            self.url,
+            "production",
+            connect_timeout=self.connect_timeout,
+            application_name=self.application_name,
+        )
+        try:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        except psycopg.Error as error:
+            await conn.close()
+            raise translate_error(error, "production", "starting to LISTEN") from None
+        self._conn = conn
+        self.backend_pid = conn.info.backend_pid
+        now = self._clock()
+        self._last_heartbeat_seen = now
+        self._last_heartbeat_sent = now - self.heartbeat_interval  # probe right away
+
+    async def receive(
+        self, timeout: float = 1.0
+    ) -> AsyncIterator[Notification | MalformedNotification]:
+        """What arrives within ``timeout`` seconds, parsed; own heartbeats are consumed here."""
+        conn = self._require()
+        try:
+            async for notify in conn.notifies(timeout=timeout):
+                parsed = self._parse(notify.payload)
+                if isinstance(parsed, Heartbeat) and parsed.instance_id == self.instance_id:
+                    self._last_heartbeat_seen = self._clock()
+                    self.heartbeat_round_trip = max(0.0, time.time() - parsed.sent_at)
+                    continue
+                yield parsed
+        except psycopg.Error as error:
+            await self.close()
+            raise translate_error(error, "production", "listening for notifications") from None
+
+    def _parse(self, payload: str) -> Notification | MalformedNotification:
+        try:
+            return parse_notification(payload, self.key_width)
+        except MalformedNotification as error:
+            return error
+
+    async def keepalive(self) -> None:
+        """Probe, sample the queue and send a heartbeat when due; replace a half-open link.
+
+        Raises ``HalfOpenConnectionError`` when no heartbeat came back within
+        ``heartbeat_timeout``, ``DatabaseUnavailableError`` when the probe fails.
+        """
+        conn = self._require()
+        now = self._clock()
+        if now - self._last_heartbeat_seen > self.heartbeat_timeout:
+            await self.close()
+            raise HalfOpenConnectionError(
+                f"no heartbeat came back on the production listener for "
+                f"{now - self._last_heartbeat_seen:.1f}s; reconnecting"
+            )
+        if now - self._last_heartbeat_sent < self.heartbeat_interval:
+            return
+        self._last_heartbeat_sent = now
+        try:
+            async with asyncio.timeout(self.heartbeat_timeout):
+                row = await (await conn.execute(_PROBE)).fetchone()
+                self.queue_usage = float(row[0]) if row and row[0] is not None else None
+                await conn.execute(
+                    "SELECT pg_catalog.pg_notify(%s, %s)",
+                    (self.channel, heartbeat_payload(self.instance_id, time.time())),
+                )
+        except TimeoutError:
+            await self.close()
+            raise DatabaseUnavailableError(
+                f"the production listener did not answer a probe within {self.heartbeat_timeout}s"
+            ) from None
+        except psycopg.Error as error:
+            await self.close()
+            raise translate_error(error, "production", "probing the listener") from None
+
+    def _require(self) -> AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            raise DatabaseUnavailableError("the production listener is not connected")
+        return self._conn
+
+    async def close(self) -> None:
+        """Drop the connection (the server forgets the LISTEN with it)."""
+        conn, self._conn = self._conn, None
+        self.backend_pid = None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error, TimeoutError, OSError):
+                await asyncio.wait_for(conn.close(), timeout=5)

@@ -1,0 +1,834 @@
+"""The always-on daemon behind ``propagator run``: composition root and supervisor.
+
+One process, one asyncio loop, one stop event (set by SIGTERM/SIGINT), and a
+handful of tasks that share it:
+
+* leader: holds (or, as a standby, polls for) the advisory lock on the sandbox;
+* listener: LISTENs on production, turns notifications into keys in the buffer;
+* applier: the only writer — catch-up and full reconciles, then debounced
+  batches, all through ``services.sync`` (sync psycopg, run in a thread);
+* scheduler: asks for a full reconcile every ``reconcile_interval``;
+* ticker: the liveness heartbeat and gauges; plus the HTTP server.
+
+A task that ends on its own stops the whole service with a non-zero exit
+rather than leaving a half-working process behind. Failures are typed:
+``TransientError`` is retried with exponential backoff and jitter for as long
+as the process lives, ``PermanentError`` every ``permanent_retry_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import psycopg
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
+
+from propagator import __version__
+from propagator.adapters.leader import (
+    LeaderLock,
+    LeadershipLostError,
+    assert_lock_held,
+    lock_id_for,
+)
+from propagator.adapters.listener import Listener
+from propagator.adapters.postgres import connect, translate_error
+from propagator.core.debounce import Batch, DebounceBuffer
+from propagator.core.mapping import format_key
+from propagator.core.payload import Change, Heartbeat, MalformedNotification, Notification, Resync
+from propagator.core.plan import DuplicateKeyError, JobMappingResult
+from propagator.core.redact import mask_url
+from propagator.core.report import ReconcileReport
+from propagator.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    ExitCode,
+    PermanentError,
+    TransientError,
+)
+from propagator.observability.http import HttpServer
+from propagator.observability.logging import bind_context, get_logger
+from propagator.observability.metrics import Metrics
+from propagator.services.sync import BatchResult, SyncContext, SyncSession, converge_keys, reconcile
+from propagator.settings import Settings
+
+__all__ = ["Daemon", "Role", "run_daemon"]
+
+Role = Literal["starting", "leader", "standby"]
+T = TypeVar("T")
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+_log = get_logger("propagator.daemon")
+_TICK_SECONDS = 1.0
+_LIVENESS_SECONDS = 15.0
+CRASHED = 1
+
+
+class _Stopping(Exception):
+    """Raised inside a retry loop once the daemon is stopping or the work lost its point."""
+
+
+@dataclass(slots=True)
+class _Writer:
+    """Sync connections used by the applier thread only (never two batches at once)."""
+
+    settings: Settings
+    session: SyncSession | None = None
+    context: SyncContext | None = None
+
+    def ensure(self) -> tuple[SyncContext, Connection, Connection]:
+        if self.session is None or self.context is None:
+            session = SyncSession(self.settings, application_name="propagator applier")
+            try:
+                session.open_production()
+                session.open_sandbox()
+                self.context = session.prepare()
+            except BaseException:
+                session.close()
+                raise
+            self.session = session
+        assert self.session.production is not None
+        assert self.session.sandbox is not None
+        return self.context, self.session.production, self.session.sandbox
+
+    def connected(self) -> bool:
+        session = self.session
+        return bool(
+            session is not None
+            and session.production is not None
+            and not session.production.closed
+            and session.sandbox is not None
+            and not session.sandbox.closed
+        )
+
+    def cancel(self) -> None:
+        """Cancel a running statement from another thread (its transaction rolls back)."""
+        session = self.session
+        if session is None:
+            return
+        for conn in (session.production, session.sandbox):
+            if conn is not None and not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.cancel_safe(timeout=2)
+
+    def reset(self) -> None:
+        session, self.session, self.context = self.session, None, None
+        if session is not None:
+            with contextlib.suppress(psycopg.Error):
+                session.close()
+
+
+def _retry_cause(error: BaseException) -> str:
+    """The bounded ``cause`` label of a retry."""
+    if isinstance(error, PermanentError):
+        return "permanent"
+    if isinstance(error, DatabaseUnavailableError):
+        text = str(error)
+        if "production" in text:
+            return "production_unavailable"
+        if "sandbox" in text:
+            return "sandbox_unavailable"
+    return "transient"
+
+
+class Daemon:
+    """Keeps the sandbox converged until asked to stop; ``run()`` returns the exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        instance_id: str | None = None,
+        handle_signals: bool = True,
+        serve_http: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.instance_id = instance_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.handle_signals = handle_signals
+        self.serve_http = serve_http
+        self.production_url = settings.production_url()
+        self.sandbox_url = settings.sandbox_url()
+        self.buffer = DebounceBuffer(
+            quiet=settings.debounce_quiet,
+            max_delay=settings.debounce_max_delay,
+            max_keys=settings.debounce_max_keys,
+            hard_cap=settings.buffer_max_keys,
+        )
+        lock_id = settings.leader_lock_id
+        if lock_id is None:
+            lock_id = lock_id_for(settings.sandbox_table_name)
+        self.lock = LeaderLock(
+            self.sandbox_url,
+            lock_id,
+            connect_timeout=settings.connect_timeout,
+            probe_timeout=min(settings.heartbeat_timeout, settings.connect_timeout),
+            application_name=f"propagator leader {self.instance_id}"[:63],
+        )
+        self.listener = Listener(
+            self.production_url,
+            settings.channel,
+            instance_id=self.instance_id,
+            key_width=len(settings.key_columns),
+            heartbeat_interval=settings.heartbeat_interval,
+            heartbeat_timeout=settings.heartbeat_timeout,
+            connect_timeout=settings.connect_timeout,
+            application_name=f"propagator listener {self.instance_id}"[:63],
+        )
+        self.writer = _Writer(settings)
+        self.http: HttpServer | None = None
+        self.role: Role = "starting"
+        self.started_at = datetime.now(UTC)
+        self.catchup_done = False
+        self.last_reconcile: dict[str, Any] | None = None
+        self.last_batch: dict[str, Any] | None = None
+        self.last_lag: float | None = None
+        self.last_error: str | None = None
+        self.crashed: str | None = None
+        self._catchup_requested = False
+        self._reconcile_requested: str | None = None  # why a full reconcile is wanted
+        self._in_flight: Batch | None = None
+        self._last_tick = time.monotonic()
+        self._stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.started = threading.Event()  # set once every task runs (for embedding callers)
+
+    # Public surface: status, readiness, liveness, stop.
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == "leader" and self.lock.held
+
+    def request_stop(self) -> None:
+        """Ask for a graceful stop; safe to call from any thread."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+
+    def status(self) -> dict[str, Any]:
+        """What ``/status`` shows: role, connections, buffer, last reconcile and batch."""
+        now = datetime.now(UTC)
+        return {
+            "instance_id": self.instance_id,
+            "version": __version__,
+            "role": self.role,
+            "started_at": self.started_at.isoformat(),
+            "uptime_seconds": round((now - self.started_at).total_seconds(), 3),
+            "connections": {
+                "production_listener": self.listener.connected,
+                "sandbox_lock": self.lock.connected,
+                "writer": self.writer.connected(),
+            },
+            "catchup_done": self.catchup_done,
+            "pending_keys": len(self.buffer),
+            "in_flight_keys": len(self._in_flight.keys) if self._in_flight else 0,
+            "last_batch": self.last_batch,
+            "last_reconcile": self.last_reconcile,
+            "last_lag_seconds": self.last_lag,
+            "heartbeat_age_seconds": round(self.listener.heartbeat_age, 3),
+            "notification_queue_usage": self.listener.queue_usage,
+            "last_error": self.last_error,
+            "channel": self.settings.channel,
+            "production": f"{self.settings.production_table_name} @ "
+            f"{mask_url(self.production_url)}",
+            "sandbox": f"{self.settings.sandbox_table_name} @ {mask_url(self.sandbox_url)}",
+            "leader_lock_id": self.lock.lock_id,
+        }
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Ready when both databases answer, the role is known and (as leader) caught up."""
+        reasons: list[str] = []
+        if not self.listener.connected:
+            reasons.append("production listener not connected")
+        if not self.lock.connected:
+            reasons.append("sandbox not connected")
+        if self.role == "starting":
+            reasons.append("role not known yet")
+        if self.role == "leader" and not self.catchup_done:
+            reasons.append("catch-up reconcile not finished")
+        return not reasons, reasons
+
+    def liveness(self) -> bool:
+        return time.monotonic() - self._last_tick < _LIVENESS_SECONDS
+
+    # The supervisor.
+
+    async def run(self) -> int:
+        """Run until stopped; 0 after a graceful stop, non-zero when a task crashed."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        bind_context(instance=self.instance_id)
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        _log.info(
+            "daemon_starting",
+            version=__version__,
+            production=f"{self.settings.production_table_name} @ {mask_url(self.production_url)}",
+            sandbox=f"{self.settings.sandbox_table_name} @ {mask_url(self.sandbox_url)}",
+            channel=self.settings.channel,
+            leader_lock_id=self.lock.lock_id,
+        )
+        if self.serve_http:
+            await self._start_http()
+        tasks = {
+            asyncio.create_task(self._lead(), name="leader"),
+            asyncio.create_task(self._listen(), name="listener"),
+            asyncio.create_task(self._apply(), name="applier"),
+            asyncio.create_task(self._tick(), name="ticker"),
+        }
+        if self.settings.reconcile_interval.total_seconds() > 0:
+            tasks.add(asyncio.create_task(self._schedule(), name="scheduler"))
+        stop_waiter = asyncio.create_task(self._stop.wait(), name="stop")
+        self.started.set()
+        done, _ = await asyncio.wait({*tasks, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done - {stop_waiter}:
+            self._record_crash(task)
+        self._stop.set()
+        self._wake.set()
+        await self._shutdown(tasks)
+        stop_waiter.cancel()
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(signum)
+        if self.crashed:
+            _log.error("daemon_stopped", reason=self.crashed)
+            return CRASHED
+        _log.info("daemon_stopped", reason="signal or request")
+        return ExitCode.OK
+
+    def _on_signal(self, signum: int) -> None:
+        assert self._stop is not None
+        if self._stop.is_set():
+            _log.warning("signal_repeated", signal=signal.Signals(signum).name)
+            return
+        _log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        self._stop.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _record_crash(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self.crashed = f"task {task.get_name()} was cancelled"
+        elif task.exception() is not None:
+            error = task.exception()
+            self.crashed = f"task {task.get_name()} failed: {type(error).__name__}: {error}"
+            _log.error("task_crashed", task=task.get_name(), error=error, exc_info=error)
+        else:
+            self.crashed = f"task {task.get_name()} ended unexpectedly"
+            _log.error("task_crashed", task=task.get_name(), error="ended unexpectedly")
+
+    async def _start_http(self) -> None:
+        self.http = HttpServer(
+            self.settings.http_host,
+            self.settings.http_port,
+            self.metrics,
+            self.status,
+            self.readiness,
+            self.liveness,
+        )
+        try:
+            await self.http.start()
+        except OSError as error:
+            self.http = None
+            raise ConfigurationError(
+                f"cannot serve HTTP on {self.settings.http_host}:{self.settings.http_port}: "
+                f"{error.strerror or error}"
+            ) from None
+
+    async def _shutdown(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Let the tasks finish (the applier drains), then cancel what overstays."""
+        timeout = self.settings.shutdown_timeout.total_seconds()
+        pending = {t for t in tasks if not t.done()}
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            if late:
+                _log.warning(
+                    "shutdown_timeout",
+                    tasks=sorted(t.get_name() for t in late),
+                    pending_keys=len(self.buffer),
+                )
+                self.writer.cancel()  # a running batch rolls back: never half-applied
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late, timeout=5)
+        for task in tasks:
+            failed = task.done() and not task.cancelled() and task.exception() is not None
+            if failed and self.crashed is None:
+                self._record_crash(task)
+        await self.lock.release()
+        self._set_leader(False)
+        await self.listener.close()
+        await asyncio.to_thread(self.writer.reset)
+        if self.http is not None:
+            await self.http.stop()
+
+    # Retrying.
+
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep that ends early on stop (retry waits never delay a shutdown)."""
+        assert self._stop is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+    def _wait_seconds(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, PermanentError):
+            return self.settings.permanent_retry_interval.total_seconds()
+        backoff = wait_exponential_jitter(
+            initial=self.settings.retry_initial.total_seconds(),
+            max=self.settings.retry_max.total_seconds(),
+            jitter=self.settings.retry_initial.total_seconds(),
+        )
+        return float(backoff(state))
+
+    async def _retrying(
+        self,
+        what: str,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        keep_going: Callable[[], bool] = lambda: True,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> T:
+        """Run ``operation`` until it succeeds; raise ``_Stopping`` once it should give up."""
+
+        def should_stop(_state: RetryCallState) -> bool:
+            return self._stopping() or not keep_going()
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            assert error is not None
+            cause = _retry_cause(error)
+            self.metrics.record_retry(cause)
+            self.last_error = str(error)
+            delay = state.upcoming_sleep
+            log = _log.error if cause == "permanent" else _log.warning
+            log(
+                "retry_scheduled",
+                operation=what,
+                cause=cause,
+                attempt=state.attempt_number,
+                retry_in_seconds=round(delay, 3),
+                error=str(error),
+            )
+            if on_failure is not None:
+                on_failure(error)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((TransientError, PermanentError)),
+            wait=self._wait_seconds,
+            stop=should_stop,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1 and should_stop(attempt.retry_state):
+                        raise _Stopping(what)
+                    result = await operation()
+        except (TransientError, PermanentError) as error:
+            if on_failure is not None:
+                on_failure(error)
+            raise _Stopping(what) from error
+        attempts = attempt.retry_state.attempt_number
+        if attempts > 1:
+            _log.info("recovered", operation=what, attempts=attempts)
+        return result
+
+    # Leader election.
+
+    def _set_leader(self, leader: bool) -> None:
+        self.metrics.leader.set(1 if leader else 0)
+
+    async def _lead(self) -> None:
+        poll = self.settings.standby_poll_interval.total_seconds()
+        announced: Role | None = None
+        while not self._stopping():
+            if self.role == "leader":
+                if not await self.lock.still_held():
+                    self._demote("the leader lock connection was lost")
+                    announced = None
+                    continue
+            else:
+                try:
+                    acquired = await self._retrying(
+                        "taking the leader lock",
+                        self.lock.try_acquire,
+                        on_failure=lambda _e: self.metrics.set_database_connected("sandbox", False),
+                    )
+                except _Stopping:
+                    return
+                self.metrics.set_database_connected("sandbox", True)
+                if acquired:
+                    self._promote()
+                    announced = "leader"
+                elif announced != "standby":
+                    self.role = "standby"
+                    self._set_leader(False)
+                    announced = "standby"
+                    _log.info("standby", leader_lock_id=self.lock.lock_id)
+            self.metrics.set_database_connected("sandbox", self.lock.connected)
+            await self._sleep(poll)
+
+    def _promote(self) -> None:
+        self.role = "leader"
+        self._set_leader(True)
+        self.catchup_done = False
+        self.buffer.clear()
+        _log.info("leadership_acquired", leader_lock_id=self.lock.lock_id)
+        if self.listener.connected:
+            self._request_catchup("leadership acquired")
+
+    def _demote(self, why: str) -> None:
+        if self.role == "leader":
+            _log.error("leadership_lost", reason=why, dropped_keys=len(self.buffer))
+        self.role = "standby"
+        self._set_leader(False)
+        self.catchup_done = False
+        self.buffer.clear()
+        self._in_flight = None
+        self.metrics.debounce_buffer_keys.set(0)
+
+    def _request_catchup(self, why: str) -> None:
+        self._catchup_requested = True
+        self.catchup_done = False
+        _log.info("catchup_requested", reason=why)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # The listener.
+
+    async def _listen(self) -> None:
+        connected_before = False
+        while not self._stopping():
+            try:
+                await self._retrying(
+                    "connecting the production listener",
+                    self.listener.connect,
+                    on_failure=lambda _e: self.metrics.set_database_connected("production", False),
+                )
+            except _Stopping:
+                break
+            self.metrics.listener_connected.set(1)
+            self.metrics.set_database_connected("production", True)
+            _log.info(
+                "listener_reconnected" if connected_before else "listener_connected",
+                channel=self.settings.channel,
+                backend_pid=self.listener.backend_pid,
+            )
+            connected_before = True
+            if self.is_leader:
+                self._request_catchup("listener connected")
+            try:
+                while not self._stopping():
+                    async for item in self.listener.receive(timeout=_TICK_SECONDS):
+                        self._on_notification(item)
+                    if not self._stopping():
+                        await self.listener.keepalive()
+                        self._sample_listener()
+            except TransientError as error:
+                self.metrics.listener_connected.set(0)
+                self.metrics.set_database_connected("production", False)
+                self.metrics.record_retry("production_unavailable")
+                self.last_error = str(error)
+                _log.warning("listener_lost", error=str(error))
+        await self.listener.close()
+        self.metrics.listener_connected.set(0)
+        _log.info("listener_stopped")
+
+    def _sample_listener(self) -> None:
+        self.metrics.heartbeat_age.set(self.listener.heartbeat_age)
+        if self.listener.queue_usage is not None:
+            self.metrics.notification_queue_usage.set(self.listener.queue_usage)
+
+    def _on_notification(self, item: Notification | MalformedNotification) -> None:
+        self.metrics.notifications_received.inc()
+        if isinstance(item, MalformedNotification):
+            self.metrics.record_malformed(item.reason)
+            _log.warning("notification_malformed", reason=item.reason, detail=item.detail[:200])
+            return
+        if isinstance(item, Heartbeat):
+            return  # another replica's heartbeat on the shared channel
+        if not self.is_leader:
+            return  # a standby applies nothing; its catch-up on takeover covers these
+        if isinstance(item, Resync):
+            _log.info("resync_received", changed_at=item.changed_at)
+            self._want_reconcile("resync notification")
+            return
+        assert isinstance(item, Change)
+        coalesced = self.buffer.add(item.keys, item.changed_at)
+        if coalesced:
+            self.metrics.keys_coalesced.inc(coalesced)
+        if self.buffer.acknowledge_overflow():
+            _log.warning("debounce_overflow", hard_cap=self.buffer.hard_cap)
+            self._want_reconcile("debounce buffer overflow")
+        self.metrics.debounce_buffer_keys.set(len(self.buffer))
+        self._poke()
+
+    def _want_reconcile(self, why: str) -> None:
+        if self._reconcile_requested is None:
+            self._reconcile_requested = why
+        self._poke()
+
+    # The applier: the one writer.
+
+    async def _apply(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            if self._stopping():
+                await self._drain()
+                return
+            if not self.is_leader:
+                await self._idle(_TICK_SECONDS)
+                continue
+            try:
+                if self._catchup_requested:
+                    await self._full_reconcile("catchup", "listener (re)connected or takeover")
+                    continue
+                if self._reconcile_requested is not None:
+                    await self._full_reconcile("reconcile", self._reconcile_requested)
+                    continue
+                if self._in_flight is None:
+                    self._in_flight = self.buffer.take()
+                    self.metrics.debounce_buffer_keys.set(len(self.buffer))
+                if self._in_flight is not None:
+                    await self._apply_batch(self._in_flight)
+                    continue
+            except _Stopping:
+                continue
+            except LeadershipLostError as error:
+                await self._lost_fence(error)
+                continue
+            await self._idle(self.buffer.seconds_until_due() or _TICK_SECONDS)
+
+    async def _idle(self, seconds: float) -> None:
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.001, seconds))
+
+    async def _lost_fence(self, error: LeadershipLostError) -> None:
+        _log.error("write_refused_not_leader", error=str(error))
+        await self.lock.release()
+        self._demote(str(error))
+
+    def _fence(self) -> Callable[[Connection, Sequence[JobMappingResult], str], None]:
+        """The in-transaction check that this session still holds the leader lock."""
+        pid, lock_id = self.lock.backend_pid, self.lock.lock_id
+
+        def check(conn: Connection, _results: Sequence[JobMappingResult], _source: str) -> None:
+            if pid is None:
+                raise LeadershipLostError("no leader lock is held by this process; not writing")
+            assert_lock_held(conn, lock_id, pid)
+
+        return check
+
+    async def _in_thread(self, work: Callable[[], T], what: str) -> T:
+        """Run sync database work in a thread; on failure, drop the writer's connections."""
+
+        def guarded() -> T:
+            try:
+                return work()
+            except DuplicateKeyError as error:
+                raise PermanentError(str(error)) from None
+            except psycopg.Error as error:  # adapters translate their own; this is a backstop
+                raise translate_error(error, "sandbox", what) from None
+
+        try:
+            return await asyncio.to_thread(guarded)
+        except BaseException:
+            await asyncio.to_thread(self.writer.reset)
+            raise
+
+    async def _apply_batch(self, batch: Batch) -> None:
+        fence = self._fence()
+
+        def work() -> BatchResult:
+            context, production, sandbox = self.writer.ensure()
+            return converge_keys(
+                context, production, sandbox, batch.keys, source="event", on_applied=fence
+            )
+
+        result = await self._retrying(
+            "applying a batch",
+            lambda: self._in_thread(work, "applying a batch"),
+            keep_going=lambda: self.is_leader,
+        )
+        self._in_flight = None
+        stats = result.statistics
+        self.metrics.record_batch("event", applied=stats.updated, failed=stats.failed)
+        lag = None
+        if batch.earliest_change is not None:
+            lag = self.metrics.observe_lag(batch.earliest_change)
+            self.last_lag = lag
+        self.last_batch = {
+            "keys": len(batch.keys),
+            "updated": stats.updated,
+            "failed": stats.failed,
+            "reason": batch.reason,
+            "lag_seconds": None if lag is None else round(lag, 4),
+            "duration_seconds": round(result.duration_seconds, 4),
+            "finished_at": datetime.now(UTC).isoformat(),
+        }
+        _log.info("batch_applied", source="event", **self.last_batch)
+        for failure in stats.failures:
+            _log.error(
+                "row_rejected", source="event", key=format_key(failure.key), error=failure.error
+            )
+
+    async def _full_reconcile(self, source: Literal["catchup", "reconcile"], why: str) -> None:
+        """A full compare-and-converge (the same code as ``propagator reconcile --apply``)."""
+        if source == "catchup":
+            self._catchup_requested = False
+        else:
+            self._reconcile_requested = None
+        fence = self._fence()
+        settings = self.settings
+        _log.info("reconcile_started", source=source, reason=why)
+
+        def work() -> ReconcileReport:
+            context, _, _ = self.writer.ensure()
+            report = ReconcileReport(
+                dry_run=False,
+                production=f"{settings.production_table_name} @ {mask_url(self.production_url)}",
+                sandbox=f"{settings.sandbox_table_name} @ {mask_url(self.sandbox_url)}",
+                fields=context.spec.target_columns,
+                limit=settings.report_limit,
+            )
+            opened: list[Connection] = []
+
+            def open_connection(side: Literal["production", "sandbox"]) -> Connection:
+                url = self.production_url if side == "production" else self.sandbox_url
+                conn = connect(
+                    url,
+                    side,
+                    connect_timeout=settings.connect_timeout.total_seconds(),
+                    statement_timeout=settings.statement_timeout,
+                    application_name=f"propagator {source}",
+                )
+                opened.append(conn)
+                return conn
+
+            try:
+                return reconcile(
+                    context, open_connection, report, apply=True, source=source, on_applied=fence
+                )
+            finally:
+                for conn in opened:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+
+        def failed(_error: BaseException) -> None:
+            self.metrics.record_reconcile(source, success=False, duration_seconds=0.0)
+
+        started = time.perf_counter()
+        try:
+            report = await self._retrying(
+                f"{source} reconcile",
+                lambda: self._in_thread(work, f"the {source} reconcile"),
+                keep_going=lambda: self.is_leader,
+                on_failure=failed,
+            )
+        except BaseException:
+            if source == "catchup":
+                self._catchup_requested = self.is_leader
+            elif self.is_leader:
+                self._reconcile_requested = self._reconcile_requested or why
+            raise
+        duration = time.perf_counter() - started
+        stats = report.statistics
+        self.metrics.record_reconcile(
+            source, success=True, duration_seconds=duration, differences=report.differences
+        )
+        if stats.updated or stats.failed:
+            self.metrics.record_batch(source, applied=stats.updated, failed=stats.failed)
+        self.last_reconcile = {
+            "source": source,
+            "reason": why,
+            "production_rows": stats.production_rows,
+            "sandbox_rows": stats.sandbox_rows,
+            "differences": report.differences,
+            "updated": stats.updated,
+            "failed": stats.failed,
+            "duration_seconds": round(duration, 3),
+            "finished_at": datetime.now(UTC).isoformat(),
+        }
+        _log.info("reconcile_finished", **self.last_reconcile)
+        for failure in stats.failures[: settings.report_limit]:
+            _log.error(
+                "row_rejected", source=source, key=format_key(failure.key), error=failure.error
+            )
+        if source == "catchup" and not self._catchup_requested:
+            self.catchup_done = True
+
+    async def _drain(self) -> None:
+        """On stop: apply what is in flight and pending, once, within the shutdown budget."""
+        if not self.is_leader:
+            return
+        batches = 0
+        while self.is_leader:
+            batch = self._in_flight or self.buffer.take("drain")
+            if batch is None:
+                break
+            self._in_flight = batch
+            try:
+                await self._apply_batch(batch)
+            except _Stopping:
+                _log.warning("drain_incomplete", pending_keys=len(self.buffer) + len(batch.keys))
+                return
+            except LeadershipLostError as error:
+                await self._lost_fence(error)
+                return
+            batches += 1
+        _log.info("drain_finished", batches=batches)
+
+    # Scheduler and ticker.
+
+    async def _schedule(self) -> None:
+        interval = self.settings.reconcile_interval.total_seconds()
+        while not self._stopping():
+            await self._sleep(interval)
+            if self.is_leader and not self._stopping():
+                self._want_reconcile("periodic")
+
+    async def _tick(self) -> None:
+        while not self._stopping():
+            self._last_tick = time.monotonic()
+            self.metrics.mark_loop_tick()
+            self.metrics.debounce_buffer_keys.set(len(self.buffer))
+            if self.listener.connected:
+                self._sample_listener()
+            await self._sleep(_TICK_SECONDS)
+
+
+def run_daemon(settings: Settings) -> int:
+    """Run the daemon on a fresh event loop until it stops; return its exit code."""
+    return asyncio.run(Daemon(settings).run())
