@@ -1,0 +1,185 @@
+"""The daemon's own endpoints: counters and lag move on real changes, /readyz tells the truth."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from propagator.daemon import Daemon
+from propagator.services.triggers import install
+from propagator.settings import Settings, load_settings
+from tests.helpers import DatabasePair, wait_until
+
+QUICK = {
+    "http_port": 0,
+    "reconcile_interval": "0",
+    "heartbeat_interval": "500ms",
+    "heartbeat_timeout": "3s",
+    "retry_initial": "50ms",
+    "retry_max": "1s",
+    "standby_poll_interval": "200ms",
+    "shutdown_timeout": "15s",
+    "connect_timeout": "3s",
+}
+
+
+def observed_settings(databases: DatabasePair, **overrides: Any) -> Settings:
+    return load_settings(
+        production_database_url=databases.production.url,
+        sandbox_database_url=databases.sandbox.url,
+        **{**QUICK, **overrides},
+    )
+
+
+class RunningDaemon:
+    """A daemon in a thread of its own, reached only through its HTTP endpoint."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.daemon = Daemon(settings, handle_signals=False)
+        self.exit_code: int | None = None
+        self._thread = threading.Thread(target=self._main, name="observed-daemon", daemon=True)
+
+    def _main(self) -> None:
+        self.exit_code = asyncio.run(self.daemon.run())
+
+    @property
+    def port(self) -> int:
+        assert self.daemon.http is not None
+        return self.daemon.http.port
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self.daemon.started.wait(30), "the daemon did not start"
+        wait_until(lambda: self.daemon.http is not None, timeout=10, what="the HTTP endpoint")
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the daemon did not stop"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, body = self.get("/metrics")
+        assert status == 200
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): float(sample.value)
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+        }
+
+
+def sample(
+    scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@contextmanager
+def running_daemon(settings: Settings) -> Iterator[RunningDaemon]:
+    daemon = RunningDaemon(settings)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def install_triggers(databases: DatabasePair, settings: Settings) -> None:
+    with psycopg.connect(databases.production.url, autocommit=True) as conn:
+        install(conn, settings)
+
+
+def test_metrics_move_and_readyz_turns_ready_after_catch_up(databases: DatabasePair) -> None:
+    """/readyz is 503 until the catch-up finishes, then 200; changes move counters and lag."""
+    settings = observed_settings(databases)
+    install_triggers(databases, settings)
+    databases.production.insert_jobs((job, "A", job) for job in range(1, 51))
+    databases.sandbox.insert_jobs((job, "A", 0) for job in range(1, 51))
+
+    # Hold the sandbox table so the catch-up reconcile cannot finish until released.
+    blocker = psycopg.connect(databases.sandbox.url)
+    blocker.execute("LOCK TABLE public.jobs IN ACCESS EXCLUSIVE MODE")
+    try:
+        with running_daemon(settings) as daemon:
+            # Leader, listening, but the catch-up is held: not ready yet.
+            wait_until(lambda: daemon.daemon.role == "leader", timeout=30, what="leadership")
+            status, body = daemon.get("/readyz")
+            assert status == 503, body
+            assert json.loads(body)["status"] == "not_ready"
+            assert json.loads(body)["reasons"]
+            assert daemon.get("/healthz")[0] == 200  # the loop turns while the catch-up waits
+            blocker.rollback()
+            wait_until(lambda: daemon.get("/readyz")[0] == 200, timeout=30, what="/readyz 200")
+            assert json.loads(daemon.get("/readyz")[1]) == {"status": "ready", "reasons": []}
+
+            before = daemon.scrape()
+            assert sample(before, "propagator_rows_applied_total", source="catchup") == 50
+            assert (
+                sample(
+                    before, "propagator_reconcile_runs_total", source="catchup", result="success"
+                )
+                >= 1
+            )
+            assert sample(before, "propagator_reconcile_last_success_timestamp_seconds") > 0
+            assert sample(before, "propagator_leader") == 1
+            assert sample(before, "propagator_listener_connected") == 1
+            assert sample(before, "propagator_database_connected", database="production") == 1
+            assert sample(before, "propagator_database_connected", database="sandbox") == 1
+            assert sample(before, "propagator_loop_last_tick_timestamp_seconds") > 0
+
+            databases.production.execute(
+                "UPDATE jobs SET fab_order = fab_order + 1000 WHERE job <= 10"
+            )
+
+            def moved() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+                now = daemon.scrape()
+                applied = sample(now, "propagator_rows_applied_total", source="event")
+                return now if applied >= 10 else None
+
+            after = wait_until(moved, timeout=30, what="rows_applied_total{source=event} >= 10")
+            lag_count = "propagator_propagation_lag_seconds_count"
+            assert sample(after, lag_count) > sample(before, lag_count)
+            assert sample(after, "propagator_propagation_lag_seconds_sum") > 0
+            assert sample(after, "propagator_propagation_lag_seconds_bucket", le="60.0") >= 1
+            assert sample(after, "propagator_notifications_received_total") > sample(
+                before, "propagator_notifications_received_total"
+            )
+            assert sample(after, "propagator_batches_applied_total", source="event") >= 1
+            assert sample(after, "propagator_rows_failed_total", source="event") == 0
+            assert databases.production.fab_orders() == databases.sandbox.fab_orders()
+
+            status, body = daemon.get("/status")
+            assert status == 200
+            assert json.loads(body)["role"] == "leader"
+
+            promtool = shutil.which("promtool")
+            if promtool is not None:
+                exposition = daemon.get("/metrics")[1]
+                checked = subprocess.run(
+                    [promtool, "check", "metrics"],
+                    input=exposition,
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert checked.returncode == 0, checked.stdout + checked.stderr
+    finally:
+        blocker.close()
