@@ -7,7 +7,11 @@ are shown to be refused everywhere outside the mapped columns.
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,9 +24,11 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from propagator.adapters.embedded import binary_dir
+from propagator.adapters.embedded import binary_dir, free_port
+from propagator.services import triggers
+from propagator.settings import load_settings
 from tests.conftest import Server
-from tests.helpers import Database, DatabasePair, run_cli
+from tests.helpers import Database, DatabasePair, run_cli, wait_until
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "deploy" / "sql"
 PASSWORD = "lp-secret-Pa55"
@@ -204,3 +210,66 @@ def test_role_scripts_are_rerunnable_and_reset_grants_exactly(
         (grants.role,),
     )
     assert table_privileges == [("SELECT",)]
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def test_daemon_propagates_with_exactly_the_scripted_grants(
+    databases: DatabasePair, grants: Grants, tmp_path: Path
+) -> None:
+    """After a DBA installed the triggers, `propagator run` as the scripted role propagates."""
+    _seed(databases)
+    with databases.production.connect() as dba:  # the table owner, not the daemon's role
+        triggers.install(dba, load_settings(production_database_url=databases.production.url))
+    port = free_port()
+    log = (tmp_path / "daemon.log").open("w+", encoding="utf-8")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "propagator", "run"],
+        env=grants.env(
+            databases,
+            PROPAGATOR_HTTP_PORT=str(port),
+            PROPAGATOR_RECONCILE_INTERVAL="1h",
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: _ready(port) or daemon.poll() is not None, timeout=60, what="/readyz")
+        assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
+        # The catch-up reconcile on start has converged what differed before.
+        wait_until(
+            lambda: databases.sandbox.fab_orders() == databases.production.fab_orders(),
+            what="catch-up as the least-privilege role",
+        )
+
+        databases.production.execute("UPDATE public.jobs SET fab_order = 4242 WHERE job = 7")
+
+        wait_until(
+            lambda: (
+                databases.sandbox.scalar("SELECT fab_order FROM public.jobs WHERE job = 7")
+                == Decimal("4242.00")
+            ),
+            what="the change to reach the sandbox",
+        )
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=30)
+        log.close()
+    output = (tmp_path / "daemon.log").read_text()
+    assert daemon.returncode == 0, output
+    assert '"event": "batch_applied"' in output
+    for refusal in ("permission denied", "read-only transaction", '"level": "error"'):
+        assert refusal not in output, output
+    assert databases.sandbox.fetchall("SELECT DISTINCT paint_color, stage FROM public.jobs") == [
+        ("blue", "weld")
+    ]
