@@ -164,15 +164,22 @@ def _description(settings: Settings) -> str:
     )
 
 
-def _json_array(columns: tuple[str, ...]) -> sql.Composable:
-    parts = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in columns)
+def _json_array(alias: str, columns: tuple[str, ...]) -> sql.Composable:
+    parts = sql.SQL(", ").join(
+        sql.SQL("{}.{}").format(sql.SQL(alias), sql.Identifier(c)) for c in columns
+    )
     return sql.SQL("jsonb_build_array({})").format(parts)
+
+
+def _column(alias: str, column: str) -> sql.Composable:
+    return sql.SQL("{}.{}").format(sql.SQL(alias), sql.Identifier(column))
 
 
 def _function_definition(settings: Settings, names: TriggerNames) -> tuple[str, str]:
     """The CREATE FUNCTION statement and the dollar quote around its body."""
     spec = settings.mapping_spec
-    watched_values = tuple(c for c in spec.watched_columns if c not in spec.key_columns)
+    keys = spec.key_columns
+    watched_values = tuple(c for c in spec.watched_columns if c not in keys)
     template = sql.SQL(_template("notify_function.sql"))
     tag = _BODY_QUOTE
     attempt = 0
@@ -182,8 +189,19 @@ def _function_definition(settings: Settings, names: TriggerNames) -> tuple[str, 
             template.format(
                 function=_identifier(names.function),
                 body_quote=sql.SQL(quote),
-                key_of_row=_json_array(spec.key_columns),
-                watched_of_row=_json_array(watched_values),
+                new_key=_json_array("n", keys),
+                old_key=_json_array("o", keys),
+                key_match=sql.SQL(" AND ").join(
+                    sql.SQL("{} = {}").format(_column("n", c), _column("o", c)) for c in keys
+                ),
+                unmatched=sql.SQL("{} IS NULL OR {} IS NULL").format(
+                    _column("n", keys[0]), _column("o", keys[0])
+                ),
+                new_side_missing=sql.SQL(" AND ").join(
+                    sql.SQL("{} IS NULL").format(_column("n", c)) for c in keys
+                ),
+                new_watched=_json_array("n", watched_values),
+                old_watched=_json_array("o", watched_values),
                 channel=sql.Literal(settings.channel),
                 queue_usage_limit=sql.Literal(QUEUE_USAGE_LIMIT),
                 resync_key_count=sql.Literal(RESYNC_KEY_COUNT),

@@ -17,33 +17,37 @@ BEGIN
     END IF;
 
     -- Keys (JSON arrays of to_jsonb() of each key column) that may have changed.
+    -- A key with a NULL part cannot be matched in the sandbox and is not sent.
     IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(DISTINCT ({key_of_row})::text)
+        SELECT array_agg(changed.key_item::text)
         INTO items
-        FROM propagator_new AS r;
+        FROM (SELECT DISTINCT {new_key}
+              FROM propagator_new AS n
+              WHERE NOT {new_key} @> '[null]'
+              LIMIT {resync_key_count} + 1) AS changed(key_item);
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(DISTINCT ({key_of_row})::text)
+        SELECT array_agg(changed.key_item::text)
         INTO items
-        FROM propagator_old AS r;
+        FROM (SELECT DISTINCT {old_key}
+              FROM propagator_old AS o
+              WHERE NOT {old_key} @> '[null]'
+              LIMIT {resync_key_count} + 1) AS changed(key_item);
     ELSE
-        -- UPDATE: a row counts only if a watched column is really different
-        -- (jsonb equality: NULL = NULL, 500 = 500.0). A key change shows up on
-        -- both sides of the difference, so the old and the new key are sent.
-        SELECT array_agg(DISTINCT changed.key_item::text)
+        -- UPDATE: old and new rows are matched by key; a row counts only if a
+        -- watched column is really different (compared as jsonb, which every
+        -- type converts to: NULL = NULL, 500 = 500.0). A row whose key changed
+        -- matches nothing, so both its old and its new key are sent.
+        SELECT array_agg(changed.key_item::text)
         INTO items
-        FROM (
-            (SELECT {key_of_row} AS key_item, {watched_of_row} AS watched
-             FROM propagator_new AS r
-             EXCEPT
-             SELECT {key_of_row}, {watched_of_row}
-             FROM propagator_old AS r)
-            UNION ALL
-            (SELECT {key_of_row}, {watched_of_row}
-             FROM propagator_old AS r
-             EXCEPT
-             SELECT {key_of_row}, {watched_of_row}
-             FROM propagator_new AS r)
-        ) AS changed;
+        FROM (SELECT DISTINCT k.key_item
+              FROM propagator_new AS n
+              FULL JOIN propagator_old AS o ON {key_match}
+              CROSS JOIN LATERAL (
+                  SELECT CASE WHEN {new_side_missing} THEN {old_key} ELSE {new_key} END
+              ) AS k(key_item)
+              WHERE ({unmatched} OR {old_watched} IS DISTINCT FROM {new_watched})
+                AND NOT k.key_item @> '[null]'
+              LIMIT {resync_key_count} + 1) AS changed(key_item);
     END IF;
 
     IF items IS NULL THEN

@@ -156,3 +156,289 @@ def test_payloads_stay_small_for_many_keys(databases: DatabasePair, installed: L
     assert all(len(p.encode()) < 8000 for p in payloads)
     key_bytes = sum(len(json.dumps(k).encode()) + 1 for k in keys)
     assert len(payloads) <= math.ceil(key_bytes / 7500) + 1
+
+
+def test_a_hundred_thousand_row_update_stays_within_the_notify_limit(
+    databases: DatabasePair, installed: Listener
+) -> None:
+    """One UPDATE of 100,000 rows sends every key in chunks or one resync, never per row."""
+    rows = [(n, f"r{n}", n) for n in range(100_000)]
+    databases.production.insert_jobs(rows)
+    installed.payloads()
+    databases.production.execute("UPDATE jobs SET fab_order = fab_order + 1")
+    payloads = installed.payloads()
+    assert payloads
+    assert all(len(p.encode()) < 8000 for p in payloads)
+    documents = [json.loads(p) for p in payloads]
+    if any(d.get("resync") is True for d in documents):
+        assert len(payloads) == 1
+        return
+    keys = [key for d in documents for key in d["k"]]
+    assert sorted(keys) == sorted([job, release] for job, release, _ in rows)
+    key_bytes = sum(len(json.dumps(k).encode()) + 1 for k in keys)
+    assert len(payloads) <= math.ceil(key_bytes / 7500) + 1
+
+
+def test_payloads_parse_as_v1_for_the_daemon(databases: DatabasePair, installed: Listener) -> None:
+    """What the trigger sends is exactly what the daemon's payload v1 parser accepts."""
+    from propagator.core.payload import Change, Resync, parse_notification
+
+    databases.production.insert_jobs([(7, "A", 1)])
+    databases.production.execute("UPDATE jobs SET fab_order = 2")
+    databases.production.insert_jobs([(n, "x" * 3000, n) for n in range(8, 10)])
+    parsed = [parse_notification(p, key_width=2) for p in installed.payloads()]
+    assert isinstance(parsed[0], Change)
+    assert parsed[0].keys == ((7, "A"),)
+    assert isinstance(parsed[1], Change)
+    assert parsed[1].keys == ((7, "A"),)
+    assert isinstance(parsed[2], Resync)  # keys over 2000 bytes are not listed
+
+
+ODD_TABLE = """
+CREATE TABLE public.odd (
+    code text,
+    at timestamptz,
+    doc json,
+    spot point,
+    ratio double precision,
+    tags text[],
+    note text
+)
+"""
+
+
+def test_odd_keys_and_types_never_fail_the_production_statement(
+    databases: DatabasePair,
+) -> None:
+    """NULL keys, a 10,000-character key, json/point/NaN values: statements succeed, notify."""
+    databases.production.execute(ODD_TABLE)
+    settings = settings_for(
+        databases,
+        production_table="public.odd",
+        key_columns="code,at",
+        field_mappings='["doc", "spot", "ratio", "tags"]',
+    )
+    with psycopg.connect(databases.production.url) as conn:
+        triggers.install(conn, settings)
+    listener = Listener(databases.production)
+    production = databases.production
+    production.execute(
+        "INSERT INTO odd VALUES (NULL, NULL, '{\"a\": 1}', '(1,2)', 'NaN', '{x}', 'n')"
+    )
+    production.execute("INSERT INTO odd VALUES (repeat('k', 10000), now(), '[]', NULL, 1, NULL)")
+    production.execute("INSERT INTO odd VALUES ('é\"''\\', '2024-01-01', 'null', NULL, 2, '{}')")
+    production.execute("UPDATE odd SET doc = '{\"a\": 2}', spot = '(3,4)', ratio = 'Infinity'")
+    production.execute("UPDATE odd SET note = 'only an unwatched column'")
+    production.execute("UPDATE odd SET doc = doc::jsonb::json, ratio = ratio")
+    production.execute("DELETE FROM odd")
+    documents = [json.loads(p) for p in listener.payloads()]
+    assert production.scalar("SELECT count(*) FROM odd") == 0
+    resyncs = [d for d in documents if d.get("resync")]
+    changes = [d["k"] for d in documents if "k" in d]
+    # NULL keys are never sent; the 10,000-character key turns its statements into resyncs.
+    assert len(resyncs) == 3  # insert of the long key, the update, the delete
+    assert changes == [[["é\"'\\", "2024-01-01T00:00:00+00:00"]]]
+    listener.conn.close()
+
+
+def test_an_error_in_the_trigger_becomes_a_warning_and_a_resync(
+    databases: DatabasePair, installed: Listener
+) -> None:
+    """Even a trigger broken by a dropped column lets the user's statement commit."""
+    databases.production.insert_jobs([(1, "A", 5)])
+    installed.payloads()
+    databases.production.execute("ALTER TABLE jobs DROP COLUMN fab_order")
+    warnings: list[str] = []
+    with databases.production.connect() as conn:
+        conn.add_notice_handler(lambda notice: warnings.append(str(notice.message_primary)))
+        conn.execute("UPDATE jobs SET stage = 'weld'")
+    assert databases.production.scalar("SELECT stage FROM jobs") == "weld"
+    assert [json.loads(p).get("resync") for p in installed.payloads()] == [True]
+    assert any("change notification failed" in w for w in warnings)
+
+
+def _catalog(database: Database, table: str = "public.jobs") -> tuple[list[str], list[str]]:
+    trigger_rows = database.fetchall(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal"
+        " ORDER BY 1",
+        (table,),
+    )
+    function_rows = database.fetchall(
+        "SELECT proname FROM pg_proc WHERE proname LIKE 'propagator%' ORDER BY 1"
+    )
+    return [r[0] for r in trigger_rows], [r[0] for r in function_rows]
+
+
+def test_install_twice_is_idempotent(
+    databases: DatabasePair, settings: Settings, installed: Listener
+) -> None:
+    """A second install leaves the same three triggers and one function; one change, one notice."""
+    before = _catalog(databases.production)
+    with psycopg.connect(databases.production.url) as conn:
+        triggers.install(conn, settings)
+        state = triggers.status(conn, settings)
+    assert _catalog(databases.production) == before
+    assert before == (
+        ["propagator_jobs_delete", "propagator_jobs_insert", "propagator_jobs_update"],
+        ["propagator_notify_jobs"],
+    )
+    assert state.current
+    databases.production.insert_jobs([(1, "A", 5)])
+    assert installed.keys() == [[1, "A"]]
+
+
+OLDER_VERSION = """
+CREATE FUNCTION public.propagator_notify_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('propagator_jobs', '{"v":1,"t":0,"resync":true}'); RETURN NULL; END $$;
+COMMENT ON FUNCTION public.propagator_notify_jobs() IS
+    '{"managed_by": "propagator", "version": 0, "channel": "propagator_jobs"}';
+CREATE FUNCTION public.propagator_jobs_row_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('propagator_jobs', 'row'); RETURN NULL; END $$;
+COMMENT ON FUNCTION public.propagator_jobs_row_notify() IS
+    '{"managed_by": "propagator", "version": 0}';
+CREATE TRIGGER propagator_jobs_update AFTER UPDATE ON public.jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION public.propagator_notify_jobs();
+CREATE TRIGGER propagator_jobs_row AFTER INSERT OR UPDATE ON public.jobs
+    FOR EACH ROW EXECUTE FUNCTION public.propagator_jobs_row_notify();
+CREATE FUNCTION public.audit_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RETURN NULL; END $$;
+CREATE TRIGGER audit_jobs AFTER UPDATE ON public.jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_jobs();
+"""
+
+
+def test_upgrade_from_an_older_version_replaces_it_in_place(
+    databases: DatabasePair, settings: Settings
+) -> None:
+    """An older install (other triggers, old function) is upgraded; others' triggers survive."""
+    databases.production.execute(OLDER_VERSION)
+    with psycopg.connect(databases.production.url) as conn:
+        old = triggers.status(conn, settings)
+        triggers.install(conn, settings)
+        new = triggers.status(conn, settings)
+    assert old.installed
+    assert not old.current
+    assert old.version == 0
+    assert any("obsolete triggers: propagator_jobs_row" in p for p in old.problems)
+    assert new.current
+    assert new.version == triggers.TRIGGER_VERSION
+    assert _catalog(databases.production) == (
+        [
+            "audit_jobs",
+            "propagator_jobs_delete",
+            "propagator_jobs_insert",
+            "propagator_jobs_update",
+        ],
+        ["propagator_notify_jobs"],
+    )
+
+
+LEGACY_ROW_TRIGGER = """
+CREATE FUNCTION public.propagator_jobs_row_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('propagator_jobs', 'row'); RETURN NULL; END $$;
+COMMENT ON FUNCTION public.propagator_jobs_row_notify() IS
+    '{"managed_by": "propagator", "version": 0}';
+CREATE TRIGGER propagator_jobs_row AFTER INSERT OR UPDATE ON public.jobs
+    FOR EACH ROW EXECUTE FUNCTION public.propagator_jobs_row_notify();
+"""
+
+
+def test_uninstall_leaves_nothing_behind(
+    databases: DatabasePair, settings: Settings, installed: Listener
+) -> None:
+    """After uninstall no propagator trigger or function remains, and nothing is notified."""
+    databases.production.execute(LEGACY_ROW_TRIGGER)
+    with psycopg.connect(databases.production.url) as conn:
+        triggers.uninstall(conn, settings)
+        triggers.uninstall(conn, settings)
+        state = triggers.status(conn, settings)
+    assert _catalog(databases.production) == ([], [])
+    assert not state.installed
+    assert state.problems == ("not installed",)
+    databases.production.insert_jobs([(1, "A", 5)])
+    assert installed.payloads() == []
+
+
+def test_status_reports_version_columns_and_drift(
+    databases: DatabasePair, settings: Settings, installed: Listener
+) -> None:
+    """Status shows version, channel and columns, and says when the configuration moved on."""
+    wider = settings_for(databases, field_mappings="fab_order,paint_color")
+    with psycopg.connect(databases.production.url) as conn:
+        state = triggers.status(conn, settings)
+        drifted = triggers.status(conn, wider)
+        triggers.install(conn, wider)
+        upgraded = triggers.status(conn, wider)
+    assert (state.installed, state.current, state.version) == (True, True, 1)
+    assert state.channel == CHANNEL
+    assert state.watched_columns == ("job", "release", "fab_order")
+    assert not drifted.current
+    assert any("paint_color" in p for p in drifted.problems)
+    assert upgraded.current
+    databases.production.insert_jobs([(1, "A", 5, "red")])
+    installed.payloads()
+    databases.production.execute("UPDATE jobs SET paint_color = 'blue'")
+    assert installed.keys() == [[1, "A"]]
+
+
+HOSTILE_COLUMN = 'fab order"; drop table jobs; --'
+DOLLAR_COLUMN = "x$propagator_notify$y"
+
+
+def test_hostile_names_work_end_to_end(databases: DatabasePair) -> None:
+    """Quoted schema, table and column names with spaces, quotes, unicode and SQL work."""
+    production = databases.production
+    production.execute(
+        sql.SQL(
+            "CREATE SCHEMA {schema}; CREATE TABLE {schema}.{table} "
+            "({key} int, release text, {hostile} numeric, {dollar} text, other text)"
+        )
+        .format(
+            schema=sql.Identifier("my schema"),
+            table=sql.Identifier("Odd Jobs"),
+            key=sql.Identifier("Jöb Nr"),
+            hostile=sql.Identifier(HOSTILE_COLUMN),
+            dollar=sql.Identifier(DOLLAR_COLUMN),
+        )
+        .as_string(None)
+    )
+    settings = settings_for(
+        databases,
+        production_table='"my schema"."Odd Jobs"',
+        key_columns=["Jöb Nr", "release"],
+        field_mappings=json.dumps([HOSTILE_COLUMN, DOLLAR_COLUMN]),
+        channel="Odd Channel",
+    )
+    assert '"fab order""; drop table jobs; --"' in triggers.render_install_sql(settings)
+    with psycopg.connect(production.url) as conn:
+        triggers.install(conn, settings)
+        assert triggers.status(conn, settings).current
+    listener = Listener(production, channel="Odd Channel")
+    table = '"my schema"."Odd Jobs"'
+    production.execute(f"INSERT INTO {table} VALUES (1, 'A', 5, 'd', 'o')")
+    production.execute(f'UPDATE {table} SET "fab order""; drop table jobs; --" = 6')
+    production.execute(f"UPDATE {table} SET \"x$propagator_notify$y\" = 'e'")
+    production.execute(f"UPDATE {table} SET other = 'p'")
+    assert listener.keys() == [[1, "A"], [1, "A"], [1, "A"]]
+    assert production.scalar("SELECT to_regclass('public.jobs') IS NOT NULL")
+    with psycopg.connect(production.url) as conn:
+        triggers.uninstall(conn, settings)
+    assert _catalog(production, table) == ([], [])
+    listener.conn.close()
+
+
+def test_long_table_names_give_distinct_names_within_63_bytes(databases: DatabasePair) -> None:
+    """Names derived from a 63-byte table name are cut safely, hashed, and still unique."""
+    long_a, long_b = "é" * 30 + "abc", "é" * 30 + "abd"
+    names = [
+        triggers.trigger_names(settings_for(databases, production_table=f'"{name}"'))
+        for name in (long_a, long_b)
+    ]
+    every = [n for t in names for n in (t.function.name, *t.triggers)]
+    assert all(len(n.encode()) <= 63 for n in every)
+    assert len(set(every)) == len(every)
+    databases.production.execute(f'CREATE TABLE "{long_a}" (LIKE public.jobs)')
+    settings = settings_for(databases, production_table=f'"{long_a}"')
+    with psycopg.connect(databases.production.url) as conn:
+        triggers.install(conn, settings)
+        assert triggers.status(conn, settings).current
