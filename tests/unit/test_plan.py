@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from propagator.core.mapping import FieldMapping, Key, MappingSpec
@@ -254,6 +254,7 @@ def test_replanning_after_applying_the_plan_finds_nothing(generated: Tables) -> 
     assert [r.key for r in second] == [r.key for r in first if not r.matched]
 
 
+@settings(max_examples=40)  # a simple rule: fewer examples suffice
 @given(tables())
 def test_planning_is_idempotent(generated: Tables) -> None:
     """Planning the same input twice gives the same plan and the same figures."""
@@ -296,6 +297,7 @@ def test_lookup_plan_agrees_with_the_merge(generated: Tables, random: Any) -> No
     assert statistics.not_found_in_production == 0
 
 
+@settings(max_examples=40)  # a simple rule: fewer examples suffice
 @given(tables(), st.data())
 def test_out_of_order_input_raises(generated: Tables, data: st.DataObject) -> None:
     """A stream that goes backwards raises StreamOrderError naming the side."""
@@ -313,6 +315,7 @@ def test_out_of_order_input_raises(generated: Tables, data: st.DataObject) -> No
         )
 
 
+@settings(max_examples=40)  # a simple rule: fewer examples suffice
 @given(tables(), st.data())
 def test_duplicate_keys_raise_naming_the_side(generated: Tables, data: st.DataObject) -> None:
     """Two rows with one key on a side raise DuplicateKeyError naming that side and key."""
