@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -18,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from propagator.daemon import Daemon
 from propagator.services.triggers import install
 from propagator.settings import Settings, load_settings
-from tests.helpers import DatabasePair, wait_until
+from tests.helpers import DatabasePair, run_cli, wait_until
+from tests.integration.test_observability_status import cli_env
 
 QUICK = {
     "http_port": 0,
@@ -169,6 +171,10 @@ def test_metrics_move_and_readyz_turns_ready_after_catch_up(databases: DatabaseP
             status, body = daemon.get("/status")
             assert status == 200
             assert json.loads(body)["role"] == "leader"
+            shown = run_cli(["status", "--url", f"http://127.0.0.1:{daemon.port}"], cli_env())
+            assert shown.returncode == 0, shown.stderr
+            assert "ready" in shown.stdout.splitlines()[1]
+            assert re.search(r"^  role:\s+leader$", shown.stdout, re.M), shown.stdout
 
             promtool = shutil.which("promtool")
             if promtool is not None:
