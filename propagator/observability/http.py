@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from propagator.core.redact import redact
 from propagator.observability.logging import get_logger, redact_data
 from propagator.observability.metrics import METRICS_CONTENT_TYPE, Metrics
 
-__all__ = ["Handler", "HttpServer", "Request", "Response"]
+__all__ = ["Handler", "HttpServer", "Request", "Response", "bearer_protected"]
 
 _log = get_logger(__name__)
 
@@ -78,6 +79,10 @@ class Response:
         return cls(status, text.encode(), content_type)
 
     @classmethod
+    def html(cls, html: str, status: int = 200) -> Response:
+        return cls(status, html.encode(), "text/html; charset=utf-8")
+
+    @classmethod
     def error(
         cls, status: int, message: str, *, headers: tuple[tuple[str, str], ...] = (), **extra: Any
     ) -> Response:
@@ -85,6 +90,27 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+def bearer_protected(token: Callable[[], str | None], handler: Handler) -> Handler:
+    """Wrap ``handler`` so it runs only with ``Authorization: Bearer <token>``.
+
+    ``token`` is read per request (settings may change); when it returns None the
+    route is refused outright: an unconfigured token never means an open door.
+    """
+
+    async def guarded(request: Request) -> Response:
+        expected = token()
+        if not expected:
+            return Response.error(403, "this endpoint needs api_token to be configured")
+        given = request.bearer_token() or ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return Response.error(
+                401, "missing or wrong bearer token", headers=(("WWW-Authenticate", "Bearer"),)
+            )
+        return await handler(request)
+
+    return guarded
 
 
 class _BadRequest(Exception):

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from propagator.core.redact import register_secret
-from propagator.observability.http import HttpServer, Request, Response
+from propagator.observability.http import HttpServer, Request, Response, bearer_protected
 from propagator.observability.metrics import Metrics
 from tests.helpers import wait_until
 
@@ -354,3 +354,42 @@ def test_port_zero_reports_the_bound_port_and_stop_releases_it() -> None:
         running.call(running.server.stop)
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_bearer_protected_routes_refuse_without_the_right_token(running: Running) -> None:
+    """A protected route answers 401 without or with a wrong token, 403 with none configured."""
+    configured: list[str | None] = ["s3cret-token"]
+
+    async def reconcile_now(_request: Request) -> Response:
+        return Response.json({"accepted": True}, status=202)
+
+    running.server.add_route(
+        "POST", "/reconcile", bearer_protected(lambda: configured[0], reconcile_now)
+    )
+    port = running.port
+    assert request(port, "POST", "/reconcile", body=b"").status == 401
+    wrong = request(port, "POST", "/reconcile", body=b"", headers={"Authorization": "Bearer no"})
+    assert wrong.status == 401
+    assert wrong.headers["www-authenticate"] == "Bearer"
+    good = request(
+        port, "POST", "/reconcile", body=b"", headers={"Authorization": "Bearer s3cret-token"}
+    )
+    assert (good.status, good.json()) == (202, {"accepted": True})
+    configured[0] = None
+    refused = request(
+        port, "POST", "/reconcile", body=b"", headers={"Authorization": "Bearer s3cret-token"}
+    )
+    assert refused.status == 403
+
+
+def test_html_responses_carry_their_content_type(running: Running) -> None:
+    """Response.html serves a page with text/html and its exact length."""
+
+    async def page(_request: Request) -> Response:
+        return Response.html("<!doctype html><title>propagator</title>")
+
+    running.server.add_route("GET", "/", page)
+    answer = request(running.port, "GET", "/")
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "text/html; charset=utf-8"
+    assert answer.body == b"<!doctype html><title>propagator</title>"
