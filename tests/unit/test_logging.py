@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from propagator.core.redact import register_secret
 from propagator.observability.logging import (
@@ -33,6 +34,7 @@ def _restore_logging() -> Iterator[None]:
     handlers, level = list(root.handlers), root.level
     yield
     clear_context()
+    structlog.reset_defaults()
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
