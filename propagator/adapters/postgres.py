@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -311,9 +312,31 @@ def _unnest(columns: Sequence[str]) -> sql.Composable:
     )
 
 
+_LENGTH_LIMITED = re.compile(r"^(character varying|character|bit varying|bit)\(\d+\)((?:\[\])*)$")
+_UNLIMITED = {
+    "character varying": "character varying",
+    "character": "bpchar",
+    "bit varying": "bit varying",
+    "bit": "bit varying",
+}
+
+
+def _parameter_type(column: ColumnInfo) -> str:
+    """The column's type without a length limit.
+
+    An explicit cast to varchar(n), char(n) or bit(n) silently truncates or pads,
+    which would write a wrong value and call it applied; assigning the unlimited
+    value to the column instead fails for that row, which is then reported.
+    """
+    match = _LENGTH_LIMITED.match(column.type_sql)
+    return _UNLIMITED[match.group(1)] + match.group(2) if match else column.type_sql
+
+
 def _cast(position: int, column: ColumnInfo) -> sql.Composable:
     # type_sql comes from format_type() in the catalog: already a valid, quoted type name.
-    return sql.SQL("v.{}::{}").format(sql.Identifier(f"c{position}"), sql.SQL(column.type_sql))
+    return sql.SQL("v.{}::{}").format(
+        sql.Identifier(f"c{position}"), sql.SQL(_parameter_type(column))
+    )
 
 
 def _key_match(table: TableInfo, key_columns: Sequence[str]) -> sql.Composable:

@@ -174,6 +174,28 @@ def test_rows_the_sandbox_rejects_are_isolated(databases: DatabasePair) -> None:
     assert sorted(f["label"] for f in document["failures"]) == ["15-A", "5-A"]
 
 
+def test_over_long_text_is_rejected_not_truncated(databases: DatabasePair) -> None:
+    """A value too long for a varchar(n) or char(n) sandbox column is refused, never cut short."""
+    databases.production.insert_jobs(
+        [(1, "A", 1, "red", "cut"), (2, "B", 1, "ultramarine", "cut"), (3, "C", 1, "tan", "paint")]
+    )
+    databases.sandbox.insert_jobs(
+        [(1, "A", 1, "grey", "cut"), (2, "B", 1, "grey", "cut"), (3, "C", 1, "grey", "cut")]
+    )
+    databases.sandbox.execute("ALTER TABLE jobs ALTER paint_color TYPE varchar(5)")
+    databases.sandbox.execute("ALTER TABLE jobs ALTER stage TYPE char(3)")
+    env = {"PROPAGATOR_FIELD_MAPPINGS": "paint_color,stage"}
+    document = report(databases, "--apply", **env)
+    assert document["statistics"]["updated"] == 1
+    assert [f["label"] for f in document["failures"]] == ["2-B", "3-C"]
+    assert "too long" in document["failures"][0]["error"]
+    assert databases.sandbox.fetchall("SELECT job, paint_color, stage FROM jobs ORDER BY job") == [
+        (1, "red", "cut"),
+        (2, "grey", "cut"),
+        (3, "grey", "cut"),
+    ]
+
+
 def test_dry_run_writes_nothing(seeded: DatabasePair) -> None:
     """The default dry run leaves the sandbox byte-for-byte unchanged."""
     before = checksum(seeded.sandbox)
