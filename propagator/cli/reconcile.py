@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from propagator.core.report import RULE, ReconcileReport, render_json, render_text
 from propagator.errors import DatabaseUnavailableError, ExitCode
-from propagator.services.sync import SyncSession, reconcile
+from propagator.services.sync import ReconcileMethod, SyncSession, reconcile
 from propagator.settings import Settings, load_settings
 
 __all__ = ["register", "run"]
@@ -34,6 +34,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
     )
     parser.add_argument(
         "--limit", type=int, metavar="N", help="changes listed per field (default: report_limit)"
+    )
+    parser.add_argument(
+        "--method",
+        choices=("auto", "checksum", "stream"),
+        help="compare by segment checksums or by streaming both tables "
+        "(default: reconcile_method, which is auto: checksum where it applies)",
     )
     return "reconcile"
 
@@ -65,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
     limit = args.limit if args.limit is not None else settings.report_limit
     if args.format == "json" and args.limit is None:
         limit = max(limit, 1000)
-    report = execute(settings, apply=args.apply, limit=limit, text=args.format == "text")
+    report = execute(
+        settings,
+        apply=args.apply,
+        limit=limit,
+        text=args.format == "text",
+        method=getattr(args, "method", None),
+    )
     if args.format == "json":
         print(render_json(report))
     else:
@@ -77,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def execute(settings: Settings, *, apply: bool, limit: int, text: bool) -> ReconcileReport:
+def execute(
+    settings: Settings,
+    *,
+    apply: bool,
+    limit: int,
+    text: bool,
+    method: ReconcileMethod | None = None,
+) -> ReconcileReport:
     """Run one reconcile, printing the seed's progress lines when ``text``."""
     say = _Printer(text)
     say(RULE)
@@ -115,11 +134,14 @@ def execute(settings: Settings, *, apply: bool, limit: int, text: bool) -> Recon
             report,
             apply=apply,
             progress=_progress(text and sys.stderr.isatty()),
+            method=method or settings.reconcile_method,
         )
         if text and sys.stderr.isatty():
             print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
         say(f"✓ Fetched {report.statistics.production_rows} jobs from Production database")
         say(f"✓ Fetched {report.statistics.sandbox_rows} jobs from Sandbox database")
+        if report.fallback_reason:
+            say(f"⚠ Compared by streaming both tables: {report.fallback_reason}")
         say()
         say("Mapping jobs...")
     return report

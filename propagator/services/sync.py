@@ -42,6 +42,7 @@ from propagator.settings import Settings
 
 __all__ = [
     "BatchResult",
+    "ReconcileMethod",
     "Source",
     "SyncContext",
     "SyncSession",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 Source = Literal["event", "catchup", "reconcile", "manual"]
+ReconcileMethod = Literal["auto", "checksum", "stream"]
 Connection = psycopg.Connection[tuple[Any, ...]]
 AppliedHook = Callable[[Connection, Sequence[JobMappingResult], Source], None]
 ProgressCallback = Callable[[int], None]
@@ -275,14 +277,34 @@ def reconcile(
     on_applied: AppliedHook | None = None,
     progress: ProgressCallback | None = None,
     on_difference: Callable[[JobMappingResult], None] | None = None,
+    method: ReconcileMethod = "auto",
 ) -> ReconcileReport:
     """Full compare of both tables by a streaming merge; with ``apply``, converge every difference.
 
     Both tables are read at once (a thread each) in key order from read-only
     snapshots; differing keys are converged in batches through ``converge_keys``,
     which re-reads production so a row changed since the snapshot is never
-    overwritten with a stale value.
+    overwritten with a stale value. ``method`` "auto" first tries the checksum
+    compare (``services.checksum``), which streams only segments whose digests
+    differ, and falls back here (``report.fallback_reason`` says why) where it
+    cannot compare exactly; "checksum" refuses to fall back; "stream" never tries.
     """
+    if method != "stream":
+        from propagator.services.checksum import reconcile_checksum  # it builds on this module
+
+        if reconcile_checksum(
+            context,
+            open_connection,
+            report,
+            apply=apply,
+            source=source,
+            on_applied=on_applied,
+            progress=progress,
+            on_difference=on_difference,
+            strict=method == "checksum",
+        ):
+            return report
+    report.method = "stream"
     started = time.perf_counter()
     report.started_at = report.started_at or datetime.now(UTC)
     spec = context.spec

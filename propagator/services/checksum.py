@@ -1,0 +1,547 @@
+"""Checksum reconcile: compare per-segment digests inside each server, fetch only what differs.
+
+Each server hashes every row (keys and canonicalised mapped values, the
+production side after the transforms' SQL equivalents) and returns one
+``(segment, rows, sum of row hashes)`` line per segment; a segment is a hash
+bucket of the key, so its boundaries depend on no collation. Only the rows of
+segments whose summaries differ are then streamed, key-ordered, into the same
+``merge_compare`` the streaming reconcile uses, so the plan, the report and the
+apply (through ``converge_keys``) are the streaming compare's, restricted to
+where a difference can be. Both sides are read at once, each from one
+``REPEATABLE READ READ ONLY`` snapshot covering both passes.
+
+Whatever the checksum cannot compare exactly (an unsupported type, a Python
+callable transform, no unique key index, servers hashing differently and no
+md5) makes the run fall back to the streaming compare, with the reason logged
+and put in the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from propagator.adapters.postgres import TableInfo, prefetch, table_identifier, translate_error
+from propagator.core.mapping import Key
+from propagator.core.plan import JobMappingResult, merge_compare
+from propagator.core.report import ReconcileReport
+from propagator.core.segments import (
+    PYTHON_WHITESPACE,
+    ChecksumLayout,
+    CompareAs,
+    NotExpressibleError,
+    SegmentComparison,
+    SegmentSummary,
+    SqlTransform,
+    ValueKind,
+    compare_segments,
+    plan_layout,
+    segment_count,
+)
+from propagator.errors import ConfigurationError, PermanentError
+from propagator.sql import load_sql
+
+if TYPE_CHECKING:
+    from propagator.services.sync import AppliedHook, Source, SyncContext
+
+__all__ = ["Hashing", "reconcile_checksum"]
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+Side = Literal["production", "sandbox"]
+Hashing = Literal["builtin", "md5"]
+
+_MIN_SERVER_VERSION = 140000  # hash_numeric_extended of numeric Infinity, trim_scale
+_FETCH_SIZE = 10_000
+_KEY_SEED = 0x5EED0000
+_SEGMENT_SEED = 0x5EED1000
+_FIELD_SEED = 0x5EED2000
+_NULL_FLAGS_SEED = 0x5EED3000
+_SANDBOX_ONLY_SEED = 0x100000  # sandbox side of a pair of different families
+
+_log = logging.getLogger(__name__)
+
+
+def _event(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """A structured event when logging is configured; a plain standard-library record otherwise."""
+    if structlog.is_configured():
+        structlog.stdlib.get_logger(__name__).log(level, event, **fields)
+    else:
+        _log.log(level, "%s %s", event, fields)
+
+
+# --- SQL expressions -------------------------------------------------------------------------
+
+
+def _natural(column: str, kind: ValueKind) -> sql.Composable:
+    """A column as the driver presents it: a ``real`` is read as its shortest text, as a double."""
+    ident = sql.Identifier(column)
+    if kind is ValueKind.REAL:
+        return sql.SQL("({}::text::float8)").format(ident)
+    return ident
+
+
+def _transformed(expr: sql.Composable, kind: ValueKind, op: SqlTransform) -> sql.Composable:
+    whitespace = sql.Literal(PYTHON_WHITESPACE)
+    if op is SqlTransform.IDENTITY:
+        return expr
+    if op is SqlTransform.TO_DOUBLE:
+        return sql.SQL("({}::float8)").format(expr)
+    if op is SqlTransform.TRUNCATE:
+        return sql.SQL("trunc({})").format(_as_numeric(expr, kind))
+    if op is SqlTransform.TO_TEXT:
+        return sql.SQL("({}::text)").format(expr)
+    if op is SqlTransform.STRIP:
+        return sql.SQL("btrim({}, {})").format(expr, whitespace)
+    return sql.SQL("(CASE WHEN btrim({e}, {ws}) = '' THEN NULL ELSE {e} END)").format(
+        e=expr, ws=whitespace
+    )
+
+
+def _as_numeric(expr: sql.Composable, kind: ValueKind) -> sql.Composable:
+    """The exact decimal value Python's ``canonical_number`` gives (floats via shortest text)."""
+    if kind is ValueKind.NUMERIC:
+        return expr
+    if kind.is_float:
+        return sql.SQL("({}::float8::text::numeric)").format(expr)
+    return sql.SQL("({}::numeric)").format(expr)
+
+
+def _canonical_text(expr: sql.Composable, kind: ValueKind, compare_as: CompareAs) -> sql.Composable:
+    """Canonical text for md5 hashing: equal texts exactly when ``values_equal`` says equal."""
+    if compare_as is CompareAs.INT8:
+        return sql.SQL("({}::int8::text)").format(expr)
+    if compare_as is CompareAs.FLOAT8:
+        return sql.SQL("(CASE WHEN {e}::float8 = 0 THEN '0' ELSE {e}::float8::text END)").format(
+            e=expr
+        )
+    if compare_as is CompareAs.NUMERIC:
+        return sql.SQL("trim_scale({})::text").format(_as_numeric(expr, kind))
+    if compare_as is CompareAs.DISTINCT:
+        family = {"number": CompareAs.NUMERIC, "text": CompareAs.TEXT}.get(kind.family)
+        inner = _canonical_text(expr, kind, family or CompareAs(kind.family))
+        return sql.SQL("({} || {})").format(sql.Literal(kind.family + ":"), inner)
+    return sql.SQL("({}::text)").format(expr)
+
+
+def _value_hash(
+    expr: sql.Composable,
+    kind: ValueKind,
+    compare_as: CompareAs,
+    seed: int,
+    hashing: Hashing,
+    side: Side,
+) -> sql.Composable:
+    """A 64-bit hash of one canonicalised value (NULL stays NULL)."""
+    if hashing == "md5":
+        return sql.SQL(
+            "('x' || left(md5(convert_to({prefix} || {text}, 'UTF8')), 16))::bit(64)::int8"
+        ).format(prefix=sql.Literal(f"{seed}:"), text=_canonical_text(expr, kind, compare_as))
+    if compare_as is CompareAs.DISTINCT:
+        # Different families are never equal: each side hashes its own kind, seeds apart.
+        family = {"number": CompareAs.NUMERIC}.get(kind.family) or CompareAs(kind.family)
+        offset = _SANDBOX_ONLY_SEED if side == "sandbox" else 0
+        return _value_hash(expr, kind, family, seed + offset, hashing, side)
+    literal = sql.Literal(seed)
+    if compare_as is CompareAs.INT8:
+        return sql.SQL("hashint8extended({}::int8, {})").format(expr, literal)
+    if compare_as is CompareAs.FLOAT8:
+        return sql.SQL("hashfloat8extended({}::float8, {})").format(expr, literal)
+    if compare_as is CompareAs.NUMERIC:
+        return sql.SQL("hash_numeric_extended({}, {})").format(_as_numeric(expr, kind), literal)
+    if compare_as is CompareAs.TEXT:
+        return sql.SQL('hashtextextended({} COLLATE "C", {})').format(expr, literal)
+    if compare_as is CompareAs.BOOLEAN:
+        return sql.SQL("hashint8extended({}::int4::int8, {})").format(expr, literal)
+    return sql.SQL("uuid_hash_extended({}, {})").format(expr, literal)
+
+
+def _xor(parts: list[sql.Composable]) -> sql.Composable:
+    return sql.SQL("(") + sql.SQL(" # ").join(parts) + sql.SQL(")")
+
+
+@dataclass(frozen=True, slots=True)
+class _SideQueries:
+    """The two passes of one side, composed once."""
+
+    segments: sql.Composed
+    rows: Callable[[tuple[int, ...]], sql.Composed]
+
+
+def _side_queries(
+    layout: ChecksumLayout,
+    table: TableInfo,
+    side: Side,
+    hashing: Hashing,
+    segment_mask: int,
+    where: str | None,
+) -> _SideQueries:
+    production = side == "production"
+    key_hashes: list[sql.Composable] = []
+    segment_hashes: list[sql.Composable] = []
+    for position, key in enumerate(layout.keys):
+        kind = key.production if production else key.sandbox
+        expr = _natural(key.column, kind)
+        key_hashes.append(
+            _value_hash(expr, kind, key.compare_as, _KEY_SEED + position, hashing, side)
+        )
+        segment_hashes.append(
+            _value_hash(expr, kind, key.compare_as, _SEGMENT_SEED + position, hashing, side)
+        )
+    value_hashes: list[sql.Composable] = []
+    null_flags: list[sql.Composable] = []
+    for position, field in enumerate(layout.fields):
+        if production:
+            expr = _transformed(
+                _natural(field.source, field.production), field.production, field.transform
+            )
+            kind = field.production_result
+        else:
+            expr = _natural(field.target, field.sandbox)
+            kind = field.sandbox
+        value = _value_hash(expr, kind, field.compare_as, _FIELD_SEED + position, hashing, side)
+        value_hashes.append(sql.SQL("coalesce({}, 0)").format(value))
+        null_flags.append(
+            sql.SQL("(CASE WHEN {} IS NULL THEN {} ELSE 0 END)").format(
+                expr, sql.Literal(1 << position)
+            )
+        )
+    flags = sql.SQL("(") + sql.SQL(" + ").join(null_flags) + sql.SQL(")::int8")
+    flags_hash = _value_hash(
+        flags, ValueKind.INTEGER, CompareAs.INT8, _NULL_FLAGS_SEED, hashing, side
+    )
+    row_hash = _xor([flags_hash, *key_hashes, *value_hashes])
+    segment = sql.SQL("({} & {})").format(_xor(segment_hashes), sql.Literal(segment_mask))
+
+    key_columns = [k.column for k in layout.keys]
+    condition: sql.Composable = sql.SQL(" AND ").join(
+        sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in key_columns
+    )
+    if where:
+        condition = sql.SQL("({}) AND ({})").format(sql.SQL(where), condition)
+    name = table_identifier(table.name)
+    segments = sql.SQL(
+        "SELECT s.segment, count(*), sum(s.row_hash) FROM "
+        "(SELECT {segment} AS segment, {row_hash} AS row_hash FROM {table} WHERE {condition}) AS s "
+        "GROUP BY s.segment"
+    ).format(segment=segment, row_hash=row_hash, table=name, condition=condition)
+
+    value_columns = [f.source if production else f.target for f in layout.fields]
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in (*key_columns, *value_columns))
+    order = sql.SQL(", ").join(
+        sql.SQL('{} COLLATE "C"').format(sql.Identifier(c))
+        if table.column(c, "key").needs_c_collation
+        else sql.Identifier(c)
+        for c in key_columns
+    )
+
+    def rows(differing: tuple[int, ...]) -> sql.Composed:
+        # The segment list is a literal: a production filter may contain '%'.
+        return sql.SQL(
+            "SELECT {columns} FROM {table} WHERE {condition} AND {segment} = ANY({list}::int8[]) "
+            "ORDER BY {order}"
+        ).format(
+            columns=columns,
+            table=name,
+            condition=condition,
+            segment=segment,
+            list=sql.Literal(list(differing)),
+            order=order,
+        )
+
+    return _SideQueries(segments, rows)
+
+
+# --- One side's snapshot ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ServerFacts:
+    version: int
+    encoding: str
+    estimated_rows: float
+    keys_unique: bool
+    builtin_probe: list[tuple[Any, ...]] | None
+    md5_probe: list[tuple[Any, ...]] | None
+
+
+class _Snapshot:
+    """One side read from a single ``REPEATABLE READ READ ONLY`` transaction."""
+
+    def __init__(self, conn: Connection, table: TableInfo) -> None:
+        self.conn = conn
+        self.table = table
+        self.side: Side = table.side
+
+    def begin(self, key_columns: tuple[str, ...]) -> _ServerFacts:
+        conn = self.conn
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute("SET LOCAL extra_float_digits = 1")
+            facts = conn.execute(
+                load_sql("checksum/server_facts.sql"),
+                {
+                    "table": table_identifier(self.table.name).as_string(conn),
+                    "keys": list(key_columns),
+                },
+            ).fetchone()
+        except psycopg.Error as error:
+            raise translate_error(error, self.side, f"inspecting {self.table.name}") from None
+        if facts is None:
+            raise PermanentError(f"the {self.side} table {self.table.name} disappeared")
+        return _ServerFacts(
+            int(facts[0]),
+            str(facts[1]),
+            float(facts[2]),
+            bool(facts[3]),
+            self._probe("checksum/hash_probe.sql"),
+            self._probe("checksum/md5_probe.sql"),
+        )
+
+    def _probe(self, name: str) -> list[tuple[Any, ...]] | None:
+        """The probe's rows, or None when this server cannot run it (in a savepoint)."""
+        try:
+            with self.conn.transaction():
+                return self.conn.execute(load_sql(name)).fetchall()
+        except psycopg.Error:
+            return None
+
+    def summaries(self, query: sql.Composed) -> dict[int, SegmentSummary]:
+        try:
+            # The planner cannot know a masked hash has few distinct values and may
+            # sort the whole table to group it; the hash aggregate needs ~1 MB.
+            self.conn.execute("SET LOCAL enable_sort = off")
+            found = {
+                int(segment): SegmentSummary(int(rows), int(Decimal(total)))
+                for segment, rows, total in self.conn.execute(query)
+            }
+            self.conn.execute("SET LOCAL enable_sort = on")
+            return found
+        except psycopg.Error as error:
+            raise translate_error(error, self.side, f"checksumming {self.table.name}") from None
+
+    def rows(self, query: sql.Composed) -> Iterator[tuple[Any, ...]]:
+        try:
+            with self.conn.cursor(name=f"propagator_checksum_{self.side}") as cursor:
+                cursor.itersize = _FETCH_SIZE
+                cursor.execute(query)
+                while batch := cursor.fetchmany(_FETCH_SIZE):
+                    yield from batch
+        except psycopg.Error as error:
+            raise translate_error(error, self.side, f"reading {self.table.name}") from None
+
+    def end(self) -> None:
+        if not self.conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.rollback()
+
+
+# --- The reconcile ---------------------------------------------------------------------------
+
+
+def _why_not(
+    production: _ServerFacts,
+    sandbox: _ServerFacts,
+    layout: ChecksumLayout,
+    wanted: Hashing | None,
+) -> tuple[Hashing | None, str | None]:
+    """The hashing both servers agree on, or the reason the checksum cannot run."""
+    for side, facts in (("production", production), ("sandbox", sandbox)):
+        if facts.version < _MIN_SERVER_VERSION:
+            return None, f"the {side} server is older than PostgreSQL 14"
+        if not facts.keys_unique:
+            return None, (
+                f"no unique index covers the key columns of the {side} table, "
+                "so duplicate keys could hide in a checksum"
+            )
+    if layout.uses_whitespace and production.encoding != "UTF8":
+        return None, "strip/blank_to_null need a UTF8 production database for their SQL form"
+    builtin = production.builtin_probe is not None
+    if builtin and production.builtin_probe == sandbox.builtin_probe and wanted != "md5":
+        return "builtin", None
+    md5 = production.md5_probe is not None and production.md5_probe == sandbox.md5_probe
+    if md5 and wanted != "builtin":
+        return "md5", None
+    return None, "the servers compute different hashes and canonical forms"
+
+
+def _fall_back(report: ReconcileReport, reason: str, strict: bool) -> bool:
+    if strict:
+        raise ConfigurationError(f"reconcile_method=checksum cannot be used: {reason}")
+    report.method = "stream"
+    report.fallback_reason = reason
+    _event("reconcile_fallback", method="stream", reason=reason)
+    return False
+
+
+def reconcile_checksum(
+    context: SyncContext,
+    open_connection: Callable[[Side], Connection],
+    report: ReconcileReport,
+    *,
+    apply: bool,
+    source: Source = "reconcile",
+    on_applied: AppliedHook | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_difference: Callable[[JobMappingResult], None] | None = None,
+    strict: bool = False,
+    segments: int | None = None,
+    hashing: Hashing | None = None,
+) -> bool:
+    """Run the checksum reconcile into ``report``; False when it does not apply (nothing done).
+
+    Arguments mean what they mean for ``services.sync.reconcile``. ``strict``
+    turns "does not apply" into a ``ConfigurationError``; ``segments`` (a power
+    of two) overrides the sizing. On False the report carries
+    ``fallback_reason`` and the caller streams instead. ``hashing`` forces
+    "md5" (or "builtin") where both servers support it, for tests and benchmarks.
+    """
+    from propagator.services.sync import converge_keys  # sync dispatches to this module
+
+    started = time.perf_counter()
+    spec = context.spec
+    try:
+        layout = plan_layout(
+            spec,
+            {n: c.type_sql for n, c in context.production.columns.items()},
+            {n: c.type_sql for n, c in context.sandbox.columns.items()},
+        )
+    except NotExpressibleError as error:
+        return _fall_back(report, str(error), strict)
+
+    production = _Snapshot(open_connection("production"), context.production)
+    sandbox = _Snapshot(open_connection("sandbox"), context.sandbox)
+    try:
+        production_facts = production.begin(spec.key_columns)
+        sandbox_facts = sandbox.begin(spec.key_columns)
+        agreed, reason = _why_not(production_facts, sandbox_facts, layout, hashing)
+        if agreed is None:
+            assert reason is not None
+            return _fall_back(report, reason, strict)
+        hashing = agreed
+        count = segments or segment_count(
+            max(production_facts.estimated_rows, sandbox_facts.estimated_rows)
+        )
+        if count & (count - 1):
+            raise ValueError("the segment count must be a power of two")
+        queries = {
+            snapshot.side: _side_queries(
+                layout,
+                snapshot.table,
+                snapshot.side,
+                hashing,
+                count - 1,
+                context.production_filter if snapshot.side == "production" else None,
+            )
+            for snapshot in (production, sandbox)
+        }
+        report.method = "checksum"
+        report.fallback_reason = None
+        report.started_at = report.started_at or datetime.now(UTC)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="propagator-checksum") as pool:
+            production_future = pool.submit(production.summaries, queries["production"].segments)
+            sandbox_future = pool.submit(sandbox.summaries, queries["sandbox"].segments)
+            comparison = compare_segments(production_future.result(), sandbox_future.result())
+        _event(
+            "reconcile_segments_compared",
+            hashing=hashing,
+            segments=count,
+            differing_segments=len(comparison.differing),
+            production_rows=comparison.production_rows,
+            sandbox_rows=comparison.sandbox_rows,
+        )
+        if progress is not None:
+            progress(comparison.production_rows)
+        _compare_differing(
+            context,
+            open_connection,
+            report,
+            comparison,
+            production,
+            sandbox,
+            queries,
+            apply=apply,
+            source=source,
+            on_applied=on_applied,
+            on_difference=on_difference,
+            converge=converge_keys,
+        )
+    finally:
+        production.end()
+        sandbox.end()
+    report.statistics.duration_seconds = time.perf_counter() - started
+    return True
+
+
+def _compare_differing(
+    context: SyncContext,
+    open_connection: Callable[[Side], Connection],
+    report: ReconcileReport,
+    comparison: SegmentComparison,
+    production: _Snapshot,
+    sandbox: _Snapshot,
+    queries: dict[Side, _SideQueries],
+    *,
+    apply: bool,
+    source: Source,
+    on_applied: AppliedHook | None,
+    on_difference: Callable[[JobMappingResult], None] | None,
+    converge: Callable[..., Any],
+) -> None:
+    """Stream the differing segments through ``merge_compare``; converge what it plans."""
+    stats = report.statistics
+    if comparison.differing:
+        writers: tuple[Connection, Connection] | None = None
+        if apply:
+            writers = (open_connection("production"), open_connection("sandbox"))
+        pending: list[Key] = []
+
+        def flush() -> None:
+            if writers is None or not pending:
+                return
+            batch = converge(
+                context, writers[0], writers[1], pending, source=source, on_applied=on_applied
+            )
+            stats.updated += batch.statistics.updated
+            stats.failed += batch.statistics.failed
+            stats.failures.extend(batch.statistics.failures)
+            pending.clear()
+
+        production_rows = prefetch(
+            production.rows(queries["production"].rows(comparison.differing))
+        )
+        sandbox_rows = prefetch(sandbox.rows(queries["sandbox"].rows(comparison.differing)))
+        for result in merge_compare(production_rows, sandbox_rows, context.spec, stats):
+            report.note(result)
+            if result.changes:
+                if on_difference is not None:
+                    on_difference(result)
+                pending.append(result.key)
+                if len(pending) >= context.batch_size:
+                    flush()
+        flush()
+    if (stats.production_rows, stats.sandbox_rows) != (
+        comparison.differing_production_rows,
+        comparison.differing_sandbox_rows,
+    ):
+        raise PermanentError(
+            "checksum reconcile read a different number of rows than it summarised "
+            f"({stats.production_rows}/{stats.sandbox_rows} instead of "
+            f"{comparison.differing_production_rows}/{comparison.differing_sandbox_rows}); "
+            "set PROPAGATOR_RECONCILE_METHOD=stream"
+        )
+    stats.production_rows += comparison.equal_rows
+    stats.sandbox_rows += comparison.equal_rows
+    stats.matched += comparison.equal_rows

@@ -1,0 +1,493 @@
+"""The checksum reconcile against two real servers: same answers as streaming, less reading."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from typing import Any, Literal
+
+import psycopg
+import pytest
+
+from propagator.adapters.postgres import connect
+from propagator.core.identifiers import parse_qualified_name
+from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, MappingSpec
+from propagator.core.plan import JobMappingResult
+from propagator.core.report import ReconcileReport
+from propagator.errors import ConfigurationError
+from propagator.services.checksum import reconcile_checksum
+from propagator.services.sync import ReconcileMethod, SyncContext, reconcile
+from tests.helpers import Database, DatabasePair, run_cli
+
+Side = Literal["production", "sandbox"]
+FAB_ORDER = MappingSpec(DEFAULT_KEY_COLUMNS, (FieldMapping("fab_order", "fab_order"),))
+
+
+class Runner:
+    """Runs reconciles of one production/sandbox pair and closes what they opened."""
+
+    def __init__(
+        self,
+        production: Database,
+        sandbox: Database,
+        spec: MappingSpec = FAB_ORDER,
+        *,
+        production_table: str = "public.jobs",
+        sandbox_table: str = "public.jobs",
+        production_filter: str | None = None,
+    ) -> None:
+        self.urls = {"production": production.url, "sandbox": sandbox.url}
+        self.opened: list[psycopg.Connection[tuple[Any, ...]]] = []
+        self.context = SyncContext.prepare(
+            self.open("production"),
+            self.open("sandbox"),
+            spec,
+            parse_qualified_name(production_table),
+            parse_qualified_name(sandbox_table),
+            production_filter=production_filter,
+            batch_size=50,
+        )
+
+    def open(self, side: Side) -> psycopg.Connection[tuple[Any, ...]]:
+        conn = connect(self.urls[side], side)
+        self.opened.append(conn)
+        return conn
+
+    def report(self, *, apply: bool = False) -> ReconcileReport:
+        return ReconcileReport(
+            dry_run=not apply,
+            production="production",
+            sandbox="sandbox",
+            fields=self.context.spec.target_columns,
+            limit=10_000,
+        )
+
+    def run(
+        self, method: ReconcileMethod, *, apply: bool = False, **options: Any
+    ) -> tuple[ReconcileReport, list[JobMappingResult]]:
+        report = self.report(apply=apply)
+        found: list[JobMappingResult] = []
+        if options:
+            done = reconcile_checksum(
+                self.context,
+                self.open,
+                report,
+                apply=apply,
+                on_difference=found.append,
+                strict=True,
+                **options,
+            )
+            assert done
+        else:
+            reconcile(
+                self.context,
+                self.open,
+                report,
+                apply=apply,
+                method=method,
+                on_difference=found.append,
+            )
+        return report, found
+
+    def close(self) -> None:
+        for conn in self.opened:
+            conn.close()
+
+
+@pytest.fixture
+def runner(databases: DatabasePair) -> Iterator[Runner]:
+    """A runner on the seed-shaped ``jobs`` tables of a fresh pair."""
+    runner = Runner(databases.production, databases.sandbox)
+    yield runner
+    runner.close()
+
+
+def comparable(report: ReconcileReport, found: Sequence[JobMappingResult]) -> dict[str, Any]:
+    """What must be identical between the two methods: statistics, plan, samples."""
+    figures = report.statistics.to_dict()
+    figures.pop("duration_seconds")
+    return {
+        "statistics": figures,
+        "plan": [
+            (r.key, r.status, [(c.field, repr(c.old), repr(c.new)) for c in r.changes])
+            for r in found
+        ],
+        "not_found_in_sandbox": report.not_found_examples,
+        "failures": [(f.key, f.error) for f in report.statistics.failures],
+    }
+
+
+def assert_same_as_stream(runner: Runner, **options: Any) -> ReconcileReport:
+    stream, stream_found = runner.run("stream")
+    checksum, checksum_found = runner.run("checksum", **options)
+    assert checksum.method == "checksum"
+    assert stream.method == "stream"
+    assert comparable(checksum, checksum_found) == comparable(stream, stream_found)
+    return checksum
+
+
+def collation_or_default(db: Database, collation: str) -> str:
+    """``collation`` when the server has it (ICU builds), else the database default."""
+    found = db.scalar("SELECT count(*) FROM pg_collation WHERE collname = %s", [collation])
+    return collation if found else "default"
+
+
+def seed(databases: DatabasePair, rows: int = 300) -> None:
+    production = [(1000 + i, "AB"[i % 2], Decimal(i) / 4) for i in range(rows)]
+    databases.production.insert_jobs(production)
+    databases.sandbox.insert_jobs(production)
+
+
+def test_auto_uses_checksum_and_finds_what_streaming_finds(
+    databases: DatabasePair, runner: Runner
+) -> None:
+    """By default the checksum compare runs and reports exactly the streaming statistics."""
+    seed(databases)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 37 = 0")
+    databases.sandbox.execute("UPDATE jobs SET fab_order = NULL WHERE job % 41 = 0")
+    databases.production.execute("DELETE FROM jobs WHERE job % 53 = 0")
+    databases.sandbox.execute("DELETE FROM jobs WHERE job % 59 = 0")
+    report, _ = runner.run("auto")
+    assert report.method == "checksum"
+    assert report.fallback_reason is None
+    checksum = assert_same_as_stream(runner)
+    stats = checksum.statistics
+    assert stats.not_found_in_sandbox > 0
+    assert stats.not_found_in_production > 0
+    assert stats.differences["fab_order"] == stats.rows_with_differences > 0
+
+
+@pytest.mark.parametrize("segments", [1, 2, 64])
+def test_few_large_segments_give_the_same_answer(
+    databases: DatabasePair, runner: Runner, segments: int
+) -> None:
+    """Segments holding many rows (one, two) still yield the exact streaming plan."""
+    seed(databases, 200)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = 7 WHERE job IN (1003, 1100)")
+    databases.production.execute("DELETE FROM jobs WHERE job = 1150")
+    assert_same_as_stream(runner, segments=segments)
+
+
+def test_md5_hashing_gives_the_same_answer(databases: DatabasePair, runner: Runner) -> None:
+    """The md5 fallback hashing (servers that hash differently) finds the same differences."""
+    seed(databases, 200)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = NULL WHERE job IN (1003, 1100)")
+    databases.sandbox.execute("INSERT INTO jobs (job, release, fab_order) VALUES (1, 'Z', 1)")
+    assert_same_as_stream(runner, hashing="md5")
+
+
+def test_clean_tables_read_no_rows(databases: DatabasePair, runner: Runner) -> None:
+    """Identical tables: every segment matches, every row counts as matched, nothing streamed."""
+    seed(databases)
+    streamed: list[int] = []
+    report = runner.report()
+    assert reconcile_checksum(
+        runner.context, runner.open, report, apply=False, on_difference=lambda r: streamed.append(1)
+    )
+    stats = report.statistics
+    assert (stats.production_rows, stats.sandbox_rows, stats.matched) == (300, 300, 300)
+    assert stats.rows_with_differences == 0
+    assert not streamed
+
+
+def test_equal_numbers_in_different_spellings_are_equal(databases: DatabasePair) -> None:
+    """numeric 500.00 = double 500 = integer 500, 0.1 = 0.1; 0.30000000000000004 ≠ 0.3."""
+    databases.production.execute(
+        "CREATE TABLE t (k integer PRIMARY KEY, a numeric, b numeric(12, 2), c integer, d real)"
+    )
+    databases.sandbox.execute(
+        "CREATE TABLE t (k integer PRIMARY KEY, a double precision, b numeric, c numeric, "
+        "d double precision)"
+    )
+    databases.production.execute(
+        "INSERT INTO t VALUES (1, 500.00, 500, 500, 0.1), (2, 0.1, 0.10, -0, 1.5), "
+        "(3, 0.3, 1, 1, 'NaN'), (4, 'NaN', NULL, NULL, 'Infinity'), (5, 1e-7, 2, 3, 0.25)"
+    )
+    databases.sandbox.execute(
+        "INSERT INTO t VALUES (1, 500, 500.0000, 500.0, 0.1), (2, 0.1, 0.1, 0, 1.5), "
+        "(3, 0.30000000000000004, 1.00, 1.000, 'NaN'), (4, 'NaN', NULL, NULL, 'Infinity'), "
+        "(5, 1e-7, 2.01, 3, 0.25)"
+    )
+    spec = MappingSpec(("k",), tuple(FieldMapping(c, c) for c in "abcd"))
+    runner = Runner(
+        databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
+    )
+    try:
+        report = assert_same_as_stream(runner)
+    finally:
+        runner.close()
+    assert dict(report.statistics.differences) == {"a": 1, "b": 1}  # keys 3 and 5
+    assert report.statistics.rows_with_differences == 2
+
+
+def test_nulls_never_collide_with_values(databases: DatabasePair) -> None:
+    """NULL differs from '', 'NULL', '~' and 0 on either side; NULL equals NULL."""
+    ddl = "CREATE TABLE t (k text PRIMARY KEY, a text, b text, n numeric)"
+    databases.production.execute(ddl)
+    databases.sandbox.execute(ddl)
+    rows = [
+        ("1", None, "", 0),
+        ("2", "", None, None),
+        ("3", "NULL", None, 0),
+        ("4", None, "~", None),
+        ("5", None, None, None),
+        ("6", "x", "y", 1),
+    ]
+    swapped = [(k, b, a, None if n == 0 else (0 if n is None else n)) for k, a, b, n in rows]
+    swapped[-2:] = rows[-2:]
+    for db, data in ((databases.production, rows), (databases.sandbox, swapped)):
+        with db.connect() as conn, conn.cursor() as cursor:
+            cursor.executemany("INSERT INTO t VALUES (%s, %s, %s, %s)", data)
+    spec = MappingSpec(
+        ("k",), (FieldMapping("a", "a"), FieldMapping("b", "b"), FieldMapping("n", "n"))
+    )
+    runner = Runner(
+        databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
+    )
+    try:
+        report = assert_same_as_stream(runner)
+        assert report.statistics.rows_with_differences == 4
+        assert assert_same_as_stream(runner, hashing="md5").statistics.rows_with_differences == 4
+    finally:
+        runner.close()
+
+
+def test_swapped_values_between_fields_are_found(databases: DatabasePair) -> None:
+    """Two fields exchanging their values, or two rows exchanging theirs, is a difference."""
+    ddl = "CREATE TABLE t (k integer PRIMARY KEY, a text, b text)"
+    databases.production.execute(ddl)
+    databases.sandbox.execute(ddl)
+    databases.production.execute("INSERT INTO t VALUES (1, 'x', 'y'), (2, 'p', 'q'), (3, 'r', 's')")
+    databases.sandbox.execute("INSERT INTO t VALUES (1, 'y', 'x'), (2, 'r', 's'), (3, 'p', 'q')")
+    spec = MappingSpec(("k",), (FieldMapping("a", "a"), FieldMapping("b", "b")))
+    runner = Runner(
+        databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
+    )
+    try:
+        report = assert_same_as_stream(runner, segments=1)
+    finally:
+        runner.close()
+    assert report.statistics.rows_with_differences == 3
+
+
+def test_text_keys_segment_without_collation(databases: DatabasePair) -> None:
+    """Unicode text keys on servers with different collations match row for row."""
+    for db, collation in ((databases.production, "C"), (databases.sandbox, "und-x-icu")):
+        db.execute(
+            f'CREATE TABLE t (k text COLLATE "{collation_or_default(db, collation)}" '
+            "PRIMARY KEY, v numeric)"
+        )
+    keys = ["a", "B", "é", "e\u0301", "Z", "ß", "中", "🙂", "a b", "", " ", "A"]
+    for db in (databases.production, databases.sandbox):
+        with db.connect() as conn, conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO t VALUES (%s, %s)", [(k, i) for i, k in enumerate(keys)]
+            )
+    databases.sandbox.execute("UPDATE t SET v = v + 1 WHERE k IN ('é', '🙂', '')")
+    databases.sandbox.execute("DELETE FROM t WHERE k = 'ß'")
+    spec = MappingSpec(("k",), (FieldMapping("v", "v"),))
+    runner = Runner(
+        databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
+    )
+    try:
+        report = assert_same_as_stream(runner, segments=2)
+    finally:
+        runner.close()
+    assert report.statistics.rows_with_differences == 3
+    assert report.statistics.not_found_in_sandbox == 1
+
+
+def test_transforms_with_sql_equivalents_run_in_the_server(databases: DatabasePair) -> None:
+    """strip, blank_to_null, float, int, decimal and text are compared by checksum exactly."""
+    databases.production.execute(
+        "CREATE TABLE t (k integer PRIMARY KEY, s text, b text, f numeric, i numeric, "
+        "d double precision, n integer)"
+    )
+    databases.sandbox.execute(
+        "CREATE TABLE t (k integer PRIMARY KEY, s text, b text, f double precision, i bigint, "
+        "d numeric, n text)"
+    )
+    databases.production.execute(
+        "INSERT INTO t VALUES (1, E'\\u3000 x \\t', E' \\u2003', 0.1, 2.7, 0.1, 5), "
+        "(2, 'y', '', 1.5, -2.7, 2.5, -3), (3, ' z', 'w', 3, 9.99, 3, 7)"
+    )
+    databases.sandbox.execute(
+        "INSERT INTO t VALUES (1, 'x', NULL, 0.1, 2, 0.1, '5'), "
+        "(2, 'y ', '', 1.5, -2, 2.5, '-3'), (3, 'z', 'w', 3.01, 10, 3, '7 ')"
+    )
+    spec = MappingSpec(
+        ("k",),
+        (
+            FieldMapping("s", "s", "strip"),
+            FieldMapping("b", "b", "blank_to_null"),
+            FieldMapping("f", "f", "float"),
+            FieldMapping("i", "i", "int"),
+            FieldMapping("d", "d", "decimal"),
+            FieldMapping("n", "n", "text"),
+        ),
+    )
+    runner = Runner(
+        databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
+    )
+    try:
+        report = assert_same_as_stream(runner)
+        assert dict(report.statistics.differences) == {"s": 1, "b": 1, "f": 1, "i": 1, "n": 1}
+        assert_same_as_stream(runner, hashing="md5")
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize(
+    ("mapping", "reason"),
+    [
+        (FieldMapping("stage", "stage", str), "callable"),
+        (FieldMapping("paint_color", "paint_color", "upper"), "no exact SQL equivalent"),
+        (FieldMapping("updated_at", "updated_at"), "timestamp with time zone"),
+    ],
+)
+def test_falls_back_to_streaming_and_says_why(
+    databases: DatabasePair, mapping: FieldMapping, reason: str
+) -> None:
+    """A field the servers cannot canonicalise makes that run stream, with the reason reported."""
+    seed(databases, 20)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = 1 WHERE job = 1005")
+    spec = MappingSpec(DEFAULT_KEY_COLUMNS, (FieldMapping("fab_order", "fab_order"), mapping))
+    runner = Runner(databases.production, databases.sandbox, spec)
+    try:
+        report, found = runner.run("auto")
+        assert report.method == "stream"
+        assert report.fallback_reason is not None
+        assert reason in report.fallback_reason
+        assert (1005, "B") in [r.key for r in found]
+        assert comparable(report, found) == comparable(*runner.run("stream"))
+        with pytest.raises(ConfigurationError, match="reconcile_method=checksum"):
+            runner.run("checksum")
+    finally:
+        runner.close()
+
+
+def test_no_unique_key_index_falls_back(databases: DatabasePair) -> None:
+    """Without a unique index on the keys, duplicates could hide in a digest: stream instead."""
+    for db in (databases.production, databases.sandbox):
+        db.execute("CREATE TABLE t (k integer, v numeric)")
+    databases.production.execute("INSERT INTO t VALUES (1, 1), (2, 2)")
+    databases.sandbox.execute("INSERT INTO t VALUES (1, 1), (2, 3)")
+    spec = MappingSpec(("k",), (FieldMapping("v", "v"),))
+    runner = Runner(
+        databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
+    )
+    try:
+        report, found = runner.run("auto")
+    finally:
+        runner.close()
+    assert report.method == "stream"
+    assert report.fallback_reason is not None
+    assert "unique index" in report.fallback_reason
+    assert [r.key for r in found] == [(2,)]
+
+
+def test_apply_converges_and_never_writes_a_stale_value(
+    databases: DatabasePair, runner: Runner
+) -> None:
+    """--apply goes through converge_keys: a row changed after the compare gets its newest value."""
+    seed(databases, 120)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = -1 WHERE job % 10 = 0")
+    changed: list[tuple[Any, ...]] = []
+
+    def change_production(result: JobMappingResult) -> None:
+        if not changed:  # production moves on while the compare is still running
+            databases.production.execute(
+                "UPDATE jobs SET fab_order = 999.5 WHERE job = %s AND release = %s", result.key
+            )
+            changed.append(result.key)
+
+    report = runner.report(apply=True)
+    assert reconcile_checksum(
+        runner.context, runner.open, report, apply=True, on_difference=change_production
+    )
+    assert report.statistics.updated == 12
+    assert databases.sandbox.fab_orders() == databases.production.fab_orders()
+    assert databases.sandbox.fab_orders()[changed[0]] == Decimal("999.5")
+    again, found = runner.run("auto")
+    assert again.method == "checksum"
+    assert not found
+    assert again.statistics.matched == 120
+
+
+def test_production_filter_applies_to_the_checksum(databases: DatabasePair) -> None:
+    """A production filter (even with a % in it) limits the rows compared, as when streaming."""
+    seed(databases, 60)
+    databases.production.execute("UPDATE jobs SET stage = 'x%' WHERE job % 3 = 0")
+    databases.sandbox.execute("UPDATE jobs SET fab_order = 0 WHERE job % 5 = 0")
+    runner = Runner(databases.production, databases.sandbox, production_filter="stage LIKE 'x%%'")
+    try:
+        report = assert_same_as_stream(runner)
+    finally:
+        runner.close()
+    assert report.statistics.production_rows == 20
+    assert report.statistics.not_found_in_production == 40
+
+
+def test_cli_reports_the_method_and_the_fallback(databases: DatabasePair) -> None:
+    """``propagator reconcile --format json`` names the method used and any fallback reason."""
+    seed(databases, 30)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = 0 WHERE job = 1007")
+    result = run_cli(["reconcile", "--format", "json", "--apply"], databases.env())
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert (document["method"], document["fallback_reason"]) == ("checksum", None)
+    assert document["statistics"]["updated"] == 1
+    result = run_cli(
+        ["reconcile", "--format", "json"],
+        databases.env(PROPAGATOR_FIELD_MAPPINGS="fab_order,paint_color:upper"),
+    )
+    document = json.loads(result.stdout)
+    assert document["method"] == "stream"
+    assert "upper" in document["fallback_reason"]
+    result = run_cli(["reconcile", "--method", "stream"], databases.env())
+    assert result.returncode == 0, result.stderr
+    assert "Matched: 30" in result.stdout
+
+
+@pytest.mark.skipif(
+    os.environ.get("PROPAGATOR_SKIP_CROSS_VERSION") == "1", reason="cross-version check disabled"
+)
+def test_production_on_another_server_version(sandbox_server: Any) -> None:
+    """Production on the PostgreSQL 15 server, sandbox on the embedded one: same answer."""
+    try:
+        admin = psycopg.connect(
+            "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True, connect_timeout=2
+        )
+    except psycopg.OperationalError:
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    name = f"t_checksum_{os.getpid()}"
+    with admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        production = Database(f"postgresql://postgres@127.0.0.1:5432/{name}", name)
+        production.execute(
+            "CREATE TABLE jobs (id bigserial PRIMARY KEY, job integer NOT NULL, release text "
+            "NOT NULL, fab_order numeric(12, 2), UNIQUE (job, release))"
+        )
+        sandbox = sandbox_server.create_database(name, "propagator_test_template")
+        try:
+            rows = [(i, "é中"[i % 2], Decimal(i) / 8) for i in range(100)]
+            production.insert_jobs(rows)
+            sandbox.insert_jobs(rows)
+            sandbox.execute("UPDATE jobs SET fab_order = 0.5 WHERE job IN (3, 50)")
+            runner = Runner(production, sandbox)
+            try:
+                report = assert_same_as_stream(runner)
+            finally:
+                runner.close()
+            assert report.statistics.rows_with_differences == 2
+        finally:
+            sandbox_server.drop_database(name)
+    finally:
+        with psycopg.connect(
+            "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True
+        ) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
