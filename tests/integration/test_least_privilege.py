@@ -25,8 +25,6 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from propagator.adapters.embedded import binary_dir, free_port
-from propagator.services import triggers
-from propagator.settings import load_settings
 from tests.conftest import Server
 from tests.helpers import Database, DatabasePair, run_cli, wait_until
 
@@ -60,12 +58,12 @@ class Grants:
     sandbox_url: str
 
     def env(self, pair: DatabasePair, **extra: str) -> dict[str, str]:
-        return pair.env(
-            PRODUCTION_DATABASE_URL=self.production_url,
-            SANDBOX_DATABASE_URL=self.sandbox_url,
-            PROPAGATOR_HISTORY_ENABLED="false",
-            **extra,
-        )
+        settings = {
+            "PRODUCTION_DATABASE_URL": self.production_url,
+            "SANDBOX_DATABASE_URL": self.sandbox_url,
+            "PROPAGATOR_HISTORY_ENABLED": "false",
+        }
+        return pair.env(**{**settings, **extra})
 
 
 def _drop_role(server: Server, database: Database, role: str) -> None:
@@ -176,6 +174,9 @@ def test_production_role_is_read_only_even_when_it_asks_otherwise(
             "WHERE has_table_privilege('public.jobs', privilege)"
         ).fetchall()
     assert held == [("SELECT",)]
+    refused = run_cli(["triggers", "install"], grants.env(databases))
+    assert refused.returncode == 2, refused.stderr
+    assert databases.production.scalar("SELECT count(*) FROM pg_catalog.pg_trigger") == 0
     assert databases.production.scalar("SELECT fab_order FROM public.jobs WHERE job = 1") == 10
 
 
@@ -225,8 +226,10 @@ def test_daemon_propagates_with_exactly_the_scripted_grants(
 ) -> None:
     """After a DBA installed the triggers, `propagator run` as the scripted role propagates."""
     _seed(databases)
-    with databases.production.connect() as dba:  # the table owner, not the daemon's role
-        triggers.install(dba, load_settings(production_database_url=databases.production.url))
+    installed = run_cli(["triggers", "install"], databases.env())  # as the table owner (a DBA)
+    assert installed.returncode == 0, installed.stderr
+    checked = run_cli(["triggers", "status", "--check"], grants.env(databases))
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # the role may read it
     port = free_port()
     log = (tmp_path / "daemon.log").open("w+", encoding="utf-8")
     daemon = subprocess.Popen(
