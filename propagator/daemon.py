@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import threading
@@ -36,7 +37,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    wait_exponential_jitter,
 )
 
 from propagator import __version__
@@ -59,11 +59,14 @@ from propagator.errors import (
     DatabaseUnavailableError,
     ExitCode,
     PermanentError,
+    PropagatorError,
     TransientError,
 )
 from propagator.observability.http import HttpServer
 from propagator.observability.logging import bind_context, get_logger
 from propagator.observability.metrics import Metrics
+from propagator.observability.pages import ActionRefusedError, add_web_routes
+from propagator.services.history import History, HistoryReader, PruneResult
 from propagator.services.sync import BatchResult, SyncContext, SyncSession, converge_keys, reconcile
 from propagator.settings import Settings
 
@@ -76,6 +79,8 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 _log = get_logger("propagator.daemon")
 _TICK_SECONDS = 1.0
 _LIVENESS_SECONDS = 15.0
+_PRUNE_CHECK_SECONDS = 5.0
+_PRUNE_STATEMENTS_PER_TURN = 20  # then yield for a while: retention is never urgent
 CRASHED = 1
 
 
@@ -90,6 +95,7 @@ class _Writer:
     settings: Settings
     session: SyncSession | None = None
     context: SyncContext | None = None
+    history: History | None = None
 
     def ensure(self) -> tuple[SyncContext, Connection, Connection]:
         if self.session is None or self.context is None:
@@ -98,6 +104,10 @@ class _Writer:
                 session.open_production()
                 session.open_sandbox()
                 self.context = session.prepare()
+                if self.history is not None:
+                    setup = self.history.setup(session.sandbox or session.open_sandbox())
+                    if setup is not None and setup.applied:
+                        _log.info("history_schema_ready", detail=setup.describe())
             except BaseException:
                 session.close()
                 raise
@@ -193,7 +203,12 @@ class Daemon:
             connect_timeout=settings.connect_timeout,
             application_name=f"propagator listener {self.instance_id}"[:63],
         )
-        self.writer = _Writer(settings)
+        self.history = History(settings)
+        self.history_reader = (
+            HistoryReader(self.history, settings) if self.history.enabled else None
+        )
+        self._manual_waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self.writer = _Writer(settings, history=self.history)
         self.http: HttpServer | None = None
         self.role: Role = "starting"
         self.started_at = datetime.now(UTC)
@@ -252,6 +267,7 @@ class Daemon:
             f"{mask_url(self.production_url)}",
             "sandbox": f"{self.settings.sandbox_table_name} @ {mask_url(self.sandbox_url)}",
             "leader_lock_id": self.lock.lock_id,
+            "history": self.history.describe(),
         }
 
     def readiness(self) -> tuple[bool, list[str]]:
@@ -299,11 +315,16 @@ class Daemon:
         }
         if self.settings.reconcile_interval.total_seconds() > 0:
             tasks.add(asyncio.create_task(self._schedule(), name="scheduler"))
+        if self.history.enabled:
+            tasks.add(asyncio.create_task(self._prune_history(), name="history_pruner"))
         stop_waiter = asyncio.create_task(self._stop.wait(), name="stop")
         self.started.set()
         done, _ = await asyncio.wait({*tasks, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        stopping = self._stop.is_set()
         for task in done - {stop_waiter}:
-            self._record_crash(task)
+            # After a stop request the tasks end on their own; only a failure is a crash then.
+            if not stopping or task.cancelled() or task.exception() is not None:
+                self._record_crash(task)
         self._stop.set()
         self._wake.set()
         await self._shutdown(tasks)
@@ -347,6 +368,14 @@ class Daemon:
             self.readiness,
             self.liveness,
         )
+        token = self.settings.api_token
+        add_web_routes(
+            self.http,
+            status=self.status,
+            history=self.history_reader,
+            reconcile=self.reconcile_now,
+            api_token=token.get_secret_value() if token else None,
+        )
         try:
             await self.http.start()
         except OSError as error:
@@ -382,6 +411,8 @@ class Daemon:
         await asyncio.to_thread(self.writer.reset)
         if self.http is not None:
             await self.http.stop()
+        if self.history_reader is not None:
+            await asyncio.to_thread(self.history_reader.close)
 
     # Retrying.
 
@@ -395,15 +426,16 @@ class Daemon:
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
     def _wait_seconds(self, state: RetryCallState) -> float:
+        """Backoff doubling from ``retry_initial`` up to ``retry_max``, plus jitter."""
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, PermanentError):
             return self.settings.permanent_retry_interval.total_seconds()
-        backoff = wait_exponential_jitter(
-            initial=self.settings.retry_initial.total_seconds(),
-            max=self.settings.retry_max.total_seconds(),
-            jitter=self.settings.retry_initial.total_seconds(),
-        )
-        return float(backoff(state))
+        initial = self.settings.retry_initial.total_seconds()
+        ceiling = self.settings.retry_max.total_seconds()
+        exponent = min(state.attempt_number - 1, 62)
+        backoff = min(ceiling, initial * 2.0**exponent)
+        # Jitter spreads replicas' reconnects apart; it is not a secret.
+        return backoff + random.uniform(0, initial)  # noqa: S311
 
     async def _retrying(
         self,
@@ -608,11 +640,15 @@ class Daemon:
                 await self._drain()
                 return
             if not self.is_leader:
+                self._refuse_manual(f"this instance is now a {self.role}", 409)
                 await self._idle(_TICK_SECONDS)
                 continue
             try:
                 if self._catchup_requested:
                     await self._full_reconcile("catchup", "listener (re)connected or takeover")
+                    continue
+                if self._manual_waiters:
+                    await self._manual_reconcile()
                     continue
                 if self._reconcile_requested is not None:
                     await self._full_reconcile("reconcile", self._reconcile_requested)
@@ -674,7 +710,12 @@ class Daemon:
         def work() -> BatchResult:
             context, production, sandbox = self.writer.ensure()
             return converge_keys(
-                context, production, sandbox, batch.keys, source="event", on_applied=fence
+                context,
+                production,
+                sandbox,
+                batch.keys,
+                source="event",
+                on_applied=self.history.hook(changed_at=batch.earliest_change, after=fence),
             )
 
         result = await self._retrying(
@@ -704,7 +745,9 @@ class Daemon:
                 "row_rejected", source="event", key=format_key(failure.key), error=failure.error
             )
 
-    async def _full_reconcile(self, source: Literal["catchup", "reconcile"], why: str) -> None:
+    async def _full_reconcile(
+        self, source: Literal["catchup", "reconcile", "manual"], why: str
+    ) -> None:
         """A full compare-and-converge (the same code as ``propagator reconcile --apply``)."""
         if source == "catchup":
             self._catchup_requested = False
@@ -739,7 +782,12 @@ class Daemon:
 
             try:
                 return reconcile(
-                    context, open_connection, report, apply=True, source=source, on_applied=fence
+                    context,
+                    open_connection,
+                    report,
+                    apply=True,
+                    source=source,
+                    on_applied=self.history.hook(after=fence),
                 )
             finally:
                 for conn in opened:
@@ -760,7 +808,7 @@ class Daemon:
         except BaseException:
             if source == "catchup":
                 self._catchup_requested = self.is_leader
-            elif self.is_leader:
+            elif source == "reconcile" and self.is_leader:
                 self._reconcile_requested = self._reconcile_requested or why
             raise
         duration = time.perf_counter() - started
@@ -809,6 +857,84 @@ class Daemon:
                 return
             batches += 1
         _log.info("drain_finished", batches=batches)
+
+    # Reconcile on request (POST /reconcile), serialized with every other write by the applier.
+
+    async def reconcile_now(self) -> dict[str, Any]:
+        """Have the applier run a full reconcile (source ``manual``) next; return its summary.
+
+        Requests arriving while one waits share it: one reconcile answers them all.
+        """
+        if self._stopping() or self._stop is None:
+            raise ActionRefusedError("the daemon is stopping", 503)
+        if not self.is_leader:
+            raise ActionRefusedError(f"this instance is a {self.role}; ask the leader", 409)
+        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._manual_waiters.append(done)
+        self._poke()
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((done, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not done.done():
+            done.cancel()
+            raise ActionRefusedError("the daemon is stopping", 503)
+        return done.result()
+
+    async def _manual_reconcile(self) -> None:
+        waiters, self._manual_waiters = self._manual_waiters, []
+        try:
+            await self._full_reconcile("manual", "requested over HTTP")
+        except BaseException as error:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(
+                        ActionRefusedError(f"the reconcile did not finish: {error}", 503)
+                    )
+            raise
+        summary = dict(self.last_reconcile or {})
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(summary)
+
+    def _refuse_manual(self, why: str, status: int) -> None:
+        waiters, self._manual_waiters = self._manual_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(ActionRefusedError(why, status))
+
+    # History retention.
+
+    async def _prune_history(self) -> None:
+        """As leader, delete history older than ``history_retention`` in small batches."""
+        while not self._stopping():
+            if self.is_leader and self.history.prune_due():
+                try:
+                    result = await asyncio.to_thread(self._prune_once)
+                except PropagatorError as error:
+                    _log.warning("history_prune_failed", error=str(error))
+                else:
+                    if result is not None and result.deleted:
+                        _log.info(
+                            "history_pruned",
+                            deleted=result.deleted,
+                            statements=result.statements,
+                            complete=result.complete,
+                        )
+            await self._sleep(_PRUNE_CHECK_SECONDS)
+
+    def _prune_once(self) -> PruneResult | None:
+        settings = self.settings
+        with connect(
+            self.sandbox_url,
+            "sandbox",
+            autocommit=True,
+            connect_timeout=settings.connect_timeout.total_seconds(),
+            statement_timeout=settings.statement_timeout,
+            application_name="propagator history pruner",
+        ) as conn:
+            return self.history.prune(conn, max_statements=_PRUNE_STATEMENTS_PER_TURN)
 
     # Scheduler and ticker.
 
