@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from propagator.core.report import RULE, ReconcileReport, render_json, render_text
 from propagator.errors import DatabaseUnavailableError, ExitCode
+from propagator.services.history import History
 from propagator.services.sync import ReconcileMethod, SyncSession, reconcile
 from propagator.settings import Settings, load_settings
 
@@ -119,6 +120,9 @@ def execute(
                 raise
             say(f"✓ {side} database connection successful")
         context = session.prepare()
+        history = History(settings) if apply else None
+        if history is not None and session.sandbox is not None:
+            history.setup(session.sandbox)  # idempotent; every applied change is recorded
         say()
         say("Fetching jobs from databases...")
         report = ReconcileReport(
@@ -133,6 +137,7 @@ def execute(
             lambda side: session.connect(side),
             report,
             apply=apply,
+            on_applied=history.hook() if history is not None else None,
             progress=_progress(text and sys.stderr.isatty()),
             method=method or settings.reconcile_method,
         )

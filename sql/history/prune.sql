@@ -1,0 +1,10 @@
+-- Retention: delete at most %(batch_rows)s history rows older than %(cutoff)s.
+-- Run repeatedly, each in its own short transaction, so pruning never holds
+-- locks long or bloats one huge delete.
+DELETE FROM {schema}.sync_history
+WHERE id IN (
+    SELECT id FROM {schema}.sync_history
+    WHERE applied_at < %(cutoff)s
+    ORDER BY applied_at, id
+    LIMIT %(batch_rows)s
+)
