@@ -67,6 +67,7 @@ class JobMappingResult:
     key: Key
     status: MatchStatus
     changes: tuple[FieldChange, ...] = ()
+    error: str | None = None  # a transform could not convert the production value
 
     @property
     def matched(self) -> bool:
@@ -94,10 +95,11 @@ class JobMappingResult:
 
 @dataclass(frozen=True, slots=True)
 class RowFailure:
-    """A row the sandbox refused; reported, never blocking the rest of its batch."""
+    """A row that could not be applied; reported, never blocking the rest of its batch."""
 
     key: Key
     error: str
+    kind: str = "rejected"  # "rejected" by the sandbox, or a "transform" that failed
 
 
 @dataclass(slots=True)
@@ -117,6 +119,9 @@ class MappingStatistics:
     failures: list[RowFailure] = field(default_factory=list)
 
     def record(self, result: JobMappingResult) -> None:
+        if result.error is not None:
+            self.failed += 1
+            self.failures.append(RowFailure(result.key, result.error, "transform"))
         if result.status is MatchStatus.MATCHED:
             self.matched += 1
             if result.changes:
@@ -152,13 +157,21 @@ def plan_row(
     sandbox_values: Sequence[Any],
     field_mappings: Sequence[FieldMapping],
 ) -> JobMappingResult:
-    """Compare one matched row; values are given in mapping order on both sides."""
-    changes = tuple(
-        FieldChange(mapping.target, old, new)
-        for mapping, raw, old in zip(field_mappings, production_values, sandbox_values, strict=True)
-        if not values_equal(new := mapping.apply(raw), old)
-    )
-    return JobMappingResult(key, MatchStatus.MATCHED, changes)
+    """Compare one matched row; values are given in mapping order on both sides.
+
+    A transform that cannot convert a production value (``'abc'`` to decimal)
+    makes this one row a failure to report, never the whole run.
+    """
+    changes: list[FieldChange] = []
+    for mapping, raw, old in zip(field_mappings, production_values, sandbox_values, strict=True):
+        try:
+            new = mapping.apply(raw)
+        except Exception as error:  # any user or named transform may raise anything
+            reason = f"transform {mapping.transform_name} cannot convert {mapping.source} {raw!r}"
+            return JobMappingResult(key, MatchStatus.MATCHED, (), f"{reason}: {error}")
+        if not values_equal(new, old):
+            changes.append(FieldChange(mapping.target, old, new))
+    return JobMappingResult(key, MatchStatus.MATCHED, tuple(changes))
 
 
 def _checked(rows: Iterable[Sequence[Any]], width: int, side: str) -> Iterator[tuple[Key, Any]]:
@@ -212,7 +225,7 @@ def merge_compare(
             prod_item = next(production, None)
             sand_item = next(sandbox, None)
         statistics.record(result)
-        if result.status is not MatchStatus.MATCHED or result.changes:
+        if result.status is not MatchStatus.MATCHED or result.changes or result.error:
             yield result
 
 

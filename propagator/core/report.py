@@ -150,7 +150,8 @@ def render_text(report: ReconcileReport) -> str:
     if report.differences:
         lines.append(f"  ... ({report.differences} total)")
     for failure in stats.failures[: max(report.limit, 1)]:
-        lines.append(f"  ✗ Job {format_key(failure.key)} rejected by the sandbox: {failure.error}")
+        verb = "rejected by the sandbox" if failure.kind == "rejected" else "not applied"
+        lines.append(f"  ✗ Job {format_key(failure.key)} {verb}: {failure.error}")
     if len(stats.failures) > report.limit:
         lines.append(f"  ... and {len(stats.failures) - report.limit} more rejected")
     lines.append("")
@@ -161,6 +162,8 @@ def render_text(report: ReconcileReport) -> str:
     else:
         lines.append(
             f"✗ Applied {stats.updated} updates; {stats.failed} rows were rejected by the sandbox"
+            if all(f.kind == "rejected" for f in stats.failures)
+            else f"✗ Applied {stats.updated} updates; {stats.failed} rows could not be applied"
         )
     lines.append(RULE)
     return "\n".join(lines)
@@ -192,7 +195,12 @@ def render_json(report: ReconcileReport) -> str:
             [json_value(part) for part in key] for key in report.not_found_examples
         ],
         "failures": [
-            {"key": [json_value(p) for p in f.key], "label": format_key(f.key), "error": f.error}
+            {
+                "key": [json_value(p) for p in f.key],
+                "label": format_key(f.key),
+                "kind": f.kind,
+                "error": f.error,
+            }
             for f in report.statistics.failures
         ],
     }

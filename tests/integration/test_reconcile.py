@@ -140,6 +140,27 @@ def test_text_production_column_into_numeric_sandbox_with_a_transform(
     assert report(databases, **env)["statistics"]["rows_with_differences"] == 0
 
 
+def test_a_value_the_transform_cannot_convert_is_reported_and_the_rest_applied(
+    databases: DatabasePair,
+) -> None:
+    """Text the decimal transform can't read fails that row only: reported, exit 4, rest applied."""
+    databases.production.execute(
+        "CREATE TABLE jobs_text (job int, release text, fab_order text, UNIQUE (job, release))"
+    )
+    databases.production.execute("INSERT INTO jobs_text VALUES (1, 'A', 'abc'), (2, 'B', '9')")
+    databases.sandbox.insert_jobs([(1, "A", 1), (2, "B", 1)])
+    env = {
+        "PROPAGATOR_PRODUCTION_TABLE": "jobs_text",
+        "PROPAGATOR_FIELD_MAPPINGS": "fab_order->fab_order:decimal",
+    }
+    result = reconcile(databases, "--apply", **env)
+    assert result.returncode == 4, result.stderr
+    assert (
+        "✗ Job 1-A not applied: transform decimal cannot convert fab_order 'abc'" in result.stdout
+    )
+    assert databases.sandbox.fab_orders() == {(1, "A"): Decimal("1.00"), (2, "B"): Decimal("9.00")}
+
+
 def test_rows_missing_in_the_sandbox_are_counted_and_listed(seeded: DatabasePair) -> None:
     """Keys production has and the sandbox lacks are counted, listed, and not fatal."""
     result = reconcile(seeded, "--apply")

@@ -462,3 +462,23 @@ def test_out_of_order_message_names_both_keys() -> None:
     rows = [(2, "A", 1, None), (1, "A", 2, None)]
     with pytest.raises(StreamOrderError, match=r"\(2-A then 1-A\)"):
         list(merge_compare(rows, [], SPEC, MappingStatistics()))
+
+
+def test_a_value_the_transform_cannot_convert_fails_that_row_only() -> None:
+    """A value a transform rejects ('abc' to decimal) is one reported failure, not a crash."""
+    from propagator.core.mapping import FieldMapping, MappingSpec
+    from propagator.core.plan import MappingStatistics, merge_compare
+
+    spec = MappingSpec(("job",), (FieldMapping("fab_order", "fab_order", "decimal"),))
+    statistics = MappingStatistics()
+    production = [(1, "abc"), (2, "7.5")]
+    sandbox = [(1, None), (2, None)]
+    results = list(merge_compare(production, sandbox, spec, statistics))
+    assert [r.key for r in results] == [(1,), (2,)]
+    assert results[0].error is not None
+    assert "decimal" in results[0].error
+    assert results[0].changes == ()
+    assert statistics.failed == 1
+    assert statistics.failures[0].key == (1,)
+    assert statistics.failures[0].kind == "transform"
+    assert statistics.rows_with_differences == 1

@@ -186,11 +186,13 @@ def test_json_writes_decimals_as_numbers() -> None:
 
 
 def test_json_failures_carry_key_label_and_error() -> None:
-    """Rejected rows appear in the JSON with their key, label and error."""
+    """Rejected rows appear in the JSON with their key, label, kind and error."""
     report = ReconcileReport(False, "p", "s", ("fab_order",))
     report.statistics.failures.append(RowFailure((7, "Q"), "numeric field overflow"))
     failures = json.loads(render_json(report))["failures"]
-    assert failures == [{"key": [7, "Q"], "label": "7-Q", "error": "numeric field overflow"}]
+    assert failures == [
+        {"key": [7, "Q"], "label": "7-Q", "kind": "rejected", "error": "numeric field overflow"}
+    ]
 
 
 def test_json_keeps_unicode_readable() -> None:
