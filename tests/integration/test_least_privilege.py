@@ -276,3 +276,31 @@ def test_daemon_propagates_with_exactly_the_scripted_grants(
     assert databases.sandbox.fetchall("SELECT DISTINCT paint_color, stage FROM public.jobs") == [
         ("blue", "weld")
     ]
+
+
+def test_history_schema_grant_is_enough_for_setup_and_recording(
+    databases: DatabasePair, grants: Grants
+) -> None:
+    """With the optional history grant, the role sets up its history tables and records writes."""
+    psql(
+        databases.sandbox.url,
+        SQL_DIR / "sandbox_roles.sql",
+        role=grants.role,
+        password=PASSWORD,
+        update_columns="fab_order",
+        history_schema="propagator",
+    )
+    _seed(databases)
+    env = grants.env(databases, PROPAGATOR_HISTORY_ENABLED="true")
+
+    setup = run_cli(["setup"], env)
+    applied = run_cli(["reconcile", "--apply"], env)
+
+    assert setup.returncode == 0, setup.stderr
+    assert applied.returncode == 0, applied.stderr
+    assert databases.sandbox.fab_orders() == databases.production.fab_orders()
+    assert databases.sandbox.scalar("SELECT count(*) FROM propagator.sync_history") == 50
+    owners = databases.sandbox.fetchall(
+        "SELECT DISTINCT tableowner FROM pg_catalog.pg_tables WHERE schemaname = 'propagator'"
+    )
+    assert owners == [(grants.role,)]
