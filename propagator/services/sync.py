@@ -158,17 +158,19 @@ def _converge_slice(
         sandbox_conn, context.sandbox, spec.key_columns, spec.target_columns, keys
     )
     lookup = {tuple(row[:width]): row[width:] for row in sandbox_rows}
-    desired = {
-        tuple(row[:width]): [
-            m.apply(v) for m, v in zip(spec.field_mappings, row[width:], strict=True)
-        ]
-        for row in production_rows
-    }
     planned = [
         r
         for r in plan_against_lookup(production_rows, lookup, spec, result.statistics)
         if r.changes
     ]
+    # Every field of a planned row is sent (the UPDATE rewrites only those that differ);
+    # its transforms already succeeded while planning, so applying them again cannot fail.
+    planned_keys = {r.key for r in planned}
+    desired = {
+        key: [m.apply(v) for m, v in zip(spec.field_mappings, row[width:], strict=True)]
+        for row in production_rows
+        if (key := tuple(row[:width])) in planned_keys
+    }
     result.statistics.sandbox_rows += len(sandbox_rows)
     if not planned:
         return
