@@ -16,12 +16,23 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
 from propagator.adapters.embedded import EmbeddedPostgres
 from tests.helpers import JOBS_DDL, Database, DatabasePair
 
 TEMPLATE = "propagator_test_template"
+
+# CI machines are small and shared: judge properties by their examples, never by wall time.
+hypothesis_settings.register_profile(
+    "propagator",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    print_blob=True,
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "propagator"))
 
 
 @dataclass
