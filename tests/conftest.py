@@ -29,7 +29,7 @@ TEMPLATE = "propagator_test_template"
 hypothesis_settings.register_profile(
     "propagator",
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.too_slow],
     print_blob=True,
 )
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "propagator"))
