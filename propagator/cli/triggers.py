@@ -73,7 +73,7 @@ def _print_status(state: triggers.TriggerStatus) -> None:
     print(f"  channel:  {state.channel}")
     print(f"  keys:     {', '.join(state.key_columns)}")
     print(f"  watching: {', '.join(state.watched_columns)}")
-    print(f"  function: {state.function or '(missing)'}")
+    print(f"  functions: {', '.join(state.functions) or '(none)'}")
     print(f"  triggers: {', '.join(state.triggers) or '(none)'}")
     for problem in state.problems:
         print(f"  ! {problem}")

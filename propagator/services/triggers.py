@@ -5,12 +5,19 @@ The SQL lives in ``sql/triggers/*.sql`` so a DBA can read it, or print it with
 is filled in with ``psycopg.sql`` (identifiers quoted, values as literals), so a
 hostile table or column name can never become SQL. What is installed carries a
 JSON description (version, channel, columns) that ``status`` reads back.
+
+Design (chosen by ``bench/trigger_overhead.py``): row triggers gated by
+``WHEN (watched column IS DISTINCT FROM ...)`` collect keys into
+transaction-local settings, and one statement trigger sends them in chunks. An
+UPDATE of unmapped columns then costs no function call per row, and a statement
+touching many rows still sends one notification per ~8000 bytes of keys.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +33,7 @@ from propagator.sql import load_sql
 
 __all__ = [
     "KEY_BYTES_PER_PAYLOAD",
-    "MAX_KEY_BYTES",
-    "RESYNC_KEY_COUNT",
+    "RESYNC_PAYLOADS",
     "TRIGGER_VERSION",
     "TriggerNames",
     "TriggerStatus",
@@ -39,17 +45,17 @@ __all__ = [
     "uninstall",
 ]
 
-TRIGGER_VERSION = 1
+TRIGGER_VERSION = 2
 """Bumped whenever the installed SQL changes meaning; ``status`` compares it."""
 
-RESYNC_KEY_COUNT = 10_000
-"""More changed keys than this in one statement: send one resync request instead."""
-
-MAX_KEY_BYTES = 2_000
-"""A key whose JSON text is longer than this turns its statement into a resync."""
+RESYNC_PAYLOADS = 25
+"""More keys than fit in this many payloads (~10,000 short keys): one resync request instead."""
 
 KEY_BYTES_PER_PAYLOAD = 7_900
-"""Room for keys in one payload: with the header (< 60 bytes) it stays under 8000."""
+"""Room for keys in one payload: with the header (< 60 bytes) it stays under 8000.
+
+A single key longer than this cannot be listed: its statement sends a resync.
+"""
 
 QUEUE_USAGE_LIMIT = 0.9
 """Above this NOTIFY queue usage the trigger stays silent rather than risk failing COMMIT."""
@@ -65,14 +71,20 @@ class TriggerNames:
     """Names of everything installed for one table, derived from the table's name."""
 
     table: QualifiedName
-    function: QualifiedName
+    collect_function: QualifiedName
+    send_function: QualifiedName
     insert_trigger: str
     update_trigger: str
     delete_trigger: str
+    send_trigger: str
 
     @property
-    def triggers(self) -> tuple[str, str, str]:
-        return (self.insert_trigger, self.update_trigger, self.delete_trigger)
+    def triggers(self) -> tuple[str, ...]:
+        return (self.insert_trigger, self.update_trigger, self.delete_trigger, self.send_trigger)
+
+    @property
+    def functions(self) -> tuple[QualifiedName, ...]:
+        return (self.collect_function, self.send_function)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +98,7 @@ class TriggerStatus:
     key_columns: tuple[str, ...]
     watched_columns: tuple[str, ...]
     triggers: tuple[str, ...]
-    function: str | None
+    functions: tuple[str, ...]
     current: bool
     problems: tuple[str, ...]
 
@@ -101,7 +113,7 @@ class TriggerStatus:
             "key_columns": list(self.key_columns),
             "watched_columns": list(self.watched_columns),
             "triggers": list(self.triggers),
-            "function": self.function,
+            "functions": list(self.functions),
             "problems": list(self.problems),
         }
 
@@ -126,10 +138,14 @@ def trigger_names(settings: Settings) -> TriggerNames:
     table = settings.production_table_name
     return TriggerNames(
         table=table,
-        function=QualifiedName(table.schema, _object_name("propagator_notify_", table.name)),
+        collect_function=QualifiedName(
+            table.schema, _object_name("propagator_collect_", table.name)
+        ),
+        send_function=QualifiedName(table.schema, _object_name("propagator_send_", table.name)),
         insert_trigger=_object_name("propagator_", table.name, "_insert"),
         update_trigger=_object_name("propagator_", table.name, "_update"),
         delete_trigger=_object_name("propagator_", table.name, "_delete"),
+        send_trigger=_object_name("propagator_", table.name, "_send"),
     )
 
 
@@ -164,67 +180,96 @@ def _description(settings: Settings) -> str:
     )
 
 
-def _json_array(alias: str, columns: tuple[str, ...]) -> sql.Composable:
-    parts = sql.SQL(", ").join(
-        sql.SQL("{}.{}").format(sql.SQL(alias), sql.Identifier(c)) for c in columns
-    )
+def _column(row: str, column: str) -> sql.Composable:
+    return sql.SQL("{}.{}").format(sql.SQL(row), sql.Identifier(column))
+
+
+def _json_array(row: str, columns: tuple[str, ...]) -> sql.Composable:
+    parts = sql.SQL(", ").join(_column(row, c) for c in columns)
     return sql.SQL("jsonb_build_array({})").format(parts)
 
 
-def _column(alias: str, column: str) -> sql.Composable:
-    return sql.SQL("{}.{}").format(sql.SQL(alias), sql.Identifier(column))
+def _any_null(row: str, columns: tuple[str, ...]) -> sql.Composable:
+    return sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(_column(row, c)) for c in columns)
 
 
-def _function_definition(settings: Settings, names: TriggerNames) -> tuple[str, str]:
-    """The CREATE FUNCTION statement and the dollar quote around its body."""
-    spec = settings.mapping_spec
-    keys = spec.key_columns
-    watched_values = tuple(c for c in spec.watched_columns if c not in keys)
-    template = sql.SQL(_template("notify_function.sql"))
-    tag = _BODY_QUOTE
+def _watched_changed(settings: Settings, compare_as_jsonb: Collection[str]) -> sql.Composable:
+    """The UPDATE trigger's WHEN: a watched column really differs (NULL-safe).
+
+    Types without an equality operator (json, point, xml) are compared as jsonb.
+    """
+    tests: list[sql.Composable] = []
+    for column in settings.mapping_spec.watched_columns:
+        if column in compare_as_jsonb:
+            test = sql.SQL("to_jsonb({}) IS DISTINCT FROM to_jsonb({})")
+        else:
+            test = sql.SQL("{} IS DISTINCT FROM {}")
+        tests.append(test.format(_column("OLD", column), _column("NEW", column)))
+    return sql.SQL("\n          OR ").join(tests)
+
+
+def _dollar_quoted(template: sql.SQL, **values: sql.Composable) -> tuple[str, str]:
+    """A function definition and the dollar quote around its body.
+
+    A name containing the quote would end the body early, so a tag that occurs
+    nowhere in the rendered text is chosen.
+    """
     attempt = 0
     while True:
-        quote = f"${tag}$"
-        rendered = _text(
-            template.format(
-                function=_identifier(names.function),
-                body_quote=sql.SQL(quote),
-                new_key=_json_array("n", keys),
-                old_key=_json_array("o", keys),
-                key_match=sql.SQL(" AND ").join(
-                    sql.SQL("{} = {}").format(_column("n", c), _column("o", c)) for c in keys
-                ),
-                unmatched=sql.SQL("{} IS NULL OR {} IS NULL").format(
-                    _column("n", keys[0]), _column("o", keys[0])
-                ),
-                new_side_missing=sql.SQL(" AND ").join(
-                    sql.SQL("{} IS NULL").format(_column("n", c)) for c in keys
-                ),
-                new_watched=_json_array("n", watched_values),
-                old_watched=_json_array("o", watched_values),
-                channel=sql.Literal(settings.channel),
-                queue_usage_limit=sql.Literal(QUEUE_USAGE_LIMIT),
-                resync_key_count=sql.Literal(RESYNC_KEY_COUNT),
-                max_key_bytes=sql.Literal(MAX_KEY_BYTES),
-                key_bytes_per_payload=sql.Literal(KEY_BYTES_PER_PAYLOAD),
-            )
-        )
-        # A name containing the dollar-quote tag would end the body early: pick another tag.
+        quote = f"${_BODY_QUOTE}{'_' + str(attempt) if attempt else ''}$"
+        rendered = _text(template.format(body_quote=sql.SQL(quote), **values))
         if rendered.count(quote) == 2:
             return rendered, quote
         attempt += 1
-        tag = f"{_BODY_QUOTE}_{attempt}"
+
+
+def _settings_names(names: TriggerNames) -> tuple[str, str]:
+    """The transaction-local settings holding a statement's keys, named after the table."""
+    digest = hashlib.sha256(_text(_identifier(names.table)).encode("utf-8")).hexdigest()[:16]
+    return f"propagator.buffer_{digest}", f"propagator.chunks_{digest}"
+
+
+def _collect_function(settings: Settings, names: TriggerNames) -> tuple[str, str]:
+    keys = settings.mapping_spec.key_columns
+    buffer_setting, chunks_setting = _settings_names(names)
+    return _dollar_quoted(
+        sql.SQL(_template("collect_function.sql")),
+        function=_identifier(names.collect_function),
+        buffer_setting=sql.Literal(buffer_setting),
+        chunks_setting=sql.Literal(chunks_setting),
+        new_key=_json_array("NEW", keys),
+        old_key=_json_array("OLD", keys),
+        new_key_has_null=_any_null("NEW", keys),
+        old_key_has_null=_any_null("OLD", keys),
+        key_bytes_per_payload=sql.Literal(KEY_BYTES_PER_PAYLOAD),
+        resync_payloads=sql.Literal(RESYNC_PAYLOADS),
+    )
+
+
+def _send_function(settings: Settings, names: TriggerNames) -> tuple[str, str]:
+    buffer_setting, chunks_setting = _settings_names(names)
+    return _dollar_quoted(
+        sql.SQL(_template("send_function.sql")),
+        function=_identifier(names.send_function),
+        buffer_setting=sql.Literal(buffer_setting),
+        chunks_setting=sql.Literal(chunks_setting),
+        channel=sql.Literal(settings.channel),
+        queue_usage_limit=sql.Literal(QUEUE_USAGE_LIMIT),
+    )
 
 
 def _cleanup() -> sql.SQL:
     return sql.SQL(_template("cleanup.sql").rstrip())
 
 
-def _install_statements(settings: Settings) -> str:
+def _signature(name: QualifiedName) -> sql.Literal:
+    return sql.Literal(_text(_identifier(name)) + "()")
+
+
+def _install_statements(settings: Settings, compare_as_jsonb: Collection[str] = ()) -> str:
     names = trigger_names(settings)
     spec = settings.mapping_spec
     table = _identifier(names.table)
-    function = _identifier(names.function)
     return _text(
         sql.SQL(_template("install.sql")).format(
             version=sql.SQL(str(TRIGGER_VERSION)),
@@ -232,17 +277,24 @@ def _install_statements(settings: Settings) -> str:
             channel_label=_comment_text(settings.channel),
             keys_label=_comment_text(list(spec.key_columns)),
             watched_label=_comment_text(list(spec.watched_columns)),
-            resync_key_count=sql.SQL(str(RESYNC_KEY_COUNT)),
-            max_key_bytes=sql.SQL(str(MAX_KEY_BYTES)),
-            function_definition=sql.SQL(_function_definition(settings, names)[0]),
+            buffer_label=sql.SQL(_settings_names(names)[0]),
+            chunks_label=sql.SQL(_settings_names(names)[1]),
+            key_bytes_per_payload=sql.SQL(str(KEY_BYTES_PER_PAYLOAD)),
+            resync_payloads=sql.SQL(str(RESYNC_PAYLOADS)),
+            collect_function=sql.SQL(_collect_function(settings, names)[0]),
+            send_function=sql.SQL(_send_function(settings, names)[0]),
             table_text=sql.Literal(_text(table)),
-            function_text=sql.Literal(_text(function) + "()"),
+            collect_text=_signature(names.collect_function),
+            send_text=_signature(names.send_function),
             cleanup=_cleanup(),
             insert_trigger=sql.Identifier(names.insert_trigger),
             update_trigger=sql.Identifier(names.update_trigger),
             delete_trigger=sql.Identifier(names.delete_trigger),
+            send_trigger=sql.Identifier(names.send_trigger),
             table=table,
-            function=function,
+            watched_changed=_watched_changed(settings, compare_as_jsonb),
+            collect=_identifier(names.collect_function),
+            send=_identifier(names.send_function),
             description=sql.Literal(_description(settings)),
         )
     )
@@ -257,10 +309,12 @@ def _uninstall_statements(settings: Settings) -> str:
             insert_trigger=sql.Identifier(names.insert_trigger),
             update_trigger=sql.Identifier(names.update_trigger),
             delete_trigger=sql.Identifier(names.delete_trigger),
+            send_trigger=sql.Identifier(names.send_trigger),
             table=table,
             table_text=sql.Literal(_text(table)),
             cleanup=_cleanup(),
-            function=_identifier(names.function),
+            collect=_identifier(names.collect_function),
+            send=_identifier(names.send_function),
         )
     )
 
@@ -270,9 +324,13 @@ def _as_script(statements: str) -> str:
     return f"BEGIN;\n\n{statements.rstrip()}\n\nCOMMIT;\n"
 
 
-def render_install_sql(settings: Settings) -> str:
-    """The install script for the configured table, columns and channel (not executed)."""
-    return _as_script(_install_statements(settings))
+def render_install_sql(settings: Settings, *, compare_as_jsonb: Collection[str] = ()) -> str:
+    """The install script for the configured table, columns and channel (not executed).
+
+    ``compare_as_jsonb`` names watched columns whose type has no equality
+    operator; ``install`` finds them in the catalog.
+    """
+    return _as_script(_install_statements(settings, compare_as_jsonb))
 
 
 def render_uninstall_sql(settings: Settings) -> str:
@@ -280,13 +338,25 @@ def render_uninstall_sql(settings: Settings) -> str:
     return _as_script(_uninstall_statements(settings))
 
 
-def _require_columns(conn: Connection, settings: Settings) -> None:
-    """Refuse to install a trigger that would fail (silently, by design) on every statement."""
+def _incomparable_columns(conn: Connection, settings: Settings) -> list[str]:
+    """Watched columns whose type has no ``=`` (json, point, xml), after checking they exist."""
     table = describe_table(conn, settings.production_table_name, "production")
     for column in settings.mapping_spec.key_columns:
         table.column(column, "key")
     for column in settings.mapping_spec.source_columns:
         table.column(column, "mapped")
+    incomparable: list[str] = []
+    for column in settings.mapping_spec.watched_columns:
+        type_sql = table.columns[column].type_sql
+        probe = sql.SQL("SELECT NULL::{0} IS DISTINCT FROM NULL::{0}").format(sql.SQL(type_sql))
+        try:
+            with conn.transaction():
+                conn.execute(probe)
+        except psycopg.errors.UndefinedFunction:
+            incomparable.append(column)
+        except psycopg.Error as error:
+            raise translate_error(error, "production", f"checking column {column!r}") from None
+    return incomparable
 
 
 def _run(conn: Connection, statements: str, what: str) -> None:
@@ -304,8 +374,12 @@ def _run(conn: Connection, statements: str, what: str) -> None:
 
 def install(conn: Connection, settings: Settings) -> None:
     """Install or upgrade the triggers in one transaction; running it again changes nothing."""
-    _require_columns(conn, settings)
-    _run(conn, _install_statements(settings), f"installing triggers on {settings.production_table}")
+    compare_as_jsonb = _incomparable_columns(conn, settings)
+    _run(
+        conn,
+        _install_statements(settings, compare_as_jsonb),
+        f"installing triggers on {settings.production_table}",
+    )
 
 
 def uninstall(conn: Connection, settings: Settings) -> None:
@@ -336,9 +410,9 @@ WHERE p.oid = to_regprocedure(%s)
 """
 
 
-def _expected_body(settings: Settings, names: TriggerNames) -> str:
-    definition, quote = _function_definition(settings, names)
-    return definition.split(quote, 2)[1]
+def _body(definition: tuple[str, str]) -> str:
+    text, quote = definition
+    return text.split(quote, 2)[1]
 
 
 def _describe(text: str | None) -> dict[str, Any]:
@@ -354,24 +428,24 @@ def status(conn: Connection, settings: Settings) -> TriggerStatus:
     names = trigger_names(settings)
     spec = settings.mapping_spec
     table_text = _text(_identifier(names.table))
-    function_text = _text(_identifier(names.function)) + "()"
     try:
         with conn.transaction():
             row = conn.execute(_TABLE_OID, (table_text,)).fetchone()
             if row is None or row[0] is None:
                 raise SchemaError(f"the production table {names.table} does not exist")
             triggers = conn.execute(_INSTALLED_TRIGGERS, (row[0], MANAGED_MARKER)).fetchall()
-            function = conn.execute(_FUNCTION, (function_text,)).fetchone()
+            functions = [
+                conn.execute(_FUNCTION, (_text(_identifier(name)) + "()",)).fetchone()
+                for name in names.functions
+            ]
     except PropagatorError:
         raise
     except psycopg.Error as error:
         raise translate_error(error, "production", "reading the installed triggers") from None
 
-    problems: list[str] = []
-    description = _describe(function[2] if function else None)
-    if function is None and triggers:
-        description = _describe(triggers[0][4])
-    installed = bool(triggers) or function is not None
+    present = [f for f in functions if f is not None]
+    installed = bool(triggers) or bool(present)
+    description = _describe(present[0][2] if present else triggers[0][4] if triggers else None)
     version = description.get("version")
     version = version if isinstance(version, int) and not isinstance(version, bool) else None
     channel = description.get("channel") if isinstance(description.get("channel"), str) else None
@@ -379,11 +453,13 @@ def status(conn: Connection, settings: Settings) -> TriggerStatus:
     watched = tuple(str(c) for c in description.get("watched_columns", ()) or ())
     found = tuple(str(t[0]) for t in triggers)
 
+    problems: list[str] = []
     if not installed:
         problems.append("not installed")
     else:
-        if function is None:
-            problems.append(f"function {function_text} is missing")
+        for name, function in zip(names.functions, functions, strict=True):
+            if function is None:
+                problems.append(f"function {name} is missing")
         if version != TRIGGER_VERSION:
             problems.append(f"installed version {version}, this release installs {TRIGGER_VERSION}")
         if channel != settings.channel:
@@ -403,8 +479,13 @@ def status(conn: Connection, settings: Settings) -> TriggerStatus:
         disabled = [str(t[0]) for t in triggers if t[1] == "D"]
         if disabled:
             problems.append(f"disabled triggers: {', '.join(disabled)}")
-        if function is not None and not problems and function[1] != _expected_body(settings, names):
-            problems.append("the installed function differs from this release's")
+        if not problems:
+            expected = (
+                _body(_collect_function(settings, names)),
+                _body(_send_function(settings, names)),
+            )
+            if tuple(str(f[1]) for f in present) != expected:
+                problems.append("the installed functions differ from this release's")
     return TriggerStatus(
         table=str(names.table),
         installed=installed,
@@ -413,7 +494,7 @@ def status(conn: Connection, settings: Settings) -> TriggerStatus:
         key_columns=keys,
         watched_columns=watched,
         triggers=found,
-        function=str(function[0]) if function else None,
+        functions=tuple(str(f[0]) for f in present),
         current=installed and not problems,
         problems=tuple(problems),
     )

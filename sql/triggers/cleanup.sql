@@ -1,7 +1,8 @@
 DO $propagator_cleanup$
 DECLARE
     target regclass := to_regclass(current_setting('propagator.trigger_table'));
-    keep regprocedure := to_regprocedure(nullif(current_setting('propagator.trigger_function'), ''));
+    keep_collect regprocedure := to_regprocedure(nullif(current_setting('propagator.keep_collect'), ''));
+    keep_send regprocedure := to_regprocedure(nullif(current_setting('propagator.keep_send'), ''));
     managed record;
     used oid[] := '{}';
 BEGIN
@@ -23,7 +24,8 @@ BEGIN
     FOR managed IN
         SELECT DISTINCT f.oid
         FROM unnest(used) AS f(oid)
-        WHERE f.oid IS DISTINCT FROM keep
+        WHERE f.oid IS DISTINCT FROM keep_collect
+          AND f.oid IS DISTINCT FROM keep_send
           AND NOT EXISTS (SELECT FROM pg_trigger AS t WHERE t.tgfoid = f.oid)
     LOOP
         EXECUTE format('DROP FUNCTION %s', managed.oid::regprocedure);

@@ -47,7 +47,7 @@ def test_printed_sql_needs_no_database_and_applies_by_hand(databases: DatabasePa
     script = printed.stdout
     assert script.startswith("BEGIN;")
     assert script.rstrip().endswith("COMMIT;")
-    assert script.count("CREATE TRIGGER") == 3
+    assert script.count("CREATE TRIGGER") == 4
     with psycopg.connect(databases.production.url, autocommit=True) as conn:
         conn.execute(script.encode())
     status = cli(["status", "--check"], databases.env())
