@@ -126,16 +126,6 @@ def _seconds(value: Any) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
 
 
-def _json_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _clock(value: Any) -> str:
     if not isinstance(value, str):
         return "—"
@@ -169,7 +159,7 @@ def _change_row(entry: Mapping[str, Any]) -> str:
         _clock(entry.get("applied_at")),
         entry.get("key_label", ""),
         entry.get("field", ""),
-        f"{_json_value(entry.get('old_value'))} → {_json_value(entry.get('new_value'))}",
+        f"{entry.get('old_json', 'null')} → {entry.get('new_json', 'null')}",
         entry.get("source", ""),
         _seconds(entry.get("lag_seconds")),
     )
@@ -242,6 +232,12 @@ th, td {{ text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #e6e
 form {{ display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; margin: 1rem 0; }}
 input, button {{ font: inherit; padding: .35rem .6rem; }}
 #stale {{ color: #b00020; }}
+@media (max-width: 600px) {{
+  body {{ padding: .5rem; }}
+  dl {{ grid-template-columns: repeat(2, minmax(0, 1fr)); }}
+  table {{ font-size: .8rem; }}
+  th, td {{ padding: .3rem .25rem; }}
+}}
 </style>
 </head>
 <body>
@@ -268,8 +264,6 @@ const $ = (id) => document.getElementById(id);
 const seconds = (v) => typeof v !== "number" ? "—"
   : v < 1 ? Math.round(v * 1000) + " ms" : v.toFixed(1) + " s";
 const clock = (v) => v ? new Date(v).toLocaleTimeString([], {{hour12: false}}) : "—";
-const json = (v) => v === null || v === undefined ? "null"
-  : typeof v === "string" ? '"' + v + '"' : String(v);
 function setText(id, text) {{ const el = $(id); if (el) el.textContent = text; }}
 function showStatus(s) {{
   setText("role", s.role || "unknown");
@@ -290,7 +284,7 @@ function showChanges(entries) {{
   const rows = entries.map((c) => {{
     const tr = document.createElement("tr");
     for (const text of [clock(c.applied_at), c.key_label, c.field,
-        json(c.old_value) + " → " + json(c.new_value), c.source, seconds(c.lag_seconds)]) {{
+        c.old_json + " → " + c.new_json, c.source, seconds(c.lag_seconds)]) {{
       const td = document.createElement("td");
       td.textContent = text;
       tr.appendChild(td);
@@ -308,6 +302,7 @@ async function refresh() {{
       if (h.ok) showChanges((await h.json()).entries);
     }}
     setText("stale", "");
+    document.body.dataset.refreshed = String(Date.now());
   }} catch (error) {{
     setText("stale", "(daemon not answering)");
   }}

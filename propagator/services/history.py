@@ -445,6 +445,9 @@ class HistoryEntry:
             "field": self.field,
             "old_value": self.old_value,
             "new_value": self.new_value,
+            # The values exactly as stored (12.10 stays 12.10), for display.
+            "old_json": self.old_json,
+            "new_json": self.new_json,
         }
 
 
