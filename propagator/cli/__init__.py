@@ -24,9 +24,9 @@ _INTERNAL_ERROR = 70
 
 
 def _commands() -> list[ModuleType]:
-    from propagator.cli import check, history, reconcile, run, setup, status, triggers
+    from propagator.cli import check, demo, history, reconcile, run, setup, status, triggers
 
-    return [reconcile, check, status, run, triggers, setup, history]
+    return [reconcile, check, status, run, triggers, setup, history, demo]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
