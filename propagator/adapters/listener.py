@@ -97,6 +97,7 @@ class Listener:
         self.application_name = application_name
         self._clock = clock
         self._conn: AsyncConnection | None = None
+        self._abandoned: set[asyncio.Future[None]] = set()
         self._last_heartbeat_sent = 0.0
         self._last_heartbeat_seen = 0.0
         self.backend_pid: int | None = None
@@ -172,22 +173,50 @@ class Listener:
         if now - self._last_heartbeat_sent < self.heartbeat_interval:
             return
         self._last_heartbeat_sent = now
+        probe = asyncio.ensure_future(self._probe(conn))
         try:
-            async with asyncio.timeout(self.heartbeat_timeout):
-                row = await (await conn.execute(_PROBE)).fetchone()
-                self.queue_usage = float(row[0]) if row and row[0] is not None else None
-                await conn.execute(
-                    "SELECT pg_catalog.pg_notify(%s, %s)",
-                    (self.channel, heartbeat_payload(self.instance_id, time.time())),
-                )
-        except TimeoutError:
-            await self.close()
+            done, _ = await asyncio.wait({probe}, timeout=self.heartbeat_timeout)
+        except asyncio.CancelledError:
+            probe.cancel()
+            raise
+        if not done:
+            # Cancelling a query on a silent connection makes psycopg wait seconds for
+            # the server to confirm; let that happen in the background, reconnect now.
+            self._abandon(probe)
             raise DatabaseUnavailableError(
                 f"the production listener did not answer a probe within {self.heartbeat_timeout}s"
-            ) from None
+            )
+        try:
+            probe.result()
         except psycopg.Error as error:
             await self.close()
             raise translate_error(error, "production", "probing the listener") from None
+
+    async def _probe(self, conn: AsyncConnection) -> None:
+        try:
+            row = await (await conn.execute(_PROBE)).fetchone()
+            self.queue_usage = float(row[0]) if row and row[0] is not None else None
+            await conn.execute(
+                "SELECT pg_catalog.pg_notify(%s, %s)",
+                (self.channel, heartbeat_payload(self.instance_id, time.time())),
+            )
+        except asyncio.CancelledError:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+            raise
+
+    def _abandon(self, probe: asyncio.Future[None]) -> None:
+        """Forget the current connection; the stuck probe is cancelled and closes it itself."""
+        self._conn = None
+        self.backend_pid = None
+        self._abandoned.add(probe)
+        probe.add_done_callback(self._forget)
+        probe.cancel()
+
+    def _forget(self, probe: asyncio.Future[None]) -> None:
+        self._abandoned.discard(probe)
+        if not probe.cancelled():
+            probe.exception()  # retrieved: an abandoned probe's failure is expected
 
     def _require(self) -> AsyncConnection:
         if self._conn is None or self._conn.closed:
