@@ -158,7 +158,12 @@ def _value_hash(
     if compare_as is CompareAs.FLOAT8:
         return sql.SQL("hashfloat8extended({}::float8, {})").format(expr, literal)
     if compare_as is CompareAs.NUMERIC:
-        return sql.SQL("hash_numeric_extended({}, {})").format(_as_numeric(expr, kind), literal)
+        # hash_numeric_extended ignores the sign (7 and -7 collide) and hashes NaN and
+        # both infinities alike: a tag for the sign and the special values goes in too.
+        return sql.SQL(
+            "(hash_numeric_extended({v}, {seed}) # hashint8extended(CASE WHEN {v} = 'NaN' THEN 3 "
+            "WHEN {v} = 'Infinity' THEN 2 WHEN {v} < 0 THEN 1 ELSE 0 END, {seed}))"
+        ).format(v=_as_numeric(expr, kind), seed=literal)
     if compare_as is CompareAs.TEXT:
         return sql.SQL('hashtextextended({} COLLATE "C", {})').format(expr, literal)
     if compare_as is CompareAs.BOOLEAN:
