@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -206,3 +207,32 @@ def test_two_daemons_elect_one_writer_and_fail_over(prepared: DatabasePair) -> N
         for replica in (first, second):
             if replica.thread.is_alive():
                 replica.stop()
+
+
+def test_listener_that_stops_hearing_its_heartbeat_is_replaced(
+    prepared: DatabasePair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A listener whose own heartbeat stops coming back is treated as half-open and replaced."""
+    with daemon_for(prepared, heartbeat_interval="200ms", heartbeat_timeout="1s") as running:
+        daemon = running.daemon
+        old_pid = daemon.listener.backend_pid
+        conn = daemon.listener._conn
+        assert conn is not None
+        assert daemon._loop is not None
+
+        async def stop_hearing() -> None:
+            # The socket stays healthy but no notification reaches this session any more.
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("UNLISTEN *")
+
+        asyncio.run_coroutine_threadsafe(stop_hearing(), daemon._loop).result(10)
+        wait_until(
+            lambda: daemon.listener.backend_pid not in (None, old_pid),
+            what="a replaced listener connection",
+        )
+        assert "no heartbeat came back" in capsys.readouterr().out
+        prepared.production.execute("UPDATE jobs SET fab_order = 31337 WHERE job = 3")
+        wait_until(
+            lambda: prepared.sandbox.scalar("SELECT fab_order FROM jobs WHERE job = 3") == 31337,
+            what="a change through the new listener",
+        )
