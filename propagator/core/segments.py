@@ -32,6 +32,7 @@ __all__ = [
     "SqlTransform",
     "ValueKind",
     "compare_segments",
+    "everything",
     "plan_layout",
     "segment_count",
     "value_kind",
@@ -321,4 +322,16 @@ def compare_segments(
         equal_rows,
         differing_production,
         differing_sandbox,
+    )
+
+
+def everything(comparison: SegmentComparison) -> SegmentComparison:
+    """The same figures with every row to be read (no segment counted as equal)."""
+    return SegmentComparison(
+        comparison.differing,
+        comparison.production_rows,
+        comparison.sandbox_rows,
+        0,
+        comparison.production_rows,
+        comparison.sandbox_rows,
     )

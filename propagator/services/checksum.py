@@ -4,10 +4,10 @@ Each server hashes every row (keys and canonicalised mapped values, the
 production side after the transforms' SQL equivalents) and returns one
 ``(segment, rows, sum of row hashes)`` line per segment; a segment is a hash
 bucket of the key, so its boundaries depend on no collation. Only the rows of
-segments whose summaries differ are then streamed, key-ordered, into the same
-``merge_compare`` the streaming reconcile uses, so the plan, the report and the
-apply (through ``converge_keys``) are the streaming compare's, restricted to
-where a difference can be. Both sides are read at once, each from one
+segments whose summaries differ are then streamed, key-ordered, through the
+same ``compare_streams``/``merge_compare`` the streaming reconcile uses, so the
+plan, the report and the apply (through ``converge_keys``) are the streaming
+compare's, restricted to where a difference can be. Both sides are read at once, each from one
 ``REPEATABLE READ READ ONLY`` snapshot covering both passes.
 
 Whatever the checksum cannot compare exactly (an unsupported type, a Python
@@ -34,7 +34,7 @@ from psycopg import sql
 
 from propagator.adapters.postgres import TableInfo, prefetch, table_identifier, translate_error
 from propagator.core.mapping import Key
-from propagator.core.plan import JobMappingResult, merge_compare
+from propagator.core.plan import JobMappingResult
 from propagator.core.report import ReconcileReport
 from propagator.core.segments import (
     PYTHON_WHITESPACE,
@@ -46,6 +46,7 @@ from propagator.core.segments import (
     SqlTransform,
     ValueKind,
     compare_segments,
+    everything,
     plan_layout,
     segment_count,
 )
@@ -63,8 +64,8 @@ Hashing = Literal["builtin", "md5"]
 
 _MIN_SERVER_VERSION = 140000  # hash_numeric_extended of numeric Infinity, trim_scale
 _FETCH_SIZE = 10_000
+_READ_ALL_FRACTION = 0.5
 _KEY_SEED = 0x5EED0000
-_SEGMENT_SEED = 0x5EED1000
 _FIELD_SEED = 0x5EED2000
 _NULL_FLAGS_SEED = 0x5EED3000
 _SANDBOX_ONLY_SEED = 0x100000  # sandbox side of a pair of different families
@@ -180,7 +181,7 @@ class _SideQueries:
     """The two passes of one side, composed once."""
 
     segments: sql.Composed
-    rows: Callable[[tuple[int, ...]], sql.Composed]
+    rows: Callable[[tuple[int, ...] | None], sql.Composed]
 
 
 def _side_queries(
@@ -193,15 +194,11 @@ def _side_queries(
 ) -> _SideQueries:
     production = side == "production"
     key_hashes: list[sql.Composable] = []
-    segment_hashes: list[sql.Composable] = []
     for position, key in enumerate(layout.keys):
         kind = key.production if production else key.sandbox
         expr = _natural(key.column, kind)
         key_hashes.append(
             _value_hash(expr, kind, key.compare_as, _KEY_SEED + position, hashing, side)
-        )
-        segment_hashes.append(
-            _value_hash(expr, kind, key.compare_as, _SEGMENT_SEED + position, hashing, side)
         )
     value_hashes: list[sql.Composable] = []
     null_flags: list[sql.Composable] = []
@@ -225,8 +222,10 @@ def _side_queries(
     flags_hash = _value_hash(
         flags, ValueKind.INTEGER, CompareAs.INT8, _NULL_FLAGS_SEED, hashing, side
     )
-    row_hash = _xor([flags_hash, *key_hashes, *value_hashes])
-    segment = sql.SQL("({} & {})").format(_xor(segment_hashes), sql.Literal(segment_mask))
+    # The key's hash both places a row in its segment (low bits) and enters the row's hash.
+    key_hash = _xor(key_hashes)
+    value_hash = _xor([flags_hash, *value_hashes])
+    mask = sql.Literal(segment_mask)
 
     key_columns = [k.column for k in layout.keys]
     condition: sql.Composable = sql.SQL(" AND ").join(
@@ -236,10 +235,11 @@ def _side_queries(
         condition = sql.SQL("({}) AND ({})").format(sql.SQL(where), condition)
     name = table_identifier(table.name)
     segments = sql.SQL(
-        "SELECT s.segment, count(*), sum(s.row_hash) FROM "
-        "(SELECT {segment} AS segment, {row_hash} AS row_hash FROM {table} WHERE {condition}) AS s "
-        "GROUP BY s.segment"
-    ).format(segment=segment, row_hash=row_hash, table=name, condition=condition)
+        "SELECT s.key_hash & {mask}, count(*), sum(s.key_hash # s.value_hash) FROM "
+        "(SELECT {key_hash} AS key_hash, {value_hash} AS value_hash FROM {table} "
+        "WHERE {condition} OFFSET 0) AS s "
+        "GROUP BY 1"
+    ).format(mask=mask, key_hash=key_hash, value_hash=value_hash, table=name, condition=condition)
 
     value_columns = [f.source if production else f.target for f in layout.fields]
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in (*key_columns, *value_columns))
@@ -250,7 +250,10 @@ def _side_queries(
         for c in key_columns
     )
 
-    def rows(differing: tuple[int, ...]) -> sql.Composed:
+    def rows(differing: tuple[int, ...] | None) -> sql.Composed:
+        if differing is None:  # every row: no need to hash again
+            every = sql.SQL("SELECT {columns} FROM {table} WHERE {condition} ORDER BY {order}")
+            return every.format(columns=columns, table=name, condition=condition, order=order)
         # The segment list is a literal: a production filter may contain '%'.
         return sql.SQL(
             "SELECT {columns} FROM {table} WHERE {condition} AND {segment} = ANY({list}::int8[]) "
@@ -259,7 +262,7 @@ def _side_queries(
             columns=columns,
             table=name,
             condition=condition,
-            segment=segment,
+            segment=sql.SQL("({} & {})").format(key_hash, mask),
             list=sql.Literal(list(differing)),
             order=order,
         )
@@ -413,8 +416,6 @@ def reconcile_checksum(
     ``fallback_reason`` and the caller streams instead. ``hashing`` forces
     "md5" (or "builtin") where both servers support it, for tests and benchmarks.
     """
-    from propagator.services.sync import converge_keys  # sync dispatches to this module
-
     started = time.perf_counter()
     spec = context.spec
     try:
@@ -469,6 +470,13 @@ def reconcile_checksum(
         )
         if progress is not None:
             progress(comparison.production_rows)
+        if (
+            comparison.differing_production_rows + comparison.differing_sandbox_rows
+            > (comparison.production_rows + comparison.sandbox_rows) * _READ_ALL_FRACTION
+        ):
+            # Most rows are in differing segments: reading them all is cheaper than
+            # hashing every row again to pick them out.
+            comparison = everything(comparison)
         _compare_differing(
             context,
             open_connection,
@@ -481,7 +489,6 @@ def reconcile_checksum(
             source=source,
             on_applied=on_applied,
             on_difference=on_difference,
-            converge=converge_keys,
         )
     finally:
         production.end()
@@ -503,9 +510,10 @@ def _compare_differing(
     source: Source,
     on_applied: AppliedHook | None,
     on_difference: Callable[[JobMappingResult], None] | None,
-    converge: Callable[..., Any],
 ) -> None:
     """Stream the differing segments through ``merge_compare``; converge what it plans."""
+    from propagator.services.sync import compare_streams, converge_keys  # sync dispatches here
+
     stats = report.statistics
     if comparison.differing:
         writers: tuple[Connection, Connection] | None = None
@@ -516,7 +524,7 @@ def _compare_differing(
         def flush() -> None:
             if writers is None or not pending:
                 return
-            batch = converge(
+            batch = converge_keys(
                 context, writers[0], writers[1], pending, source=source, on_applied=on_applied
             )
             stats.updated += batch.statistics.updated
@@ -524,11 +532,10 @@ def _compare_differing(
             stats.failures.extend(batch.statistics.failures)
             pending.clear()
 
-        production_rows = prefetch(
-            production.rows(queries["production"].rows(comparison.differing))
-        )
-        sandbox_rows = prefetch(sandbox.rows(queries["sandbox"].rows(comparison.differing)))
-        for result in merge_compare(production_rows, sandbox_rows, context.spec, stats):
+        wanted = None if comparison.equal_rows == 0 else comparison.differing
+        production_rows = prefetch(production.rows(queries["production"].rows(wanted)))
+        sandbox_rows = prefetch(sandbox.rows(queries["sandbox"].rows(wanted)))
+        for result in compare_streams(context, production_rows, sandbox_rows, stats, None):
             report.note(result)
             if result.changes:
                 if on_difference is not None:

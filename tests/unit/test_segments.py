@@ -16,6 +16,7 @@ from propagator.core.segments import (
     SqlTransform,
     ValueKind,
     compare_segments,
+    everything,
     plan_layout,
     segment_count,
     value_kind,
@@ -157,3 +158,12 @@ def test_compare_segments_counts_equal_and_differing_rows() -> None:
     assert result.differing == (2, 3, 4)
     assert (result.production_rows, result.sandbox_rows, result.equal_rows) == (6, 9, 3)
     assert (result.differing_production_rows, result.differing_sandbox_rows) == (3, 6)
+
+
+def test_everything_reads_every_row() -> None:
+    """When most rows sit in differing segments, all rows are read and none counted equal."""
+    production = {1: SegmentSummary(3, 10), 2: SegmentSummary(2, 7)}
+    sandbox = {1: SegmentSummary(3, 10), 2: SegmentSummary(2, 8)}
+    result = everything(compare_segments(production, sandbox))
+    assert result.equal_rows == 0
+    assert (result.differing_production_rows, result.differing_sandbox_rows) == (5, 5)
