@@ -140,7 +140,8 @@ class Settings(BaseSettings):
         FieldMapping("fab_order", "fab_order"),
     )
     production_filter: str | None = None
-    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    # 5000: ~30% more rows/s than 1000 on a 2-core machine (bench/apply_batch_size.py).
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
 
     # Reconcile.
     reconcile_interval: timedelta = timedelta(minutes=10)

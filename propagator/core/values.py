@@ -39,6 +39,12 @@ def values_equal(left: Any, right: Any) -> bool:
     """True when SQL would say ``left IS NOT DISTINCT FROM right`` after a cast."""
     if left is None or right is None:
         return left is None and right is None
+    if type(left) is type(right):
+        try:
+            if left == right:
+                return True  # the common case, decided without normalising (NaN never is)
+        except (InvalidOperation, TypeError, ValueError):
+            pass  # signalling NaN and exotic types: the general rules below decide
     if _is_number(left) and _is_number(right):
         a, b = canonical_number(left), canonical_number(right)
         if a.is_nan() or b.is_nan():

@@ -67,7 +67,7 @@ def test_defaults() -> None:
     assert settings.production_table == settings.sandbox_table == "public.jobs"
     assert settings.key_columns == ("job", "release")
     assert settings.field_mappings == (FieldMapping("fab_order", "fab_order"),)
-    assert settings.batch_size == 1000
+    assert settings.batch_size == 5000
     assert settings.channel == "propagator_jobs"
     assert settings.debounce_quiet == timedelta(milliseconds=50)
     assert settings.debounce_max_delay == timedelta(milliseconds=500)
@@ -399,7 +399,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_unrelated_prefixed_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     """Variables that merely share the prefix (test harness URLs) are not settings errors."""
     monkeypatch.setenv("PROPAGATOR_TEST_PRODUCTION_URL", "postgresql://h/db")
-    assert load_settings().batch_size == 1000
+    assert load_settings().batch_size == 5000
 
 
 @pytest.mark.parametrize(
