@@ -40,6 +40,7 @@ from propagator.services.demo import (
     ChangeStream,
     ChangeVisible,
     DaemonThread,
+    DemoData,
     DemoEvent,
     DemoServers,
     LatencyFigures,
@@ -402,7 +403,7 @@ class _Demo:
         daemon.start()
         return daemon
 
-    def _live(self, data: Any) -> LiveRun:
+    def _live(self, data: DemoData) -> LiveRun:
         assert self.servers is not None
         assert self.daemon is not None
         view: _View = (
@@ -420,7 +421,7 @@ class _Demo:
                 duration=self.args.duration,
                 rate=self.args.rate,
                 on_event=view.event,
-                on_tick=view.tick,
+                on_tick=lambda: self._tick(view),
                 poll_interval=_POLL_SECONDS,
             )
             view.start(live, self.daemon)
@@ -430,6 +431,11 @@ class _Demo:
             finally:
                 view.stop()
         return live
+
+    def _tick(self, view: _View) -> None:
+        assert self.daemon is not None
+        self.daemon.check_alive()
+        view.tick()
 
     def _summary(self, live: LiveRun) -> None:
         assert self.daemon is not None

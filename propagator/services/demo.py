@@ -260,6 +260,11 @@ class DaemonThread:
             f"the daemon was not ready after {timeout:.0f}s: {'; '.join(reasons)}"
         )
 
+    def check_alive(self) -> None:
+        """Raise if the daemon stopped on its own: the demo must not wait for it in vain."""
+        if not self._thread.is_alive():
+            raise PropagatorError(f"the daemon stopped: {self._failure()}")
+
     def _failure(self) -> str:
         if self.error is not None:
             return f"{type(self.error).__name__}: {self.error}"
