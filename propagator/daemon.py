@@ -88,6 +88,10 @@ class _Stopping(Exception):
     """Raised inside a retry loop once the daemon is stopping or the work lost its point."""
 
 
+class _BatchRefused(Exception):
+    """The databases refused a debounced batch for good (e.g. a key of the wrong type)."""
+
+
 @dataclass(slots=True)
 class _Writer:
     """Sync connections used by the applier thread only (never two batches at once)."""
@@ -718,11 +722,27 @@ class Daemon:
                 on_applied=self.history.hook(changed_at=batch.earliest_change, after=fence),
             )
 
-        result = await self._retrying(
-            "applying a batch",
-            lambda: self._in_thread(work, "applying a batch"),
-            keep_going=lambda: self.is_leader,
-        )
+        async def attempt() -> BatchResult:
+            try:
+                return await self._in_thread(work, "applying a batch")
+            except PermanentError as error:
+                raise _BatchRefused(str(error)) from None
+
+        try:
+            result = await self._retrying(
+                "applying a batch", attempt, keep_going=lambda: self.is_leader
+            )
+        except _BatchRefused as refused:
+            # Keys come from anyone who can NOTIFY: one that cannot even be cast to its
+            # column's type would fail this batch forever and block every later one.
+            # Drop it; the full reconcile re-reads everything (and retries a real
+            # schema problem slowly, as any permanent error).
+            self._in_flight = None
+            self.metrics.record_retry("permanent")
+            self.last_error = str(refused)
+            _log.error("batch_refused", keys=len(batch.keys), error=str(refused))
+            self._want_reconcile("a batch was refused")
+            return
         self._in_flight = None
         stats = result.statistics
         self.metrics.record_batch("event", applied=stats.updated, failed=stats.failed)
