@@ -26,6 +26,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,39 @@ def test_readme_lists_every_setting() -> None:
     for field in Settings.model_fields:
         assert env_name(field) in rows, f"README lacks {env_name(field)}"
         assert f"`{field}`" in rows[env_name(field)], f"README lacks the TOML key {field}"
+
+
+def _shown(value: object) -> str | None:
+    """A default as the README writes it (``50ms``, ``10m``, ``true``); None: not comparable."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | str):
+        return str(value)
+    if isinstance(value, timedelta):
+        milliseconds = round(value.total_seconds() * 1000)
+        for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+            if milliseconds and milliseconds % size == 0:
+                return f"{milliseconds // size}{unit}"
+        return f"{milliseconds}ms"
+    return None
+
+
+def test_readme_states_every_default() -> None:
+    """The Default column matches each scalar default of Settings (numbers, text, durations)."""
+    reference = section("README.md", "Configuration reference")
+    cells = {
+        line.split("|")[1].strip(" `"): line.split("|")[3].strip()
+        for line in reference.splitlines()
+        if line.startswith("| `")
+    }
+    checked = 0
+    for name, field in Settings.model_fields.items():
+        shown = _shown(field.default)
+        if shown is None:
+            continue
+        assert cells[env_name(name)] == f"`{shown}`", f"README default of {name}"
+        checked += 1
+    assert checked >= 25
 
 
 def test_readme_lists_every_metric() -> None:
