@@ -104,9 +104,17 @@ class EmbeddedPostgres:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str, timeout: float = 60) -> None:
+        uid = gid = None
+        groups: list[int] | None = None
+        if self.user is not None:
+            # The service user's own group only, not root's supplementary groups.
+            info = pwd.getpwnam(self.user)
+            uid, gid, groups = info.pw_uid, info.pw_gid, []
         result = subprocess.run(
             [str(self.bin / args[0]), *args[1:]],
-            user=self.user,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
             capture_output=True,
             text=True,
             timeout=timeout,
