@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as time_of_day
 from decimal import Decimal
 from importlib import resources
+from json.encoder import encode_basestring
 from typing import Any, Final, get_args
 
 import psycopg
@@ -115,6 +117,12 @@ def migrations() -> tuple[Migration, ...]:
 
 def _with_schema(text: str, schema: str) -> sql.Composed:
     return sql.SQL(text).format(schema=sql.Identifier(schema))
+
+
+@functools.lru_cache(maxsize=32)
+def _statement(path: str, schema: str) -> sql.Composed:
+    """A statement file with the schema filled in, read once per process."""
+    return _with_schema(load_sql(path), schema)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +230,33 @@ def _require_current(conn: Connection, schema: str) -> None:
 # Values as JSON.
 
 
+def _decimal_json(value: Decimal) -> str:
+    return str(value) if value.is_finite() else json.dumps(str(value))
+
+
+def _float_json(value: float) -> str:
+    return repr(value) if math.isfinite(value) else json.dumps(repr(value))
+
+
+def _string_json(value: str) -> str:
+    return encode_basestring(value)  # json.dumps(value, ensure_ascii=False), minus its overhead
+
+
+def _array_json(values: Sequence[Any]) -> str:
+    return "[" + ",".join([json_text(value) for value in values]) + "]"
+
+
+_JSON_BY_TYPE: Final[dict[type, Callable[[Any], str]]] = {
+    int: str,
+    str: _string_json,
+    Decimal: _decimal_json,
+    float: _float_json,
+    bool: lambda value: "true" if value else "false",
+    tuple: _array_json,  # keys
+    list: _array_json,
+}
+
+
 def json_text(value: Any) -> str:
     """A value as JSON text, its type kept readable: numbers stay numbers, exactly.
 
@@ -230,22 +265,25 @@ def json_text(value: Any) -> str:
     """
     if value is None:
         return "null"
+    exact = _JSON_BY_TYPE.get(type(value))
+    if exact is not None:
+        return exact(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        return str(value)
+        return str(int(value))
     if isinstance(value, Decimal):
-        return str(value) if value.is_finite() else json.dumps(str(value))
+        return _decimal_json(value)
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else json.dumps(repr(value))
+        return _float_json(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _string_json(value)
     if isinstance(value, datetime | date | time_of_day):
         return json.dumps(value.isoformat())
     if isinstance(value, bytes | bytearray | memoryview):
         return json.dumps("\\x" + bytes(value).hex())
     if isinstance(value, list | tuple):
-        return "[" + ",".join(json_text(item) for item in value) + "]"
+        return _array_json(value)
     if isinstance(value, dict):
         return json.dumps(value, default=str, ensure_ascii=False)
     return json.dumps(str(value), ensure_ascii=False)
@@ -292,7 +330,7 @@ def record(
     if not fields:
         return 0
     conn.execute(
-        _with_schema(load_sql("history/record.sql"), schema),
+        _statement("history/record.sql", schema),
         {
             "batch_id": batch_id or uuid.uuid4(),
             "source": source,
@@ -548,7 +586,7 @@ def prune(
     if batch_rows < 1:
         raise ValueError("batch_rows must be positive")
     cutoff = (now or datetime.now(UTC)) - retention
-    statement = _with_schema(load_sql("history/prune.sql"), schema)
+    statement = _statement("history/prune.sql", schema)
     deleted = statements = 0
     try:
         while max_statements is None or statements < max_statements:

@@ -5,6 +5,6 @@ DELETE FROM {schema}.sync_history
 WHERE id IN (
     SELECT id FROM {schema}.sync_history
     WHERE applied_at < %(cutoff)s
-    ORDER BY applied_at, id
+    ORDER BY id  -- ids grow with applied_at: the oldest rows are first on the primary key
     LIMIT %(batch_rows)s
 )
