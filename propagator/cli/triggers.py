@@ -69,12 +69,12 @@ def _print_status(state: triggers.TriggerStatus) -> None:
         return
     mark = "✓" if state.current else "✗"
     print(f"{mark} triggers on {state.table}: {'current' if state.current else 'NOT current'}")
-    print(f"  version:  {state.version} (this release: {triggers.TRIGGER_VERSION})")
-    print(f"  channel:  {state.channel}")
-    print(f"  keys:     {', '.join(state.key_columns)}")
-    print(f"  watching: {', '.join(state.watched_columns)}")
+    print(f"  version:   {state.version} (this release: {triggers.TRIGGER_VERSION})")
+    print(f"  channel:   {state.channel}")
+    print(f"  keys:      {', '.join(state.key_columns)}")
+    print(f"  watching:  {', '.join(state.watched_columns)}")
     print(f"  functions: {', '.join(state.functions) or '(none)'}")
-    print(f"  triggers: {', '.join(state.triggers) or '(none)'}")
+    print(f"  triggers:  {', '.join(state.triggers) or '(none)'}")
     for problem in state.problems:
         print(f"  ! {problem}")
     if not state.current:

@@ -14,7 +14,9 @@ BEGIN
     BEGIN
         chunks := current_setting({chunks_setting}, true);
         PERFORM set_config({buffer_setting}, '', true);
-        PERFORM set_config({chunks_setting}, '', true);
+        IF chunks <> '' THEN
+            PERFORM set_config({chunks_setting}, '', true);
+        END IF;
         -- When the change happened: the end of the statement, before commit.
         stamp := extract(epoch FROM clock_timestamp())::text;
         -- A full NOTIFY queue would make COMMIT fail; rather stay silent and let
