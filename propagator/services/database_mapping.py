@@ -64,6 +64,7 @@ __all__ = [
     "MappingStatistics",
     "Row",
     "create_engine",
+    "engines_from_settings",
     "map_production_fab_order_to_sandbox",
 ]
 
@@ -87,6 +88,23 @@ def create_engine(url: str, **options: Any) -> Engine:
         raise ConfigurationError(f"invalid database URL: {error}") from None
     return sqlalchemy.create_engine(
         "postgresql+psycopg" + plain.removeprefix("postgresql"), **options
+    )
+
+
+def engines_from_settings(settings: Settings | None = None) -> tuple[Engine, Engine]:
+    """Production and sandbox engines from ``PRODUCTION_DATABASE_URL`` / ``SANDBOX_DATABASE_URL``.
+
+    Each engine keeps a pool of ``pool_size`` connections (``PROPAGATOR_POOL_SIZE``),
+    checked before use so a restarted server costs a reconnect, not an error.
+    """
+    if settings is None:
+        from propagator.settings import load_settings
+
+        settings = load_settings()
+    options = {"pool_size": settings.pool_size, "max_overflow": 0, "pool_pre_ping": True}
+    return (
+        create_engine(settings.production_url(), **options),
+        create_engine(settings.sandbox_url(), **options),
     )
 
 

@@ -355,3 +355,25 @@ def test_create_engine_refuses_other_schemes() -> None:
     """create_engine accepts only PostgreSQL URLs, with one clear error otherwise."""
     with pytest.raises(ConfigurationError, match="scheme mysql"):
         create_engine("mysql://u:p@host/db")
+
+
+def test_engines_from_settings_pool_connections_per_the_setting(databases: DatabasePair) -> None:
+    """engines_from_settings builds both engines from the seed's URLs with pool_size connections."""
+    from propagator.services.database_mapping import engines_from_settings
+    from propagator.settings import load_settings
+
+    settings = load_settings(
+        production_database_url=databases.production.url.replace("postgresql://", "postgres://"),
+        sandbox_database_url=databases.sandbox.url,
+        pool_size=3,
+    )
+    production, sandbox = engines_from_settings(settings)
+    try:
+        assert production.pool.size() == 3  # type: ignore[attr-defined]
+        databases.production.insert_jobs([(1, "A", 510)])
+        databases.sandbox.insert_jobs([(1, "A", 500)])
+        statistics = map_production_fab_order_to_sandbox(production, sandbox, dry_run=False)
+        assert statistics.updated == 1
+    finally:
+        production.dispose()
+        sandbox.dispose()
