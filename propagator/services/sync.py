@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import chain, islice
+from itertools import chain, compress, islice
+from operator import itemgetter, ne
 from typing import Any, Literal
 
 import psycopg
@@ -309,13 +310,14 @@ def compare_streams(
             _counting(iter(production_rows), progress), sandbox_rows, spec, stats
         )
         return
-    width = context.key_width
+    # A key is a tuple, or the bare value for one column: both order and compare alike.
+    key_of = itemgetter(*range(context.key_width))
     production, sandbox = iter(production_rows), iter(sandbox_rows)
     production_buffer: list[tuple[Any, ...]] = []
     sandbox_buffer: list[tuple[Any, ...]] = []
     production_done = sandbox_done = False
     compared = reported = 0
-    emitted: Key | None = None  # every key below this one has been compared
+    emitted: Any = None  # every key below this one has been compared
     while True:
         if not production_done and len(production_buffer) < _WINDOW_ROWS:
             more = list(islice(production, _WINDOW_ROWS))
@@ -327,8 +329,8 @@ def compare_streams(
             sandbox_done = len(more) < _WINDOW_ROWS
         if not production_buffer and not sandbox_buffer:
             return
-        production_keys = [row[:width] for row in production_buffer]
-        sandbox_keys = [row[:width] for row in sandbox_buffer]
+        production_keys = list(map(key_of, production_buffer))
+        sandbox_keys = list(map(key_of, sandbox_buffer))
         if not (_ascending(production_keys, emitted) and _ascending(sandbox_keys, emitted)):
             # Out of key order: merge_compare reports it precisely.
             yield from merge_compare(
@@ -370,7 +372,7 @@ def compare_streams(
             progress(compared)
 
 
-def _ascending(keys: list[Key], floor: Key | None) -> bool:
+def _ascending(keys: list[Any], floor: Any) -> bool:
     """Keys sorted as Python sorts them (a sorted list costs one linear pass), none below floor."""
     return keys == sorted(keys) and (floor is None or not keys or keys[0] >= floor)
 
@@ -378,15 +380,21 @@ def _ascending(keys: list[Key], floor: Key | None) -> bool:
 def _compare_window(
     spec: MappingSpec,
     production: list[tuple[Any, ...]],
-    production_keys: list[Key],
+    production_keys: list[Any],
     sandbox: list[tuple[Any, ...]],
-    sandbox_keys: list[Key],
+    sandbox_keys: list[Any],
     stats: MappingStatistics,
 ) -> Iterator[JobMappingResult]:
     checked = all(len(set(keys)) == len(keys) for keys in (production_keys, sandbox_keys))
     if checked and production == sandbox:
         same = len(production)
         production = sandbox = []
+    elif checked and production_keys == sandbox_keys:
+        # Same keys in the same order: compare row by row in C, keep the differing ones.
+        differing = list(compress(range(len(production)), map(ne, production, sandbox)))
+        production = [production[i] for i in differing]
+        sandbox = [sandbox[i] for i in differing]
+        same = len(production_keys) - len(differing)
     elif checked:
         try:
             in_sandbox, in_production = set(sandbox), set(production)
