@@ -193,3 +193,45 @@ def test_reconcile_is_refused_when_no_token_is_configured(databases: DatabasePai
             ),
             what="the history schema",
         )
+
+
+def test_a_standby_refuses_to_reconcile_and_the_leader_prunes_history(
+    databases: DatabasePair,
+) -> None:
+    """POST /reconcile on a standby answers 409; the leader's pruner deletes expired history."""
+    settings = daemon_settings(databases, api_token=TOKEN, history_retention="1d")
+    seed(databases, 3)
+    with databases.sandbox.connect() as conn:
+        history_service.setup(conn, "propagator")
+        with conn.transaction():
+            old = [
+                JobMappingResult((job, "A"), MatchStatus.MATCHED, (FieldChange("fab_order", 0, 1),))
+                for job in range(1, 4)
+            ]
+            history_service.record(conn, "propagator", old, "reconcile")
+        conn.execute("UPDATE propagator.sync_history SET applied_at = now() - interval '2 days'")
+    with DaemonThread(settings, instance_id="leader") as leader:
+        leader.wait_caught_up()
+        with DaemonThread(settings, instance_id="standby") as standby:
+            wait_until(lambda: standby.daemon.role == "standby", what="the standby role")
+            assert standby.daemon.http is not None
+            refused = request(
+                standby.daemon.http.port,
+                "POST",
+                "/reconcile",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert refused.status == 409
+            assert "standby" in refused.json()["error"]
+        expired = "SELECT count(*) FROM propagator.sync_history WHERE source = 'reconcile'"
+        wait_until(
+            lambda: databases.sandbox.scalar(expired) == 0,
+            timeout=30,
+            what="the leader's retention prune",
+        )
+        assert leader.daemon.history.last_prune is not None
+        assert leader.daemon.history.last_prune.deleted == 3
+    # The catch-up's own changes are recent, and stay.
+    assert databases.sandbox.fetchall(
+        "SELECT source, count(*) FROM propagator.sync_history GROUP BY source"
+    ) == [("catchup", 3)]
