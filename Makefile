@@ -23,7 +23,7 @@ contracts:
 	.venv/bin/lint-imports
 
 test:
-	$(PYTHON) -m pytest
+	PROPAGATOR_SLOW_TESTS=1 $(PYTHON) -m pytest
 
 test-fast:
-	$(PYTHON) -m pytest -m 'not slow'
+	$(PYTHON) -m pytest

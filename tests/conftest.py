@@ -35,6 +35,19 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "propagator"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow fault and soak tests run in CI (``CI`` set) or when asked for (``-m slow``).
+
+    The default local run stays a few minutes; CI runs everything with the same command.
+    """
+    if os.environ.get("CI") or os.environ.get("PROPAGATOR_SLOW_TESTS") or config.option.markexpr:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+        config.hook.pytest_deselected(items=slow)
+
+
 @dataclass
 class Server:
     """A PostgreSQL server the tests may create databases on."""
