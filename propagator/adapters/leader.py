@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -21,6 +22,15 @@ from propagator.adapters.listener import AsyncConnection, open_async_connection
 from propagator.adapters.postgres import translate_error
 from propagator.core.identifiers import QualifiedName
 from propagator.errors import DatabaseUnavailableError, PropagatorError
+
+T = TypeVar("T")
+_BACKEND_START = (
+    "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()"
+)
+_END_ORPHAN = (
+    "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+    "WHERE pid = %s AND backend_start = %s"
+)
 
 __all__ = ["LeaderLock", "LeadershipLostError", "assert_lock_held", "lock_id_for"]
 
@@ -72,6 +82,9 @@ class LeaderLock:
         self.probe_timeout = probe_timeout.total_seconds()
         self.application_name = application_name
         self._conn: AsyncConnection | None = None
+        self._abandoned: set[asyncio.Future[None]] = set()
+        self._backend_start: Any = None
+        self._orphan: tuple[int, Any] | None = None
         self.held = False
         self.backend_pid: int | None = None
 
@@ -91,15 +104,28 @@ class LeaderLock:
                 application_name=self.application_name,
             )
             self.backend_pid = self._conn.info.backend_pid
-        assert self._conn is not None
+            self._backend_start = None
+        conn = self._conn
+        assert conn is not None
+        orphan, self._orphan = self._orphan, None
+
+        async def request() -> tuple[Any, ...] | None:
+            if orphan is not None:
+                # A session abandoned as half-open may still be alive on the server,
+                # holding the lock; end it (only that exact session: pid and start time).
+                await conn.execute(_END_ORPHAN, orphan)
+            if self._backend_start is None:
+                cursor = await conn.execute(_BACKEND_START)
+                found = await cursor.fetchone()
+                self._backend_start = found[0] if found else None
+            cursor = await conn.execute(
+                "SELECT pg_catalog.pg_try_advisory_lock(%s)", (self.lock_id,)
+            )
+            return await cursor.fetchone()
+
         try:
-            async with asyncio.timeout(self.probe_timeout):
-                cursor = await self._conn.execute(
-                    "SELECT pg_catalog.pg_try_advisory_lock(%s)", (self.lock_id,)
-                )
-                row = await cursor.fetchone()
+            row = await self._within(request)
         except TimeoutError:
-            await self._drop()
             raise DatabaseUnavailableError(
                 "the sandbox did not answer the leader lock request in time"
             ) from None
@@ -114,13 +140,44 @@ class LeaderLock:
         if not self.held or self._conn is None or self._conn.closed:
             await self._drop()
             return False
+        conn = self._conn
+
+        async def probe() -> None:
+            await conn.execute("SELECT 1")
+
         try:
-            async with asyncio.timeout(self.probe_timeout):
-                await self._conn.execute("SELECT 1")
-        except (psycopg.Error, TimeoutError):
+            await self._within(probe)
+        except TimeoutError:
+            return False  # already abandoned: the lock is gone with its connection
+        except psycopg.Error:
             await self._drop()
             return False
         return True
+
+    async def _within(self, query: Callable[[], Awaitable[T]]) -> T:
+        """Run a query on the lock connection, giving up on the connection after probe_timeout.
+
+        Cancelling a query on a silent (half-open) connection makes psycopg wait
+        seconds for the server to confirm, so a stuck query is abandoned at once
+        and cancelled in the background, which also closes its connection.
+        """
+        task = asyncio.ensure_future(query())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.probe_timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            conn, self._conn = self._conn, None
+            if self.backend_pid is not None and self._backend_start is not None:
+                self._orphan = (self.backend_pid, self._backend_start)
+            self.held = False
+            self.backend_pid = None
+            cleanup = asyncio.ensure_future(_cancel_and_close(task, conn))
+            self._abandoned.add(cleanup)
+            cleanup.add_done_callback(self._abandoned.discard)
+            raise TimeoutError
+        return task.result()
 
     async def release(self) -> None:
         """Give the lock back and close its connection."""
@@ -139,3 +196,13 @@ class LeaderLock:
         if conn is not None and not conn.closed:
             with contextlib.suppress(psycopg.Error, TimeoutError, OSError):
                 await asyncio.wait_for(conn.close(), timeout=5)
+
+
+async def _cancel_and_close(task: asyncio.Future[Any], conn: AsyncConnection | None) -> None:
+    """Cancel a query stuck on an abandoned connection, then close that connection."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    if conn is not None and not conn.closed:
+        with contextlib.suppress(psycopg.Error, TimeoutError, OSError):
+            await asyncio.wait_for(conn.close(), timeout=5)

@@ -195,3 +195,32 @@ def test_black_holed_sandbox_then_released_converges(
     wired.wait_converged()
     measure("converged after the sandbox black-hole ended", time.monotonic() - released)
     assert stream.foreign_values() == {}
+
+
+def test_half_open_leader_lock_is_given_up_within_its_probe_timeout(
+    wired: Wired, measure: Callable[..., float]
+) -> None:
+    """A black-holed lock connection costs leadership within ~probe timeout, then it is regained."""
+    lost_before = len(wired.daemon.events("leadership_lost"))
+    acquired_before = len(wired.daemon.events("leadership_acquired"))
+    assert wired.sandbox.blackhole(match="propagator leader") == 1
+    started = time.monotonic()
+    wait_until(
+        lambda: len(wired.daemon.events("leadership_lost")) > lost_before,
+        timeout=4 * HEARTBEAT_TIMEOUT,
+        interval=0.02,
+        what="the half-open lock connection given up",
+    )
+    detected = measure("half-open leader lock given up after", time.monotonic() - started)
+    wait_until(
+        lambda: len(wired.daemon.events("leadership_acquired")) > acquired_before,
+        timeout=30,
+        what="leadership regained on a new connection",
+    )
+    measure("leadership regained after", time.monotonic() - started)
+    wired.databases.production.execute("UPDATE jobs SET fab_order = -8 WHERE job = 8")
+    wired.wait_converged()
+    # The lock is probed every standby_poll_interval (1 s); the probe gives up after
+    # min(heartbeat_timeout, connect_timeout), without waiting for psycopg's cancel.
+    assert detected < HEARTBEAT_TIMEOUT + 2.0
+    assert wired.daemon.alive()
