@@ -19,13 +19,9 @@ import psycopg
 from propagator.adapters.embedded import EmbeddedPostgres
 from propagator.services.sync import SyncSession, converge_keys
 from propagator.settings import load_settings
+from propagator.sql import load_sql
 
-DDL = """
-CREATE TABLE jobs (
-    id bigserial PRIMARY KEY, job integer NOT NULL, release text NOT NULL,
-    fab_order numeric(12, 2), paint_color text, stage text, UNIQUE (job, release)
-)
-"""
+DDL = load_sql("sample/jobs.sql")
 
 
 def main() -> None:

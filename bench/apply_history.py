@@ -33,19 +33,9 @@ from propagator.adapters.embedded import EmbeddedPostgres
 from propagator.services.history import History
 from propagator.services.sync import SyncSession, converge_keys
 from propagator.settings import load_settings
+from propagator.sql import load_sql
 
-JOBS_DDL = """
-CREATE TABLE public.jobs (
-    id bigserial PRIMARY KEY,
-    job integer NOT NULL,
-    release text NOT NULL,
-    fab_order numeric(12, 2),
-    paint_color text,
-    stage text,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (job, release)
-)
-"""
+JOBS_DDL = load_sql("sample/jobs.sql")
 LOAD = """
 INSERT INTO public.jobs (job, release, fab_order, paint_color, stage)
 SELECT 10000 + g / 2, CASE WHEN g %% 2 = 0 THEN 'A' ELSE 'B' END, (g %% 5000) + 0.25,

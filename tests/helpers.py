@@ -12,20 +12,11 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from propagator.sql import load_sql
+
 T = TypeVar("T")
 
-JOBS_DDL = """
-CREATE TABLE public.jobs (
-    id bigserial PRIMARY KEY,
-    job integer NOT NULL,
-    release text NOT NULL,
-    fab_order numeric(12, 2),
-    paint_color text,
-    stage text,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (job, release)
-)
-"""
+JOBS_DDL = load_sql("sample/jobs.sql")
 
 
 def wait_until(
@@ -72,17 +63,19 @@ class Database:
         if not rows:
             return
         columns = ["job", "release", "fab_order", "paint_color", "stage"][: len(rows[0])]
-        with self.connect() as conn, conn.cursor() as cursor:
-            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:  # noqa: S608
-                for row in rows:
-                    copy.write_row(row)
+        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        with (
+            self.connect() as conn,
+            conn.cursor() as cursor,
+            cursor.copy(statement) as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
 
     def fab_orders(self, table: str = "public.jobs") -> dict[tuple[int, str], Any]:
         return {
             (job, release): value
-            for job, release, value in self.fetchall(
-                f"SELECT job, release, fab_order FROM {table}"  # noqa: S608
-            )
+            for job, release, value in self.fetchall(f"SELECT job, release, fab_order FROM {table}")
         }
 
 

@@ -34,6 +34,7 @@ from propagator.core.values import values_equal
 from propagator.daemon import Daemon
 from propagator.errors import ConfigurationError, PropagatorError
 from propagator.settings import Settings
+from propagator.sql import load_sql
 
 __all__ = [
     "BULK_STAGE",
@@ -60,18 +61,7 @@ __all__ = [
 
 DEMO_DATABASE = "app"
 #: The seed's jobs table (as the test harness builds it).
-JOBS_TABLE_DDL = """
-CREATE TABLE public.jobs (
-    id bigserial PRIMARY KEY,
-    job integer NOT NULL,
-    release text NOT NULL,
-    fab_order numeric(12, 2),
-    paint_color text,
-    stage text,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (job, release)
-)
-"""
+JOBS_TABLE_DDL = load_sql("sample/jobs.sql")
 PRODUCTION_JOBS = 1250
 MATCHED_JOBS = 850
 SANDBOX_ONLY_JOBS = 40
