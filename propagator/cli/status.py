@@ -15,9 +15,8 @@ import urllib.request
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from propagator.core.redact import redact
+from propagator.core.redact import redact, redact_data
 from propagator.errors import ConfigurationError, ExitCode, TransientError
-from propagator.observability.logging import redact_data
 from propagator.settings import Settings, load_settings
 
 __all__ = ["default_url", "fetch_status", "register", "render_status", "run"]

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Mapping
+from datetime import date, datetime, time
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["mask_url", "redact", "register_secret"]
+__all__ = ["mask_url", "redact", "redact_data", "register_secret"]
 
 _MASK = "***"
 _lock = threading.Lock()
@@ -56,3 +59,20 @@ def redact(text: str) -> str:
     for secret in secrets:
         text = text.replace(secret, _MASK)
     return text
+
+
+def redact_data(value: Any) -> Any:
+    """Plain data (str, numbers, None, dicts, lists) with every password masked."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {redact(str(k)): redact_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact_data(v) for v in value]
+    if isinstance(value, BaseException):
+        return redact(f"{type(value).__name__}: {value}")
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return redact(str(value))

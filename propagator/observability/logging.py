@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
-from datetime import date, datetime, time
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from propagator.core.redact import redact
+from propagator.core.redact import redact, redact_data
 from propagator.settings import Settings
 
 __all__ = [
@@ -45,23 +43,6 @@ _LEVELS: Final = {
 bind_context = structlog.contextvars.bind_contextvars
 unbind_context = structlog.contextvars.unbind_contextvars
 clear_context = structlog.contextvars.clear_contextvars
-
-
-def redact_data(value: Any) -> Any:
-    """Plain data (str, numbers, None, dicts, lists) with every password masked."""
-    if isinstance(value, str):
-        return redact(value)
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, Mapping):
-        return {redact(str(k)): redact_data(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [redact_data(v) for v in value]
-    if isinstance(value, BaseException):
-        return redact(f"{type(value).__name__}: {value}")
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    return redact(str(value))
 
 
 def redact_event(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
