@@ -50,7 +50,7 @@ from propagator.adapters.listener import Listener
 from propagator.adapters.postgres import connect, translate_error
 from propagator.core.debounce import Batch, DebounceBuffer
 from propagator.core.mapping import format_key
-from propagator.core.payload import Change, Heartbeat, MalformedNotification, Notification, Resync
+from propagator.core.payload import Change, MalformedNotification, Notification, Resync
 from propagator.core.plan import DuplicateKeyError, JobMappingResult
 from propagator.core.redact import mask_url
 from propagator.core.report import ReconcileReport
@@ -585,8 +585,9 @@ class Daemon:
                 self._request_catchup("listener connected")
             try:
                 while not self._stopping():
-                    async for item in self.listener.receive(timeout=_TICK_SECONDS):
-                        self._on_notification(item)
+                    received = await self.listener.receive(timeout=_TICK_SECONDS)
+                    if received:
+                        self._on_notifications(received)
                     if not self._stopping():
                         await self.listener.keepalive()
                         self._sample_listener()
@@ -605,29 +606,34 @@ class Daemon:
         if self.listener.queue_usage is not None:
             self.metrics.notification_queue_usage.set(self.listener.queue_usage)
 
-    def _on_notification(self, item: Notification | MalformedNotification) -> None:
-        self.metrics.notifications_received.inc()
-        if isinstance(item, MalformedNotification):
-            self.metrics.record_malformed(item.reason)
-            _log.warning("notification_malformed", reason=item.reason, detail=item.detail[:200])
-            return
-        if isinstance(item, Heartbeat):
-            return  # another replica's heartbeat on the shared channel
-        if not self.is_leader:
-            return  # a standby applies nothing; its catch-up on takeover covers these
-        if isinstance(item, Resync):
-            _log.info("resync_received", changed_at=item.changed_at)
-            self._want_reconcile("resync notification")
-            return
-        assert isinstance(item, Change)
-        coalesced = self.buffer.add(item.keys, item.changed_at)
+    def _on_notifications(self, items: Sequence[Notification | MalformedNotification]) -> None:
+        """Buffer the keys of a batch of notifications; metrics and wake-ups once per batch."""
+        self.metrics.notifications_received.inc(len(items))
+        leader = self.is_leader
+        buffer = self.buffer
+        was_empty = not buffer
+        coalesced = 0
+        for item in items:
+            if isinstance(item, Change):
+                if leader:  # a standby applies nothing; its catch-up on takeover covers these
+                    coalesced += buffer.add(item.keys, item.changed_at)
+            elif isinstance(item, MalformedNotification):
+                self.metrics.record_malformed(item.reason)
+                _log.warning("notification_malformed", reason=item.reason, detail=item.detail[:200])
+            elif isinstance(item, Resync) and leader:
+                _log.info("resync_received", changed_at=item.changed_at)
+                self._want_reconcile("resync notification")
+            # Another replica's heartbeat on the shared channel needs nothing.
         if coalesced:
             self.metrics.keys_coalesced.inc(coalesced)
-        if self.buffer.acknowledge_overflow():
-            _log.warning("debounce_overflow", hard_cap=self.buffer.hard_cap)
+        if buffer.acknowledge_overflow():
+            _log.warning("debounce_overflow", hard_cap=buffer.hard_cap)
             self._want_reconcile("debounce buffer overflow")
-        self.metrics.debounce_buffer_keys.set(len(self.buffer))
-        self._poke()
+        self.metrics.debounce_buffer_keys.set(len(buffer))
+        # An idle applier sleeps until the buffer's next deadline, which new keys can
+        # only bring forward when they are the first ones or fill a batch.
+        if (was_empty or len(buffer) >= buffer.max_keys) and buffer:
+            self._poke()
 
     def _want_reconcile(self, why: str) -> None:
         if self._reconcile_requested is None:
@@ -648,27 +654,36 @@ class Daemon:
                 await self._idle(_TICK_SECONDS)
                 continue
             try:
-                if self._catchup_requested:
-                    await self._full_reconcile("catchup", "listener (re)connected or takeover")
-                    continue
-                if self._manual_waiters:
-                    await self._manual_reconcile()
-                    continue
-                if self._reconcile_requested is not None:
-                    await self._full_reconcile("reconcile", self._reconcile_requested)
-                    continue
-                if self._in_flight is None:
-                    self._in_flight = self.buffer.take()
-                    self.metrics.debounce_buffer_keys.set(len(self.buffer))
-                if self._in_flight is not None:
-                    await self._apply_batch(self._in_flight)
+                if await self._work_once():
+                    # Free again: what gathered meanwhile goes next, without waiting.
+                    self.buffer.batch_finished()
                     continue
             except _Stopping:
                 continue
             except LeadershipLostError as error:
                 await self._lost_fence(error)
                 continue
-            await self._idle(self.buffer.seconds_until_due() or _TICK_SECONDS)
+            due_in = self.buffer.seconds_until_due()
+            await self._idle(_TICK_SECONDS if due_in is None else due_in)
+
+    async def _work_once(self) -> bool:
+        """Do the most urgent piece of writing, if any is due; whether there was one."""
+        if self._catchup_requested:
+            await self._full_reconcile("catchup", "listener (re)connected or takeover")
+            return True
+        if self._manual_waiters:
+            await self._manual_reconcile()
+            return True
+        if self._reconcile_requested is not None:
+            await self._full_reconcile("reconcile", self._reconcile_requested)
+            return True
+        if self._in_flight is None:
+            self._in_flight = self.buffer.take()
+            self.metrics.debounce_buffer_keys.set(len(self.buffer))
+        if self._in_flight is not None:
+            await self._apply_batch(self._in_flight)
+            return True
+        return False
 
     async def _idle(self, seconds: float) -> None:
         assert self._wake is not None

@@ -5,6 +5,14 @@ batches at most ``max_delay`` old; memory never grows past ``hard_cap`` keys —
 beyond it the keys are dropped and the buffer asks for a full reconcile
 instead, which converges them anyway (the notifications are level-triggered).
 The clock is injected so the timing rules are tested without sleeping.
+
+Batching adapts to the load: the quiet window and the max delay only govern an
+idle applier. Keys still pending when the applier finishes a batch have already
+waited (and coalesced) for as long as that batch took, so they are due at once
+("backlog"); keys arriving within one quiet window after it are the same
+stream continuing and wait at most until that window ends. Under a steady
+stream the applier so never waits out the max delay again, batches grow with
+the load and the lag stays near two batch durations.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from propagator.core.mapping import Key
 
 __all__ = ["Batch", "DebounceBuffer", "FlushReason"]
 
-FlushReason = Literal["quiet", "max_delay", "max_keys", "drain"]
+FlushReason = Literal["quiet", "max_delay", "max_keys", "backlog", "drain"]
 Clock = Callable[[], float]
 
 
@@ -60,6 +68,8 @@ class DebounceBuffer:
         self._pending: dict[Key, _Pending] = {}
         self._last_added: float | None = None
         self._overflowed = False
+        self._backlog = False  # keys were left waiting behind the last batch
+        self._stream_until: float | None = None  # end of the window after an applier went free
         self.coalesced_total = 0
         self.dropped_total = 0
 
@@ -110,8 +120,13 @@ class DebounceBuffer:
             return None
         if len(self._pending) >= self.max_keys:
             return "max_keys"
+        if self._backlog:
+            return "backlog"
         now = self._clock()
         oldest = self._oldest_arrival()
+        stream_until = self._stream_deadline(oldest)
+        if stream_until is not None and now >= stream_until:
+            return "backlog"
         if oldest is not None and now - oldest >= self.max_delay:
             return "max_delay"
         if self._last_added is not None and now - self._last_added >= self.quiet:
@@ -122,7 +137,7 @@ class DebounceBuffer:
         """How long until ``due()`` turns true with no new keys; None when empty."""
         if not self._pending:
             return None
-        if len(self._pending) >= self.max_keys:
+        if len(self._pending) >= self.max_keys or self._backlog:
             return 0.0
         now = self._clock()
         deadlines = []
@@ -131,7 +146,17 @@ class DebounceBuffer:
             deadlines.append(oldest + self.max_delay)
         if self._last_added is not None:
             deadlines.append(self._last_added + self.quiet)
+        stream_until = self._stream_deadline(oldest)
+        if stream_until is not None:
+            deadlines.append(stream_until)
         return max(0.0, min(deadlines) - now)
+
+    def _stream_deadline(self, oldest: float | None) -> float | None:
+        """When keys that arrived right after a batch are due: the stream went on."""
+        stream_until = self._stream_until
+        if stream_until is None or oldest is None or oldest > stream_until:
+            return None
+        return stream_until
 
     def take(self, reason: FlushReason | None = None) -> Batch | None:
         """Remove and return the oldest keys (at most ``max_keys``), if a batch is due.
@@ -151,10 +176,24 @@ class DebounceBuffer:
                 earliest = entry.changed_at
         for key in keys:
             del self._pending[key]
+        self._backlog = False  # judged again when this batch is finished
+        self._stream_until = None
         return Batch(tuple(keys), earliest, why)
+
+    def batch_finished(self) -> None:
+        """The applier is free again: whatever waited behind its batch is due at once.
+
+        With nothing waiting, keys arriving within the next quiet window are
+        taken when it ends at the latest, so a steady stream that the applier
+        happened to catch up with does not fall back to waiting for max delay.
+        """
+        self._backlog = bool(self._pending)
+        self._stream_until = None if self._backlog else self._clock() + self.quiet
 
     def clear(self) -> int:
         """Forget every pending key (a full reconcile is about to cover them); return how many."""
         count = len(self._pending)
         self._pending.clear()
+        self._backlog = False
+        self._stream_until = None
         return count

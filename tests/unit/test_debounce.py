@@ -159,3 +159,97 @@ def test_every_key_added_is_taken_exactly_once_or_covered_by_overflow(
     if not buffer.overflowed:
         assert set(taken) == added
     assert len(buffer) == 0
+
+
+def test_keys_left_behind_a_batch_are_due_as_soon_as_it_finishes() -> None:
+    """Keys that gathered while the applier worked go next at once, not after max delay."""
+    clock = FakeClock()
+    buffer = make(clock)
+    buffer.add([(1, "A")])
+    first = buffer.take("drain")
+    assert first is not None
+    for i in range(2, 30):  # a steady stream while the batch is applied: never quiet
+        clock.advance(0.01)
+        buffer.add([(i, "A")])
+    assert buffer.due() is None  # still applying: the idle rules decide
+    buffer.batch_finished()
+    assert buffer.due() == "backlog"
+    assert buffer.seconds_until_due() == 0.0
+    batch = buffer.take()
+    assert batch is not None
+    assert batch.reason == "backlog"
+    assert len(batch.keys) == 28
+
+
+def test_a_stream_caught_up_with_waits_one_quiet_window_at_most() -> None:
+    """Keys arriving just after the applier caught up are due when one quiet window ends."""
+    clock = FakeClock()
+    buffer = make(clock)
+    buffer.batch_finished()  # free, nothing waiting
+    clock.advance(0.01)
+    for i in range(3):
+        buffer.add([(i, "A")])
+        clock.advance(0.01)  # every 10 ms: the quiet window never elapses
+    assert abs((buffer.seconds_until_due() or 0) - 0.01) < 1e-9
+    assert buffer.due() is None
+    clock.advance(0.01)
+    assert buffer.due() == "backlog"
+
+
+def test_after_a_pause_the_idle_rules_apply_again() -> None:
+    """A key arriving after the post-batch window waits for quiet or max delay as usual."""
+    clock = FakeClock()
+    buffer = make(clock)
+    buffer.batch_finished()
+    clock.advance(0.2)
+    for i in range(20):
+        buffer.add([(i, "A")])
+        clock.advance(0.03)
+        if i < 16:
+            assert buffer.due() is None, i
+    assert buffer.due() == "max_delay"
+
+
+def test_clearing_forgets_the_backlog() -> None:
+    """After clear() (a full reconcile covers the keys) new keys follow the idle rules."""
+    clock = FakeClock()
+    buffer = make(clock)
+    buffer.add([(1, "A")])
+    buffer.batch_finished()
+    assert buffer.due() == "backlog"
+    buffer.clear()
+    clock.advance(1.0)
+    buffer.add([(2, "A")])
+    assert buffer.due() is None
+
+
+@given(
+    st.lists(
+        st.tuples(st.lists(st.integers(0, 50), max_size=20), st.floats(0, 0.6), st.booleans()),
+        max_size=40,
+    )
+)
+def test_adaptive_flushes_hand_out_every_key_once(
+    steps: list[tuple[list[int], float, bool]],
+) -> None:
+    """With batches finishing at random moments, every key added is handed out after it."""
+    clock = FakeClock()
+    buffer = make(clock, max_keys=7, hard_cap=10_000)
+    waiting: set[tuple[int]] = set()  # added and not handed out since
+    for group, pause, finish in steps:
+        keys = [(value,) for value in group]
+        waiting.update(keys)
+        buffer.add(keys)
+        clock.advance(pause)
+        if (batch := buffer.take()) is not None:
+            assert len(batch.keys) <= 7
+            assert len(set(batch.keys)) == len(batch.keys)
+            waiting.difference_update(batch.keys)  # type: ignore[arg-type]
+        if finish:
+            buffer.batch_finished()
+        delay = buffer.seconds_until_due()
+        assert delay is None or 0.0 <= delay <= buffer.max_delay
+        assert len(buffer) == len(waiting)
+    while (batch := buffer.take("drain")) is not None:
+        waiting.difference_update(batch.keys)  # type: ignore[arg-type]
+    assert not waiting
