@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -150,17 +151,23 @@ def _converge_slice(
     on_applied: AppliedHook | None,
 ) -> None:
     spec, width = context.spec, context.key_width
-    production_rows = read_by_keys(
-        production_conn,
-        context.production,
-        spec.key_columns,
-        context.source_reads,
-        keys,
-        where=context.production_filter,
-    )
-    sandbox_rows = read_by_keys(
-        sandbox_conn, context.sandbox, spec.key_columns, spec.target_columns, keys
-    )
+    # Both servers are read at once (separate connections): the slower read sets the pace.
+    with ThreadPoolExecutor(1, thread_name_prefix="propagator-read") as reader:
+        production_read = reader.submit(
+            read_by_keys,
+            production_conn,
+            context.production,
+            spec.key_columns,
+            context.source_reads,
+            keys,
+            where=context.production_filter,
+        )
+        if sandbox_conn is production_conn:  # one connection serves one statement at a time
+            production_read.result()
+        sandbox_rows = read_by_keys(
+            sandbox_conn, context.sandbox, spec.key_columns, spec.target_columns, keys
+        )
+        production_rows = production_read.result()
     lookup = {tuple(row[:width]): row[width:] for row in sandbox_rows}
     planned = [
         r
