@@ -6,11 +6,18 @@ is filled in with ``psycopg.sql`` (identifiers quoted, values as literals), so a
 hostile table or column name can never become SQL. What is installed carries a
 JSON description (version, channel, columns) that ``status`` reads back.
 
-Design (chosen by ``bench/trigger_overhead.py``): row triggers gated by
-``WHEN (watched column IS DISTINCT FROM ...)`` collect keys into
-transaction-local settings, and one statement trigger sends them in chunks. An
-UPDATE of unmapped columns then costs no function call per row, and a statement
-touching many rows still sends one notification per ~8000 bytes of keys.
+Design (chosen by ``bench/trigger_overhead.py``): row triggers collect keys
+into transaction-local settings and statement triggers send them in chunks, so
+a statement touching many rows still sends one notification per ~8000 bytes of
+keys. The UPDATE triggers carry a column list (``UPDATE OF`` the watched
+columns): an UPDATE whose SET list names none of them queues no trigger at all.
+``WHEN`` clauses are avoided on that path because PostgreSQL prepares them again
+for every statement, which costs more than the PL/pgSQL call they would save;
+the collector checks ``IS DISTINCT FROM`` itself in a few simple expressions.
+Only when another BEFORE UPDATE row trigger could change a watched column
+without naming it does the install fall back to watching every UPDATE, gated by
+``WHEN``; the installed SQL decides that itself, so a DBA's hand-applied script
+does the same.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ __all__ = [
     "uninstall",
 ]
 
-TRIGGER_VERSION = 2
+TRIGGER_VERSION = 3
 """Bumped whenever the installed SQL changes meaning; ``status`` compares it."""
 
 RESYNC_PAYLOADS = 25
@@ -77,10 +84,17 @@ class TriggerNames:
     update_trigger: str
     delete_trigger: str
     send_trigger: str
+    send_update_trigger: str
 
     @property
     def triggers(self) -> tuple[str, ...]:
-        return (self.insert_trigger, self.update_trigger, self.delete_trigger, self.send_trigger)
+        return (
+            self.insert_trigger,
+            self.update_trigger,
+            self.delete_trigger,
+            self.send_trigger,
+            self.send_update_trigger,
+        )
 
     @property
     def functions(self) -> tuple[QualifiedName, ...]:
@@ -146,6 +160,7 @@ def trigger_names(settings: Settings) -> TriggerNames:
         update_trigger=_object_name("propagator_", table.name, "_update"),
         delete_trigger=_object_name("propagator_", table.name, "_delete"),
         send_trigger=_object_name("propagator_", table.name, "_send"),
+        send_update_trigger=_object_name("propagator_", table.name, "_send_update"),
     )
 
 
@@ -184,28 +199,50 @@ def _column(row: str, column: str) -> sql.Composable:
     return sql.SQL("{}.{}").format(sql.SQL(row), sql.Identifier(column))
 
 
-def _json_array(row: str, columns: tuple[str, ...]) -> sql.Composable:
-    parts = sql.SQL(", ").join(_column(row, c) for c in columns)
-    return sql.SQL("jsonb_build_array({})").format(parts)
+def _key_text(row: str, columns: tuple[str, ...]) -> sql.Composable:
+    """A key as JSON text, ``[1,"A"]``; NULL when any part is NULL (``||`` is strict).
+
+    jsonb text never contains a raw newline, which separates full payloads.
+    """
+    parts = sql.SQL(" || ',' || ").join(
+        sql.SQL("to_jsonb({})::text").format(_column(row, c)) for c in columns
+    )
+    return sql.SQL("('[' || {} || ']')").format(parts)
 
 
-def _any_null(row: str, columns: tuple[str, ...]) -> sql.Composable:
-    return sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(_column(row, c)) for c in columns)
+def _comparisons(
+    columns: Collection[str], compare_as_jsonb: Collection[str], operator: str
+) -> list[sql.Composable]:
+    """``OLD.c <operator> NEW.c`` per column; types without ``=`` (json, point, xml) as jsonb."""
+    tests: list[sql.Composable] = []
+    for column in columns:
+        if column in compare_as_jsonb:
+            test = sql.SQL("to_jsonb({}) " + operator + " to_jsonb({})")
+        else:
+            test = sql.SQL("{} " + operator + " {}")
+        tests.append(test.format(_column("OLD", column), _column("NEW", column)))
+    return tests
 
 
 def _watched_changed(settings: Settings, compare_as_jsonb: Collection[str]) -> sql.Composable:
-    """The UPDATE trigger's WHEN: a watched column really differs (NULL-safe).
+    """A watched column really differs (NULL-safe): the WHEN of the every-UPDATE form."""
+    tests = _comparisons(
+        settings.mapping_spec.watched_columns, compare_as_jsonb, "IS DISTINCT FROM"
+    )
+    return sql.SQL(" OR ").join(tests)
 
-    Types without an equality operator (json, point, xml) are compared as jsonb.
-    """
-    tests: list[sql.Composable] = []
-    for column in settings.mapping_spec.watched_columns:
-        if column in compare_as_jsonb:
-            test = sql.SQL("to_jsonb({}) IS DISTINCT FROM to_jsonb({})")
-        else:
-            test = sql.SQL("{} IS DISTINCT FROM {}")
-        tests.append(test.format(_column("OLD", column), _column("NEW", column)))
-    return sql.SQL("\n          OR ").join(tests)
+
+def _key_changed(settings: Settings, compare_as_jsonb: Collection[str]) -> sql.Composable:
+    tests = _comparisons(settings.mapping_spec.key_columns, compare_as_jsonb, "IS DISTINCT FROM")
+    return sql.SQL(" OR ").join(tests)
+
+
+def _values_unchanged(settings: Settings, compare_as_jsonb: Collection[str]) -> sql.Composable:
+    """No watched column other than the key differs; ``true`` when only keys are watched."""
+    spec = settings.mapping_spec
+    values = [c for c in spec.watched_columns if c not in spec.key_columns]
+    tests = _comparisons(values, compare_as_jsonb, "IS NOT DISTINCT FROM")
+    return sql.SQL(" AND ").join(tests) if tests else sql.SQL("true")
 
 
 def _dollar_quoted(template: sql.SQL, **values: sql.Composable) -> tuple[str, str]:
@@ -229,7 +266,9 @@ def _settings_names(names: TriggerNames) -> tuple[str, str]:
     return f"propagator.buffer_{digest}", f"propagator.chunks_{digest}"
 
 
-def _collect_function(settings: Settings, names: TriggerNames) -> tuple[str, str]:
+def _collect_function(
+    settings: Settings, names: TriggerNames, compare_as_jsonb: Collection[str]
+) -> tuple[str, str]:
     keys = settings.mapping_spec.key_columns
     buffer_setting, chunks_setting = _settings_names(names)
     return _dollar_quoted(
@@ -237,10 +276,10 @@ def _collect_function(settings: Settings, names: TriggerNames) -> tuple[str, str
         function=_identifier(names.collect_function),
         buffer_setting=sql.Literal(buffer_setting),
         chunks_setting=sql.Literal(chunks_setting),
-        new_key=_json_array("NEW", keys),
-        old_key=_json_array("OLD", keys),
-        new_key_has_null=_any_null("NEW", keys),
-        old_key_has_null=_any_null("OLD", keys),
+        new_key=_key_text("NEW", keys),
+        old_key=_key_text("OLD", keys),
+        key_changed=_key_changed(settings, compare_as_jsonb),
+        values_unchanged=_values_unchanged(settings, compare_as_jsonb),
         key_bytes_per_payload=sql.Literal(KEY_BYTES_PER_PAYLOAD),
         resync_payloads=sql.Literal(RESYNC_PAYLOADS),
     )
@@ -262,6 +301,68 @@ def _cleanup() -> sql.SQL:
     return sql.SQL(_template("cleanup.sql").rstrip())
 
 
+def _before_update_triggers(table: sql.Composable) -> sql.Composed:
+    """Other BEFORE UPDATE row triggers on the table or its partitions, by name.
+
+    Such a trigger may change a watched column that the UPDATE's SET list does
+    not name, which ``UPDATE OF`` would miss.
+    """
+    return sql.SQL(
+        "SELECT t.tgname FROM pg_catalog.pg_trigger AS t\n"
+        "        WHERE t.tgrelid IN (\n"
+        "                SELECT {table}::regclass\n"
+        "                UNION ALL\n"
+        "                SELECT relid FROM pg_catalog.pg_partition_tree({table}::regclass))\n"
+        "          AND NOT t.tgisinternal\n"
+        "          AND t.tgtype & 19 = 19  -- a ROW (1), BEFORE (2), UPDATE (16) trigger"
+    ).format(table=table)
+
+
+def _update_triggers(
+    settings: Settings, names: TriggerNames, compare_as_jsonb: Collection[str]
+) -> str:
+    """The block creating the UPDATE triggers in the form the table allows, decided at install."""
+    table = _identifier(names.table)
+    watched = sql.SQL(", ").join(sql.Identifier(c) for c in settings.mapping_spec.watched_columns)
+    collect, send = _identifier(names.collect_function), _identifier(names.send_function)
+    row, statement = sql.Identifier(names.update_trigger), sql.Identifier(names.send_update_trigger)
+
+    def statement_literal(template: str, *values: sql.Composable) -> sql.Literal:
+        return sql.Literal(_text(sql.SQL(template).format(*values)))
+
+    return _dollar_quoted(
+        sql.SQL(_template("update_triggers.sql")),
+        before_update_triggers=_before_update_triggers(sql.Literal(_text(table))),
+        update_every=statement_literal(
+            "CREATE TRIGGER {} AFTER UPDATE ON {} FOR EACH ROW WHEN ({}) EXECUTE FUNCTION {}()",
+            row,
+            table,
+            _watched_changed(settings, compare_as_jsonb),
+            collect,
+        ),
+        send_every=statement_literal(
+            "CREATE TRIGGER {} AFTER UPDATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()",
+            statement,
+            table,
+            send,
+        ),
+        update_named=statement_literal(
+            "CREATE TRIGGER {} AFTER UPDATE OF {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()",
+            row,
+            watched,
+            table,
+            collect,
+        ),
+        send_named=statement_literal(
+            "CREATE TRIGGER {} AFTER UPDATE OF {} ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()",
+            statement,
+            watched,
+            table,
+            send,
+        ),
+    )[0].rstrip()
+
+
 def _signature(name: QualifiedName) -> sql.Literal:
     return sql.Literal(_text(_identifier(name)) + "()")
 
@@ -281,18 +382,17 @@ def _install_statements(settings: Settings, compare_as_jsonb: Collection[str] = 
             chunks_label=sql.SQL(_settings_names(names)[1]),
             key_bytes_per_payload=sql.SQL(str(KEY_BYTES_PER_PAYLOAD)),
             resync_payloads=sql.SQL(str(RESYNC_PAYLOADS)),
-            collect_function=sql.SQL(_collect_function(settings, names)[0]),
+            collect_function=sql.SQL(_collect_function(settings, names, compare_as_jsonb)[0]),
             send_function=sql.SQL(_send_function(settings, names)[0]),
             table_text=sql.Literal(_text(table)),
             collect_text=_signature(names.collect_function),
             send_text=_signature(names.send_function),
             cleanup=_cleanup(),
             insert_trigger=sql.Identifier(names.insert_trigger),
-            update_trigger=sql.Identifier(names.update_trigger),
             delete_trigger=sql.Identifier(names.delete_trigger),
             send_trigger=sql.Identifier(names.send_trigger),
             table=table,
-            watched_changed=_watched_changed(settings, compare_as_jsonb),
+            update_triggers=sql.SQL(_update_triggers(settings, names, compare_as_jsonb)),
             collect=_identifier(names.collect_function),
             send=_identifier(names.send_function),
             description=sql.Literal(_description(settings)),
@@ -310,6 +410,7 @@ def _uninstall_statements(settings: Settings) -> str:
             update_trigger=sql.Identifier(names.update_trigger),
             delete_trigger=sql.Identifier(names.delete_trigger),
             send_trigger=sql.Identifier(names.send_trigger),
+            send_update_trigger=sql.Identifier(names.send_update_trigger),
             table=table,
             table_text=sql.Literal(_text(table)),
             cleanup=_cleanup(),
@@ -395,7 +496,7 @@ _TABLE_OID = "SELECT to_regclass(%s)::oid"
 
 _INSTALLED_TRIGGERS = """
 SELECT t.tgname, t.tgenabled, p.oid::regprocedure::text, p.prosrc,
-       obj_description(p.oid, 'pg_proc')
+       obj_description(p.oid, 'pg_proc'), cardinality(t.tgattr::int2[]) > 0
 FROM pg_catalog.pg_trigger AS t
 JOIN pg_catalog.pg_proc AS p ON p.oid = t.tgfoid
 WHERE t.tgrelid = %s AND NOT t.tgisinternal
@@ -434,6 +535,9 @@ def status(conn: Connection, settings: Settings) -> TriggerStatus:
             if row is None or row[0] is None:
                 raise SchemaError(f"the production table {names.table} does not exist")
             triggers = conn.execute(_INSTALLED_TRIGGERS, (row[0], MANAGED_MARKER)).fetchall()
+            before_update = conn.execute(
+                _before_update_triggers(sql.Literal(table_text))
+            ).fetchall()
             functions = [
                 conn.execute(_FUNCTION, (_text(_identifier(name)) + "()",)).fetchone()
                 for name in names.functions
@@ -479,13 +583,25 @@ def status(conn: Connection, settings: Settings) -> TriggerStatus:
         disabled = [str(t[0]) for t in triggers if t[1] == "D"]
         if disabled:
             problems.append(f"disabled triggers: {', '.join(disabled)}")
-        if not problems:
-            expected = (
-                _body(_collect_function(settings, names)),
-                _body(_send_function(settings, names)),
+        named_only = [str(t[0]) for t in triggers if t[5] and str(t[0]) in names.triggers]
+        if before_update and named_only:
+            problems.append(
+                f"{', '.join(named_only)} fire only for UPDATEs naming a watched column, but "
+                f"BEFORE UPDATE trigger {', '.join(str(b[0]) for b in before_update)} "
+                "may change one unnamed; install again to watch every UPDATE"
             )
-            if tuple(str(f[1]) for f in present) != expected:
-                problems.append("the installed functions differ from this release's")
+        if not problems:
+            try:
+                compare_as_jsonb = _incomparable_columns(conn, settings)
+            except PropagatorError as error:
+                problems.append(str(error))
+            else:
+                expected = (
+                    _body(_collect_function(settings, names, compare_as_jsonb)),
+                    _body(_send_function(settings, names)),
+                )
+                if tuple(str(f[1]) for f in present) != expected:
+                    problems.append("the installed functions differ from this release's")
     return TriggerStatus(
         table=str(names.table),
         installed=installed,

@@ -4,58 +4,60 @@ AS {body_quote}
 #variable_conflict use_variable
 DECLARE
     -- Keys of the current statement wait in two transaction-local settings: the
-    -- buffer holds the payload being filled (key texts joined by commas, or the
-    -- word resync), the chunks the full ones (joined by newlines, which JSON
-    -- text never contains). The statement trigger sends and clears both. Their
+    -- buffer holds the payload being filled (key texts joined by commas), the
+    -- chunks the full ones (joined by newlines, which jsonb text never contains),
+    -- or the word resync. The statement trigger sends and clears both. Their
     -- names come from the table's name, so rows of every partition share them.
-    buffer_name text := {buffer_setting};
-    buffered text := current_setting(buffer_name, true);
-    previous text;
-    new_key text;
-    old_key text;
+    --
+    -- Cost matters here: this runs once per changed row on production. The
+    -- common path is a few simple expressions, each evaluated without starting
+    -- the executor (assignments and IF conditions, never PERFORM or SELECT);
+    -- the rare paths below cost nothing until they run.
+    keys text;
+    buffered text;
     chunks text;
 BEGIN
-    IF buffered = 'resync' THEN
-        RETURN NULL;  -- this statement already asks for a full reconcile
-    END IF;
-    -- A key with a NULL part cannot be matched in the sandbox and is not sent.
-    IF TG_OP <> 'DELETE' THEN
-        IF NOT ({new_key_has_null}) THEN
-            new_key := ({new_key})::text;
+    -- A key with a NULL part cannot be matched in the sandbox and is not sent:
+    -- the key text is built with strict operators, so such a key is NULL.
+    IF TG_OP = 'UPDATE' THEN
+        IF {key_changed} THEN
+            keys := nullif(concat_ws(',', {new_key}, {old_key}), '');  -- the old and the new key
+        ELSIF {values_unchanged} THEN
+            RETURN NULL;  -- no watched column really changed
         END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        keys := {old_key};
     END IF;
-    IF TG_OP <> 'INSERT' THEN
-        IF NOT ({old_key_has_null}) THEN
-            old_key := ({old_key})::text;
+    -- Still NULL for an INSERT or an UPDATE of a value column: the new key, computed
+    -- inside the one expression that appends it.
+    IF octet_length(set_config({buffer_setting},
+            concat_ws(',', nullif(current_setting({buffer_setting}, true), ''),
+                      coalesce(keys, {new_key})),
+            true)) > {key_bytes_per_payload} THEN
+        -- The payload is full: this row's keys start the next one.
+        keys := coalesce(keys, {new_key});
+        buffered := current_setting({buffer_setting});
+        chunks := nullif(current_setting({chunks_setting}, true), '');
+        IF chunks = 'resync' THEN
+            buffered := 'resync';  -- this statement already asks for a full reconcile
+        ELSIF octet_length(keys) > {key_bytes_per_payload}
+              OR array_length(string_to_array(chunks, E'\n'), 1) >= {resync_payloads} - 1 THEN
+            -- A key too long for any payload, or too many keys to list.
+            chunks := 'resync';
+            buffered := 'resync';
+        ELSE
+            chunks := concat_ws(E'\n', chunks, left(buffered, length(buffered) - length(keys) - 1));
+            buffered := keys;
         END IF;
-        IF old_key = new_key THEN
-            old_key := NULL;  -- the key did not change: send it once
-        END IF;
+        PERFORM set_config({chunks_setting}, chunks, true);
+        PERFORM set_config({buffer_setting}, buffered, true);
     END IF;
-    previous := nullif(buffered, '');
-    buffered := concat_ws(',', previous, new_key, old_key);
-    IF octet_length(buffered) > {key_bytes_per_payload} THEN
-        IF octet_length(concat_ws(',', new_key, old_key)) > {key_bytes_per_payload} THEN
-            buffered := 'resync';  -- a key too long for any payload: resync instead
-        ELSIF previous IS NOT NULL THEN
-            -- The payload is full: keep it for the statement trigger, start another.
-            chunks := nullif(current_setting({chunks_setting}, true), '');
-            IF array_length(string_to_array(chunks, E'\n'), 1) >= {resync_payloads} - 1 THEN
-                buffered := 'resync';  -- too many keys to list
-                chunks := NULL;
-            ELSE
-                chunks := concat_ws(E'\n', chunks, previous);
-                buffered := concat_ws(',', new_key, old_key);
-            END IF;
-            PERFORM set_config({chunks_setting}, coalesce(chunks, ''), true);
-        END IF;
-    END IF;
-    PERFORM set_config(buffer_name, buffered, true);
     RETURN NULL;
 EXCEPTION WHEN OTHERS THEN
     -- Never fail the user's statement: warn, and ask for a full reconcile instead.
     RAISE WARNING 'propagator: collecting a changed key failed (% %), requesting a resync',
         SQLSTATE, SQLERRM;
+    PERFORM set_config({chunks_setting}, 'resync', true);
     PERFORM set_config({buffer_setting}, 'resync', true);
     RETURN NULL;
 END

@@ -9,10 +9,15 @@
 --     {{"v":1,"t":<epoch seconds>,"k":[[<key part>, ...], ...]}}
 -- and the daemon re-reads production for those keys.
 --   * Row triggers collect keys: every INSERT (new key), every DELETE (old key)
---     and an UPDATE only WHEN a watched column IS DISTINCT FROM its old value
---     (both the old and the new key when a key column changes). An UPDATE of
---     other columns never even calls a function.
---   * One statement trigger then sends the collected keys in as few payloads as
+--     and an UPDATE only when a watched column IS DISTINCT FROM its old value
+--     (both the old and the new key when a key column changes).
+--   * An UPDATE whose SET list names no watched column queues no trigger at all
+--     (UPDATE OF <watched columns>), so it costs production nothing. Should the
+--     table or one of its partitions have a BEFORE UPDATE row trigger, which could
+--     change a watched column without naming it, every UPDATE is watched instead
+--     and the row trigger fires only WHEN a watched column really changed; the
+--     block choosing between the two forms is below.
+--   * Statement triggers then send the collected keys in as few payloads as
 --     fit under PostgreSQL's 8000-byte NOTIFY limit: one notification per
 --     ~{key_bytes_per_payload} bytes of keys, never one per row. More than {resync_payloads} payloads' worth
 --     of keys, or a key too long to fit in one payload, send one
@@ -53,19 +58,15 @@ CREATE TRIGGER {insert_trigger}
     AFTER INSERT ON {table}
     FOR EACH ROW EXECUTE FUNCTION {collect}();
 
-CREATE TRIGGER {update_trigger}
-    AFTER UPDATE ON {table}
-    FOR EACH ROW
-    WHEN ({watched_changed})
-    EXECUTE FUNCTION {collect}();
-
 CREATE TRIGGER {delete_trigger}
     AFTER DELETE ON {table}
     FOR EACH ROW EXECUTE FUNCTION {collect}();
 
 CREATE TRIGGER {send_trigger}
-    AFTER INSERT OR UPDATE OR DELETE ON {table}
+    AFTER INSERT OR DELETE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION {send}();
+
+{update_triggers}
 
 -- What `propagator triggers status` reads back: version, channel and columns.
 COMMENT ON FUNCTION {collect}() IS {description};

@@ -2,7 +2,7 @@
 --
 -- Table: {table_label}
 --
--- Drops the four triggers and their two functions, plus any trigger or function
+-- Drops the five triggers and their two functions, plus any trigger or function
 -- an earlier version of propagator left on this table. The table and its data
 -- are not touched. Safe to run when nothing is installed.
 
@@ -12,6 +12,7 @@ DROP TRIGGER IF EXISTS {insert_trigger} ON {table};
 DROP TRIGGER IF EXISTS {update_trigger} ON {table};
 DROP TRIGGER IF EXISTS {delete_trigger} ON {table};
 DROP TRIGGER IF EXISTS {send_trigger} ON {table};
+DROP TRIGGER IF EXISTS {send_update_trigger} ON {table};
 
 SELECT set_config('propagator.trigger_table', {table_text}, true),
        set_config('propagator.keep_collect', '', true),

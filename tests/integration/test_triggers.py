@@ -282,7 +282,7 @@ def _catalog(database: Database, table: str = "public.jobs") -> tuple[list[str],
 def test_install_twice_is_idempotent(
     databases: DatabasePair, settings: Settings, installed: Listener
 ) -> None:
-    """A second install leaves the same three triggers and one function; one change, one notice."""
+    """A second install leaves the same five triggers and two functions; one change, one notice."""
     before = _catalog(databases.production)
     with psycopg.connect(databases.production.url) as conn:
         triggers.install(conn, settings)
@@ -293,6 +293,7 @@ def test_install_twice_is_idempotent(
             "propagator_jobs_delete",
             "propagator_jobs_insert",
             "propagator_jobs_send",
+            "propagator_jobs_send_update",
             "propagator_jobs_update",
         ],
         ["propagator_collect_jobs", "propagator_send_jobs"],
@@ -343,6 +344,7 @@ def test_upgrade_from_an_older_version_replaces_it_in_place(
             "propagator_jobs_delete",
             "propagator_jobs_insert",
             "propagator_jobs_send",
+            "propagator_jobs_send_update",
             "propagator_jobs_update",
         ],
         ["propagator_collect_jobs", "propagator_send_jobs"],
@@ -493,4 +495,163 @@ def test_a_partitioned_table_announces_changes_in_every_partition(
     production.execute("UPDATE parts SET fab_order = fab_order + 1")
     documents = listener.documents()
     assert [sorted(d["k"]) for d in documents] == [[[1, "A"], [150, "B"]]] * 2
+    listener.conn.close()
+
+
+PREVIOUS_VERSION = """
+CREATE FUNCTION public.propagator_collect_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('propagator_jobs', 'version 2 collect'); RETURN NULL; END $$;
+CREATE FUNCTION public.propagator_send_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('propagator_jobs', 'version 2 send'); RETURN NULL; END $$;
+CREATE TRIGGER propagator_jobs_insert AFTER INSERT ON public.jobs
+    FOR EACH ROW EXECUTE FUNCTION public.propagator_collect_jobs();
+CREATE TRIGGER propagator_jobs_update AFTER UPDATE ON public.jobs
+    FOR EACH ROW
+    WHEN (OLD.job IS DISTINCT FROM NEW.job OR OLD.release IS DISTINCT FROM NEW.release
+          OR OLD.fab_order IS DISTINCT FROM NEW.fab_order)
+    EXECUTE FUNCTION public.propagator_collect_jobs();
+CREATE TRIGGER propagator_jobs_delete AFTER DELETE ON public.jobs
+    FOR EACH ROW EXECUTE FUNCTION public.propagator_collect_jobs();
+CREATE TRIGGER propagator_jobs_send AFTER INSERT OR UPDATE OR DELETE ON public.jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION public.propagator_send_jobs();
+COMMENT ON FUNCTION public.propagator_collect_jobs() IS '{"managed_by": "propagator", "version": 2,
+    "channel": "propagator_jobs", "key_columns": ["job", "release"],
+    "watched_columns": ["job", "release", "fab_order"]}';
+COMMENT ON FUNCTION public.propagator_send_jobs() IS '{"managed_by": "propagator", "version": 2,
+    "channel": "propagator_jobs", "key_columns": ["job", "release"],
+    "watched_columns": ["job", "release", "fab_order"]}';
+"""
+
+
+def test_upgrade_from_the_previous_version_keeps_the_functions_and_adds_column_lists(
+    databases: DatabasePair, settings: Settings
+) -> None:
+    """Version 2's layout (same functions, WHEN-gated triggers) is upgraded in place."""
+    production = databases.production
+    production.execute(PREVIOUS_VERSION)
+    with psycopg.connect(production.url) as conn:
+        old = triggers.status(conn, settings)
+        triggers.install(conn, settings)
+        new = triggers.status(conn, settings)
+    assert (old.version, old.current) == (2, False)
+    assert any("missing triggers: propagator_jobs_send_update" in p for p in old.problems)
+    assert (new.version, new.current) == (triggers.TRIGGER_VERSION, True)
+    assert production.fetchall(
+        "SELECT tgname, cardinality(tgattr::int2[]), tgqual IS NOT NULL FROM pg_trigger"
+        " WHERE tgrelid = 'public.jobs'::regclass ORDER BY tgname"
+    ) == [
+        ("propagator_jobs_delete", 0, False),
+        ("propagator_jobs_insert", 0, False),
+        ("propagator_jobs_send", 0, False),
+        ("propagator_jobs_send_update", 3, False),
+        ("propagator_jobs_update", 3, False),
+    ]
+    listener = Listener(production)
+    production.insert_jobs([(1, "A", 5)])
+    production.execute("UPDATE jobs SET fab_order = 6")
+    assert listener.keys() == [[1, "A"], [1, "A"]]
+    listener.conn.close()
+
+
+FUNCTION_CALLS = """
+SELECT coalesce(pg_stat_get_xact_function_calls('public.propagator_collect_jobs'::regproc), 0),
+       coalesce(pg_stat_get_xact_function_calls('public.propagator_send_jobs'::regproc), 0)
+"""
+
+
+def test_only_statements_naming_a_watched_column_call_the_trigger_functions(
+    databases: DatabasePair, installed: Listener
+) -> None:
+    """Unmapped UPDATEs call nothing; a mapped one calls the collector per row, the sender once."""
+    databases.production.insert_jobs([(1, "A", 5), (2, "B", 6), (3, "C", 7)])
+    installed.payloads()
+    calls: list[tuple[int, int]] = []
+    with databases.production.connect() as conn:
+        conn.execute("SET track_functions = 'pl'")
+        with conn.transaction():
+            for statement in (
+                "UPDATE jobs SET paint_color = 'blue', stage = 'weld'",
+                "UPDATE jobs SET fab_order = fab_order + 1 WHERE job = 1",
+                "UPDATE jobs SET fab_order = fab_order, stage = 'paint'",
+                "UPDATE jobs SET fab_order = fab_order + 1",
+            ):
+                conn.execute(statement)
+                row = conn.execute(FUNCTION_CALLS).fetchone()
+                assert row is not None
+                calls.append((int(row[0]), int(row[1])))
+    # Cumulative (collector, sender) calls after each statement.
+    assert calls == [(0, 0), (1, 1), (4, 2), (7, 3)]
+    documents = installed.documents()
+    assert [sorted(d["k"]) for d in documents] == [[[1, "A"]], [[1, "A"], [2, "B"], [3, "C"]]]
+
+
+DERIVED_FAB_ORDER = """
+CREATE FUNCTION derive_fab_order() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.fab_order := length(NEW.stage); RETURN NEW; END $$;
+CREATE TRIGGER derive_fab_order BEFORE UPDATE ON jobs
+    FOR EACH ROW EXECUTE FUNCTION derive_fab_order();
+"""
+
+
+def test_a_before_update_trigger_that_changes_a_watched_column_is_not_missed(
+    databases: DatabasePair, settings: Settings, installed: Listener
+) -> None:
+    """Another BEFORE UPDATE trigger makes status complain; installed again, every UPDATE counts."""
+    production = databases.production
+    production.insert_jobs([(1, "A", 5, "red", "cut")])
+    installed.payloads()
+    production.execute(DERIVED_FAB_ORDER)
+    with psycopg.connect(production.url) as conn:
+        stale = triggers.status(conn, settings)
+        triggers.install(conn, settings)
+        fresh = triggers.status(conn, settings)
+    assert not stale.current
+    assert any("BEFORE UPDATE trigger derive_fab_order" in p for p in stale.problems)
+    assert fresh.current
+    production.execute("UPDATE jobs SET stage = 'welding'")  # fab_order becomes 7
+    production.execute("UPDATE jobs SET paint_color = 'blue'")  # fab_order stays 7
+    production.execute("UPDATE jobs SET stage = 'welding'")
+    assert installed.keys() == [[1, "A"]]
+    assert production.scalar("SELECT fab_order FROM jobs") == 7
+
+
+def test_too_many_keys_for_the_payloads_send_one_resync_and_reset(
+    databases: DatabasePair, installed: Listener
+) -> None:
+    """Past 25 payloads' worth of keys one resync is sent; the next statement lists keys again."""
+    production = databases.production
+    rows = [(n, f"{n:04d}" + "r" * 1000, n) for n in range(250)]  # ~36 payloads of keys
+    with production.connect() as conn, conn.transaction():
+        conn.execute(
+            "INSERT INTO jobs (job, release, fab_order)"
+            " SELECT * FROM unnest(%s::int[], %s::text[], %s::numeric[])",
+            ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+        )
+        conn.execute("UPDATE jobs SET fab_order = 0 WHERE job = 1")
+    documents = installed.documents()
+    assert [d.get("resync") for d in documents] == [True, None]
+    assert documents[1]["k"] == [[1, rows[1][1]]]
+
+
+def test_keys_changing_to_or_from_a_null_part_send_only_complete_keys(
+    databases: DatabasePair,
+) -> None:
+    """A key changing to, from or between keys with a NULL part lists only complete keys."""
+    production = databases.production
+    production.execute("CREATE TABLE public.nk (a int, b text, v int)")
+    settings = settings_for(
+        databases, production_table="public.nk", key_columns="a,b", field_mappings='["v"]'
+    )
+    with psycopg.connect(production.url) as conn:
+        triggers.install(conn, settings)
+    listener = Listener(production)
+    production.execute("INSERT INTO nk VALUES (2, 'B', 2), (3, 'C', 3), (1, NULL, 1)")
+    production.execute("UPDATE nk SET a = a + 10, v = v + 1")  # (1, NULL) -> (11, NULL) last
+    production.execute("UPDATE nk SET b = CASE a WHEN 12 THEN NULL ELSE 'D' END")
+    keys = [sorted(d["k"]) for d in listener.documents()]
+    assert keys == [
+        [[2, "B"], [3, "C"]],
+        [[2, "B"], [3, "C"], [12, "B"], [13, "C"]],
+        [[11, "D"], [12, "B"], [13, "C"], [13, "D"]],
+    ]
     listener.conn.close()
