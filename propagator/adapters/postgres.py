@@ -127,6 +127,14 @@ def connect(
         "connect_timeout": max(1, math.ceil(connect_timeout)),
         "application_name": application_name,
         "autocommit": autocommit,
+        # A peer that vanished (no FIN, no RST) must not hang a writer for hours:
+        # keepalives notice a silent peer while waiting for an answer, and
+        # tcp_user_timeout gives up on data the peer never acknowledges.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30_000,
     }
     if statement_timeout is not None and statement_timeout > timedelta(0):
         milliseconds = int(statement_timeout.total_seconds() * 1000)
