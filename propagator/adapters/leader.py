@@ -18,19 +18,17 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from propagator.adapters.listener import AsyncConnection, open_async_connection
+from propagator.adapters.listener import (
+    BACKEND_START_SQL,
+    AsyncConnection,
+    end_orphaned_session,
+    open_async_connection,
+)
 from propagator.adapters.postgres import translate_error
 from propagator.core.identifiers import QualifiedName
 from propagator.errors import DatabaseUnavailableError, PropagatorError
 
 T = TypeVar("T")
-_BACKEND_START = (
-    "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()"
-)
-_END_ORPHAN = (
-    "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
-    "WHERE pid = %s AND backend_start = %s"
-)
 
 __all__ = ["LeaderLock", "LeadershipLostError", "assert_lock_held", "lock_id_for"]
 
@@ -113,9 +111,9 @@ class LeaderLock:
             if orphan is not None:
                 # A session abandoned as half-open may still be alive on the server,
                 # holding the lock; end it (only that exact session: pid and start time).
-                await conn.execute(_END_ORPHAN, orphan)
+                await end_orphaned_session(conn, orphan)
             if self._backend_start is None:
-                cursor = await conn.execute(_BACKEND_START)
+                cursor = await conn.execute(BACKEND_START_SQL)
                 found = await cursor.fetchone()
                 self._backend_start = found[0] if found else None
             cursor = await conn.execute(

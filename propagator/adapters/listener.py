@@ -30,7 +30,13 @@ from propagator.core.payload import (
 from propagator.core.redact import mask_url, redact
 from propagator.errors import DatabaseUnavailableError
 
-__all__ = ["HalfOpenConnectionError", "Listener", "open_async_connection"]
+__all__ = [
+    "BACKEND_START_SQL",
+    "HalfOpenConnectionError",
+    "Listener",
+    "end_orphaned_session",
+    "open_async_connection",
+]
 
 AsyncConnection = psycopg.AsyncConnection[tuple[Any, ...]]
 _PROBE = "SELECT pg_catalog.pg_notification_queue_usage()"
@@ -71,6 +77,25 @@ async def open_async_connection(
         ) from None
 
 
+BACKEND_START_SQL = (
+    "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()"
+)
+_END_ORPHAN_SQL = (
+    "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+    "WHERE pid = %s AND backend_start = %s"
+)
+
+
+async def end_orphaned_session(conn: AsyncConnection, orphan: tuple[int, Any]) -> None:
+    """End a session this process abandoned as half-open, if the server still has it.
+
+    Matched by pid and start time, so a pid reused by another session is never
+    touched. Failing to end it (no permission) only delays its cleanup.
+    """
+    with contextlib.suppress(psycopg.Error):
+        await conn.execute(_END_ORPHAN_SQL, orphan)
+
+
 class Listener:
     """LISTEN on ``channel`` and turn what arrives into parsed notifications."""
 
@@ -100,6 +125,8 @@ class Listener:
         self._clock = clock
         self._conn: AsyncConnection | None = None
         self._abandoned: set[asyncio.Future[None]] = set()
+        self._backend_start: Any = None
+        self._orphan: tuple[int, Any] | None = None
         self._last_heartbeat_sent = 0.0
         self._last_heartbeat_seen = 0.0
         self.backend_pid: int | None = None
@@ -124,13 +151,18 @@ class Listener:
             connect_timeout=self.connect_timeout,
             application_name=self.application_name,
         )
+        orphan, self._orphan = self._orphan, None
+        if orphan is not None:
+            await end_orphaned_session(conn, orphan)
         try:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            started = await (await conn.execute(BACKEND_START_SQL)).fetchone()
         except psycopg.Error as error:
             await conn.close()
             raise translate_error(error, "production", "starting to LISTEN") from None
         self._conn = conn
         self.backend_pid = conn.info.backend_pid
+        self._backend_start = started[0] if started else None
         now = self._clock()
         self._last_heartbeat_seen = now
         self._last_heartbeat_sent = now - self.heartbeat_interval  # probe right away
@@ -222,7 +254,14 @@ class Listener:
             raise
 
     def _abandon(self, probe: asyncio.Future[None]) -> None:
-        """Forget the current connection; the stuck probe is cancelled and closes it itself."""
+        """Forget the current connection; the stuck probe is cancelled and closes it itself.
+
+        The server may not know the connection is dead: its session would stay
+        LISTENing without reading, which stops the server from truncating the
+        NOTIFY queue. The next connection ends exactly that session.
+        """
+        if self.backend_pid is not None and self._backend_start is not None:
+            self._orphan = (self.backend_pid, self._backend_start)
         self._conn = None
         self.backend_pid = None
         self._abandoned.add(probe)

@@ -97,6 +97,24 @@ def test_half_open_listener_is_detected_within_heartbeat_timeout(
     assert detected < HEARTBEAT_TIMEOUT + 2.0
     assert wired.daemon.metric("propagator_listener_connected") == 1
     assert wired.daemon.alive()
+    # The abandoned session must not linger on the server, LISTENing without reading
+    # (that would stop the server from truncating the NOTIFY queue).
+    wait_until(
+        lambda: sessions(wired.databases, LISTENER) == 1,
+        timeout=10,
+        what="only the new listener session left on production",
+    )
+
+
+def sessions(databases: DatabasePair, application_prefix: str) -> int:
+    """Server-side sessions whose application name starts with the prefix."""
+    return int(
+        databases.production.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s "
+            "AND datname = current_database()",
+            [application_prefix + "%"],
+        )
+    )
 
 
 def test_added_latency_slows_but_never_breaks_propagation(
