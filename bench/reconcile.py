@@ -183,7 +183,14 @@ def probe_levels(urls: tuple[str, str], rows: int, differing: int) -> str:
     from propagator.adapters.postgres import connect, describe_table
     from propagator.core.identifiers import parse_qualified_name
     from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, MappingSpec
-    from propagator.core.segments import MAX_SEGMENTS, SegmentSummary, compare_segments, plan_layout
+    from propagator.core.segments import (
+        MAX_SEGMENTS,
+        SegmentSummary,
+        compare_segments,
+        fine_segment_count,
+        plan_layout,
+        refine,
+    )
     from propagator.services.checksum import _side_queries
 
     make_differences(urls[1], rows, differing)
@@ -197,9 +204,9 @@ def probe_levels(urls: tuple[str, str], rows: int, differing: int) -> str:
     }
     types = {s: {n: c.type_sql for n, c in t.columns.items()} for s, t in tables.items()}
     layout = plan_layout(spec, types["production"], types["sandbox"])
-    coarse, fine = MAX_SEGMENTS - 1, (1 << 20) - 1
+    coarse, fine = MAX_SEGMENTS - 1, fine_segment_count(rows, MAX_SEGMENTS) - 1
     queries = {
-        s: _side_queries(layout, tables[s], s, "builtin", coarse, None)  # type: ignore[arg-type]
+        s: _side_queries(layout, tables[s], s, "builtin", None)  # type: ignore[arg-type]
         for s in sides
     }
 
@@ -209,23 +216,18 @@ def probe_levels(urls: tuple[str, str], rows: int, differing: int) -> str:
             results = list(pool.map(run, sides))
         return time.perf_counter() - started, results
 
-    def summaries(side: str, text: str, params: Any = None) -> dict[int, SegmentSummary]:
-        rows_ = conns[side].execute(text, params).fetchall()
-        return {int(k): SegmentSummary(int(n), int(d)) for k, n, d in rows_}
+    def summaries(side: str, query: Any) -> dict[int, SegmentSummary]:
+        conns[side].execute("SET work_mem = '32MB'")
+        rows_ = conns[side].execute(query).fetchall()
+        return {int(k): SegmentSummary(int(n), (int(h) << 32) + int(lo)) for k, n, h, lo in rows_}
 
-    level1, found = both(lambda s: summaries(s, queries[s].segments.as_string(conns[s])))
+    level1, found = both(lambda s: summaries(s, queries[s].segments(coarse)))
     first = compare_segments(*found)
-
-    def level2(side: str) -> dict[int, SegmentSummary]:
-        text = queries[side].segments.as_string(conns[side])
-        text = text.replace(f"SELECT s.key_hash & {coarse},", f"SELECT s.key_hash & {fine},")
-        text = text.replace(" GROUP BY 1", f" WHERE (s.key_hash & {coarse}) = ANY(%s) GROUP BY 1")
-        return summaries(side, text, [list(first.differing)])
-
-    level2_seconds, found2 = both(level2)
-    second = compare_segments(*found2)
+    within = (coarse, first.differing)
+    level2_seconds, found2 = both(lambda s: summaries(s, queries[s].segments(fine, within)))
+    second = refine(first, *found2)
     fetch_seconds, fetched = both(
-        lambda s: conns[s].execute(queries[s].rows(first.differing)).fetchall()
+        lambda s: conns[s].execute(queries[s].rows(coarse, first.differing)).fetchall()
     )
     for conn in conns.values():
         conn.close()

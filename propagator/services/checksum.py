@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
@@ -38,6 +37,7 @@ from propagator.core.plan import JobMappingResult
 from propagator.core.report import ReconcileReport
 from propagator.core.segments import (
     PYTHON_WHITESPACE,
+    REFINE_ABOVE_FRACTION,
     ChecksumLayout,
     CompareAs,
     NotExpressibleError,
@@ -47,8 +47,11 @@ from propagator.core.segments import (
     ValueKind,
     compare_segments,
     everything,
+    fine_segment_count,
     plan_layout,
+    refine,
     segment_count,
+    worth_refining,
 )
 from propagator.errors import ConfigurationError, PermanentError
 from propagator.sql import load_sql
@@ -65,6 +68,7 @@ Hashing = Literal["builtin", "md5"]
 _MIN_SERVER_VERSION = 140000  # hash_numeric_extended of numeric Infinity, trim_scale
 _FETCH_SIZE = 10_000
 _READ_ALL_FRACTION = 0.5
+_REFINE_WORK_MEM = "32MB"
 _KEY_SEED = 0x5EED0000
 _FIELD_SEED = 0x5EED2000
 _NULL_FLAGS_SEED = 0x5EED3000
@@ -176,12 +180,73 @@ def _xor(parts: list[sql.Composable]) -> sql.Composable:
     return sql.SQL("(") + sql.SQL(" # ").join(parts) + sql.SQL(")")
 
 
+_LOW_32_BITS = 0xFFFFFFFF
+_INT4_OFFSET = 1 << 31
+
+
 @dataclass(frozen=True, slots=True)
 class _SideQueries:
-    """The two passes of one side, composed once."""
+    """One side's hashing, filtering and ordering, composed once; passes built from them."""
 
-    segments: sql.Composed
-    rows: Callable[[tuple[int, ...] | None], sql.Composed]
+    key_hash: sql.Composable
+    value_hash: sql.Composable
+    table: sql.Composable
+    condition: sql.Composable
+    columns: sql.Composable
+    order: sql.Composable
+
+    def segments(
+        self, mask: int, within: tuple[int, tuple[int, ...]] | None = None
+    ) -> sql.Composed:
+        """``(segment, rows, high and low halves of the sum of row hashes)`` per segment.
+
+        The sums are of 32-bit halves of each row hash, so every aggregate keeps
+        a plain bigint state (a numeric sum allocates one per segment and costs
+        twice the time); together they hold the exact sum. ``within`` restricts
+        the pass to the rows of some segments of a coarser ``(mask, segments)``.
+        """
+        condition = self.condition
+        if within is not None:
+            coarse_mask, segments = within
+            condition = sql.SQL("{} AND ({} & {}) = ANY({}::int8[])").format(
+                condition, self.key_hash, sql.Literal(coarse_mask), sql.Literal(list(segments))
+            )
+        return sql.SQL(
+            "SELECT s.key_hash & {mask}, count(*), "
+            "sum(((s.key_hash # s.value_hash) >> 32)::int4), "
+            "sum((((s.key_hash # s.value_hash) & {low}) - {offset})::int4) FROM "
+            "(SELECT {key_hash} AS key_hash, {value_hash} AS value_hash FROM {table} "
+            "WHERE {condition} OFFSET 0) AS s "
+            "GROUP BY 1"
+        ).format(
+            mask=sql.Literal(mask),
+            low=sql.Literal(_LOW_32_BITS),
+            offset=sql.Literal(_INT4_OFFSET),
+            key_hash=self.key_hash,
+            value_hash=self.value_hash,
+            table=self.table,
+            condition=condition,
+        )
+
+    def rows(self, mask: int, differing: tuple[int, ...] | None) -> sql.Composed:
+        """The key-ordered rows of the ``differing`` segments of ``mask`` (None: every row)."""
+        if differing is None:  # every row: no need to hash again
+            every = sql.SQL("SELECT {columns} FROM {table} WHERE {condition} ORDER BY {order}")
+            return every.format(
+                columns=self.columns, table=self.table, condition=self.condition, order=self.order
+            )
+        # The segment list is a literal: a production filter may contain '%'.
+        return sql.SQL(
+            "SELECT {columns} FROM {table} WHERE {condition} AND {segment} = ANY({list}::int8[]) "
+            "ORDER BY {order}"
+        ).format(
+            columns=self.columns,
+            table=self.table,
+            condition=self.condition,
+            segment=sql.SQL("({} & {})").format(self.key_hash, sql.Literal(mask)),
+            list=sql.Literal(list(differing)),
+            order=self.order,
+        )
 
 
 def _side_queries(
@@ -189,7 +254,6 @@ def _side_queries(
     table: TableInfo,
     side: Side,
     hashing: Hashing,
-    segment_mask: int,
     where: str | None,
 ) -> _SideQueries:
     production = side == "production"
@@ -222,52 +286,27 @@ def _side_queries(
     flags_hash = _value_hash(
         flags, ValueKind.INTEGER, CompareAs.INT8, _NULL_FLAGS_SEED, hashing, side
     )
-    # The key's hash both places a row in its segment (low bits) and enters the row's hash.
-    key_hash = _xor(key_hashes)
-    value_hash = _xor([flags_hash, *value_hashes])
-    mask = sql.Literal(segment_mask)
-
     key_columns = [k.column for k in layout.keys]
     condition: sql.Composable = sql.SQL(" AND ").join(
         sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in key_columns
     )
     if where:
         condition = sql.SQL("({}) AND ({})").format(sql.SQL(where), condition)
-    name = table_identifier(table.name)
-    segments = sql.SQL(
-        "SELECT s.key_hash & {mask}, count(*), sum(s.key_hash # s.value_hash) FROM "
-        "(SELECT {key_hash} AS key_hash, {value_hash} AS value_hash FROM {table} "
-        "WHERE {condition} OFFSET 0) AS s "
-        "GROUP BY 1"
-    ).format(mask=mask, key_hash=key_hash, value_hash=value_hash, table=name, condition=condition)
-
     value_columns = [f.source if production else f.target for f in layout.fields]
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in (*key_columns, *value_columns))
-    order = sql.SQL(", ").join(
-        sql.SQL('{} COLLATE "C"').format(sql.Identifier(c))
-        if table.column(c, "key").needs_c_collation
-        else sql.Identifier(c)
-        for c in key_columns
+    return _SideQueries(
+        # The key's hash both places a row in its segment (low bits) and enters the row's hash.
+        key_hash=_xor(key_hashes),
+        value_hash=_xor([flags_hash, *value_hashes]),
+        table=table_identifier(table.name),
+        condition=condition,
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in (*key_columns, *value_columns)),
+        order=sql.SQL(", ").join(
+            sql.SQL('{} COLLATE "C"').format(sql.Identifier(c))
+            if table.column(c, "key").needs_c_collation
+            else sql.Identifier(c)
+            for c in key_columns
+        ),
     )
-
-    def rows(differing: tuple[int, ...] | None) -> sql.Composed:
-        if differing is None:  # every row: no need to hash again
-            every = sql.SQL("SELECT {columns} FROM {table} WHERE {condition} ORDER BY {order}")
-            return every.format(columns=columns, table=name, condition=condition, order=order)
-        # The segment list is a literal: a production filter may contain '%'.
-        return sql.SQL(
-            "SELECT {columns} FROM {table} WHERE {condition} AND {segment} = ANY({list}::int8[]) "
-            "ORDER BY {order}"
-        ).format(
-            columns=columns,
-            table=name,
-            condition=condition,
-            segment=sql.SQL("({} & {})").format(key_hash, mask),
-            list=sql.Literal(list(differing)),
-            order=order,
-        )
-
-    return _SideQueries(segments, rows)
 
 
 # --- One side's snapshot ---------------------------------------------------------------------
@@ -329,14 +368,26 @@ class _Snapshot:
     def summaries(self, query: sql.Composed) -> dict[int, SegmentSummary]:
         try:
             # The planner cannot know a masked hash has few distinct values and may
-            # sort the whole table to group it; the hash aggregate needs ~1 MB.
+            # sort the whole table to group it; the hash aggregate needs a few MB.
             self.conn.execute("SET LOCAL enable_sort = off")
-            found = {
-                int(segment): SegmentSummary(int(rows), int(Decimal(total)))
-                for segment, rows, total in self.conn.execute(query)
-            }
+            with self.conn.cursor(binary=True) as cursor:
+                found = {
+                    segment: SegmentSummary(rows, (high << 32) + low)
+                    for segment, rows, high, low in cursor.execute(query)
+                }
             self.conn.execute("SET LOCAL enable_sort = on")
             return found
+        except psycopg.Error as error:
+            raise translate_error(error, self.side, f"checksumming {self.table.name}") from None
+
+    def allow_fine_pass_memory(self) -> None:
+        """Raise this transaction's work_mem (never lower it): the finer pass's hash table fits."""
+        try:
+            self.conn.execute(
+                "SELECT set_config('work_mem', %s, true) "
+                "WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes(%s)",
+                (_REFINE_WORK_MEM, _REFINE_WORK_MEM),
+            )
         except psycopg.Error as error:
             raise translate_error(error, self.side, f"checksumming {self.table.name}") from None
 
@@ -407,6 +458,8 @@ def reconcile_checksum(
     strict: bool = False,
     segments: int | None = None,
     hashing: Hashing | None = None,
+    fine_segments: int | None = None,
+    refine_above: float = REFINE_ABOVE_FRACTION,
 ) -> bool:
     """Run the checksum reconcile into ``report``; False when it does not apply (nothing done).
 
@@ -415,6 +468,11 @@ def reconcile_checksum(
     of two) overrides the sizing. On False the report carries
     ``fallback_reason`` and the caller streams instead. ``hashing`` forces
     "md5" (or "builtin") where both servers support it, for tests and benchmarks.
+
+    When the differing segments hold more than ``refine_above`` of all rows
+    (scattered differences touch most coarse segments), a second pass groups
+    just their rows into ``fine_segments`` (a power of two, sized from the
+    table by default) so only the rows of differing fine segments are fetched.
     """
     started = time.perf_counter()
     spec = context.spec
@@ -437,18 +495,17 @@ def reconcile_checksum(
             assert reason is not None
             return _fall_back(report, reason, strict)
         hashing = agreed
-        count = segments or segment_count(
-            max(production_facts.estimated_rows, sandbox_facts.estimated_rows)
-        )
-        if count & (count - 1):
-            raise ValueError("the segment count must be a power of two")
+        estimated_rows = max(production_facts.estimated_rows, sandbox_facts.estimated_rows)
+        count = segments or segment_count(estimated_rows)
+        fine_count = fine_segments or fine_segment_count(estimated_rows, count)
+        if count & (count - 1) or fine_count & (fine_count - 1):
+            raise ValueError("segment counts must be powers of two")
         queries = {
             snapshot.side: _side_queries(
                 layout,
                 snapshot.table,
                 snapshot.side,
                 hashing,
-                count - 1,
                 context.production_filter if snapshot.side == "production" else None,
             )
             for snapshot in (production, sandbox)
@@ -456,10 +513,9 @@ def reconcile_checksum(
         report.method = "checksum"
         report.fallback_reason = None
         report.started_at = report.started_at or datetime.now(UTC)
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="propagator-checksum") as pool:
-            production_future = pool.submit(production.summaries, queries["production"].segments)
-            sandbox_future = pool.submit(sandbox.summaries, queries["sandbox"].segments)
-            comparison = compare_segments(production_future.result(), sandbox_future.result())
+        comparison = compare_segments(
+            *_both(production, sandbox, lambda side: queries[side].segments(count - 1))
+        )
         _event(
             "reconcile_segments_compared",
             hashing=hashing,
@@ -470,6 +526,10 @@ def reconcile_checksum(
         )
         if progress is not None:
             progress(comparison.production_rows)
+        mask = count - 1
+        if fine_count > count and worth_refining(comparison, refine_above):
+            comparison = _refine(production, sandbox, queries, comparison, count, fine_count)
+            mask = fine_count - 1
         if (
             comparison.differing_production_rows + comparison.differing_sandbox_rows
             > (comparison.production_rows + comparison.sandbox_rows) * _READ_ALL_FRACTION
@@ -485,6 +545,7 @@ def reconcile_checksum(
             production,
             sandbox,
             queries,
+            mask,
             apply=apply,
             source=source,
             on_applied=on_applied,
@@ -497,6 +558,44 @@ def reconcile_checksum(
     return True
 
 
+def _both(
+    production: _Snapshot, sandbox: _Snapshot, query: Callable[[Side], sql.Composed]
+) -> tuple[dict[int, SegmentSummary], dict[int, SegmentSummary]]:
+    """One summary pass on both servers at once."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="propagator-checksum") as pool:
+        production_future = pool.submit(production.summaries, query("production"))
+        sandbox_future = pool.submit(sandbox.summaries, query("sandbox"))
+        return production_future.result(), sandbox_future.result()
+
+
+def _refine(
+    production: _Snapshot,
+    sandbox: _Snapshot,
+    queries: dict[Side, _SideQueries],
+    coarse: SegmentComparison,
+    count: int,
+    fine_count: int,
+) -> SegmentComparison:
+    """The second, finer pass over the rows of the differing coarse segments only."""
+    within = (count - 1, coarse.differing)
+    for snapshot in (production, sandbox):
+        snapshot.allow_fine_pass_memory()
+    found = _both(production, sandbox, lambda side: queries[side].segments(fine_count - 1, within))
+    try:
+        fine = refine(coarse, *found)
+    except ValueError as error:
+        raise PermanentError(
+            f"checksum reconcile: {error}; set PROPAGATOR_RECONCILE_METHOD=stream"
+        ) from None
+    _event(
+        "reconcile_segments_refined",
+        segments=fine_count,
+        differing_segments=len(fine.differing),
+        differing_rows=fine.differing_production_rows + fine.differing_sandbox_rows,
+    )
+    return fine
+
+
 def _compare_differing(
     context: SyncContext,
     open_connection: Callable[[Side], Connection],
@@ -505,6 +604,7 @@ def _compare_differing(
     production: _Snapshot,
     sandbox: _Snapshot,
     queries: dict[Side, _SideQueries],
+    mask: int,
     *,
     apply: bool,
     source: Source,
@@ -533,8 +633,8 @@ def _compare_differing(
             pending.clear()
 
         wanted = None if comparison.equal_rows == 0 else comparison.differing
-        production_rows = prefetch(production.rows(queries["production"].rows(wanted)))
-        sandbox_rows = prefetch(sandbox.rows(queries["sandbox"].rows(wanted)))
+        production_rows = prefetch(production.rows(queries["production"].rows(mask, wanted)))
+        sandbox_rows = prefetch(sandbox.rows(queries["sandbox"].rows(mask, wanted)))
         for result in compare_streams(context, production_rows, sandbox_rows, stats, None):
             report.note(result)
             if result.changes:

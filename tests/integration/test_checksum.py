@@ -17,6 +17,7 @@ from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, MappingSp
 from propagator.core.plan import JobMappingResult, merge_compare
 from propagator.core.report import ReconcileReport
 from propagator.errors import ConfigurationError
+from propagator.services import checksum as checksum_service
 from propagator.services.checksum import reconcile_checksum
 from propagator.services.sync import ReconcileMethod, SyncContext, reconcile
 from tests.helpers import Database, DatabasePair, run_cli
@@ -414,6 +415,29 @@ def test_apply_converges_and_never_writes_a_stale_value(
     assert again.method == "checksum"
     assert not found
     assert again.statistics.matched == 120
+
+
+def test_scattered_differences_are_refined_and_read_sparingly(
+    databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Differences in most coarse segments: a finer pass leaves few rows to read, same plan."""
+    seed(databases, 2000)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 50 = 7")
+    databases.production.execute("DELETE FROM jobs WHERE job = 1999")
+    read = {"production": 0, "sandbox": 0}
+    original = checksum_service._Snapshot.rows
+
+    def counting(self: Any, query: Any) -> Iterator[tuple[Any, ...]]:
+        for row in original(self, query):
+            read[self.side] += 1
+            yield row
+
+    monkeypatch.setattr(checksum_service._Snapshot, "rows", counting)
+    report = assert_same_as_stream(runner, segments=32, fine_segments=2048, refine_above=0.0)
+    assert report.statistics.rows_with_differences == 40
+    assert report.statistics.matched == 1999  # every row present on both sides
+    assert 0 < read["production"] < 300
+    assert 0 < read["sandbox"] < 300
 
 
 def test_production_filter_applies_to_the_checksum(databases: DatabasePair) -> None:

@@ -75,6 +75,8 @@ class Case:
     production: dict[tuple[Any, ...], list[Any]]
     sandbox: dict[tuple[Any, ...], list[Any]]
     segments: int
+    fine_segments: int
+    refine_above: float
 
 
 @st.composite
@@ -97,7 +99,9 @@ def cases(draw: st.DrawFn) -> Case:
             ]
             sandbox[key] = copied
     segments = draw(st.sampled_from([1, 4, 8192]))
-    return Case(key_layout, fields, production, sandbox, segments)
+    fine_segments = segments * draw(st.sampled_from([1, 4, 64]))
+    refine_above = draw(st.sampled_from([0.0, 0.5, 2.0]))  # always, sometimes, never refine
+    return Case(key_layout, fields, production, sandbox, segments, fine_segments, refine_above)
 
 
 def finite_for(transform: str | None, value: Any) -> Any:
@@ -138,7 +142,7 @@ def create(db: Database, case: Case, side: str) -> None:
 )
 @given(case=cases())
 def test_checksum_and_stream_produce_the_same_plan(databases: DatabasePair, case: Case) -> None:
-    """Checksum (builtin and md5 hashing) and streaming compares give identical plans, figures."""
+    """Checksum (builtin and md5 hashing, with or without a finer pass) agrees with streaming."""
     create(databases.production, case, "production")
     create(databases.sandbox, case, "sandbox")
     spec = MappingSpec(
@@ -151,7 +155,13 @@ def test_checksum_and_stream_produce_the_same_plan(databases: DatabasePair, case
     try:
         expected = comparable(*runner.run("stream"))
         for hashing in ("builtin", "md5"):
-            report, found = runner.run("checksum", segments=case.segments, hashing=hashing)
+            report, found = runner.run(
+                "checksum",
+                segments=case.segments,
+                fine_segments=case.fine_segments,
+                refine_above=case.refine_above,
+                hashing=hashing,
+            )
             assert report.method == "checksum"
             assert comparable(report, found) == expected
     finally:

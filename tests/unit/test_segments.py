@@ -8,6 +8,7 @@ import pytest
 
 from propagator.core.mapping import FieldMapping, MappingSpec
 from propagator.core.segments import (
+    MAX_FINE_SEGMENTS,
     MAX_SEGMENTS,
     PYTHON_WHITESPACE,
     CompareAs,
@@ -17,9 +18,12 @@ from propagator.core.segments import (
     ValueKind,
     compare_segments,
     everything,
+    fine_segment_count,
     plan_layout,
+    refine,
     segment_count,
     value_kind,
+    worth_refining,
 )
 
 JOBS = {"job": "integer", "release": "text", "fab_order": "numeric(12,2)", "stage": "text"}
@@ -167,3 +171,52 @@ def test_everything_reads_every_row() -> None:
     result = everything(compare_segments(production, sandbox))
     assert result.equal_rows == 0
     assert (result.differing_production_rows, result.differing_sandbox_rows) == (5, 5)
+
+
+@pytest.mark.parametrize(
+    ("rows", "coarse", "fine"),
+    [
+        (-1, MAX_SEGMENTS, MAX_FINE_SEGMENTS),
+        (100, 64, 64),
+        (1_000_000, MAX_SEGMENTS, 131_072),
+        (10_000_000, MAX_SEGMENTS, MAX_FINE_SEGMENTS),
+    ],
+)
+def test_fine_segment_count_is_a_bounded_power_of_two(rows: float, coarse: int, fine: int) -> None:
+    """The finer pass aims at ~8 rows a segment, never coarser than the first pass, capped."""
+    assert fine_segment_count(rows, coarse) == fine
+
+
+def test_refining_pays_only_when_differing_segments_hold_many_rows() -> None:
+    """A few differing segments are fetched directly; scattered differences get a finer pass."""
+    production = {s: SegmentSummary(10, s) for s in range(10)}
+    few = compare_segments(production, {**production, 3: SegmentSummary(10, -1)})
+    many = compare_segments(production, {s: SegmentSummary(10, -s - 1) for s in range(10)})
+    same = compare_segments(production, production)
+    assert not worth_refining(few)
+    assert worth_refining(many)
+    assert not worth_refining(same, 0.0)
+    assert worth_refining(few, 0.0)
+
+
+def test_refine_keeps_coarse_equal_rows_and_narrows_what_is_read() -> None:
+    """Rows of equal coarse segments stay matched; only differing fine segments remain to read."""
+    coarse = compare_segments(
+        {0: SegmentSummary(4, 1), 1: SegmentSummary(5, 2)},
+        {0: SegmentSummary(4, 1), 1: SegmentSummary(4, 3)},
+    )
+    fine = refine(
+        coarse,
+        {1: SegmentSummary(2, 5), 3: SegmentSummary(3, 6)},
+        {1: SegmentSummary(2, 5), 3: SegmentSummary(2, 7)},
+    )
+    assert fine.differing == (3,)
+    assert (fine.production_rows, fine.sandbox_rows, fine.equal_rows) == (9, 8, 6)
+    assert (fine.differing_production_rows, fine.differing_sandbox_rows) == (3, 2)
+
+
+def test_refine_refuses_summaries_that_miss_rows() -> None:
+    """A finer pass that does not account for every differing row is an error, not a guess."""
+    coarse = compare_segments({1: SegmentSummary(5, 2)}, {1: SegmentSummary(4, 3)})
+    with pytest.raises(ValueError, match="finer pass"):
+        refine(coarse, {1: SegmentSummary(4, 5)}, {1: SegmentSummary(4, 3)})
