@@ -5,8 +5,10 @@ handful of tasks that share it:
 
 * leader: holds (or, as a standby, polls for) the advisory lock on the sandbox;
 * listener: LISTENs on production, turns notifications into keys in the buffer;
-* applier: the only writer — catch-up and full reconciles, then debounced
-  batches, all through ``services.sync`` (sync psycopg, run in a thread);
+* appliers: the only writers — catch-up and full reconciles (applier 0, alone),
+  then debounced batches, all through ``services.sync`` (sync psycopg, run in a
+  thread). Keys are shared out by hash, so two appliers never hold one key;
+  each batch is still one transaction, checked against the leader lock;
 * scheduler: asks for a full reconcile every ``reconcile_interval``;
 * ticker: the liveness heartbeat and gauges; plus the HTTP server.
 
@@ -48,7 +50,7 @@ from propagator.adapters.leader import (
 )
 from propagator.adapters.listener import Listener
 from propagator.adapters.postgres import connect, translate_error
-from propagator.core.debounce import Batch, DebounceBuffer
+from propagator.core.debounce import Batch, DebounceBuffer, PartitionedBuffer
 from propagator.core.mapping import format_key
 from propagator.core.payload import Change, MalformedNotification, Notification, Resync
 from propagator.core.plan import DuplicateKeyError, JobMappingResult
@@ -81,6 +83,10 @@ _TICK_SECONDS = 1.0
 _LIVENESS_SECONDS = 15.0
 _PRUNE_CHECK_SECONDS = 5.0
 _PRUNE_STATEMENTS_PER_TURN = 20  # then yield for a while: retention is never urgent
+# Event batches are applied by this many appliers, each over its own share of the
+# keys (by hash) with its own connections: while one waits for a server, the other
+# reads, plans or writes, so the event path keeps up with a busy production.
+_APPLIERS = 2
 CRASHED = 1
 
 
@@ -147,6 +153,17 @@ class _Writer:
                 session.close()
 
 
+@dataclass(slots=True)
+class _Lane:
+    """One applier: its share of the buffered keys, its batch in flight, its connections."""
+
+    number: int
+    buffer: DebounceBuffer
+    writer: _Writer
+    wake: asyncio.Event | None = None
+    in_flight: Batch | None = None
+
+
 def _retry_cause(error: BaseException) -> str:
     """The bounded ``cause`` label of a retry."""
     if isinstance(error, PermanentError):
@@ -181,7 +198,8 @@ class Daemon:
         self.serve_http = serve_http
         self.production_url = settings.production_url()
         self.sandbox_url = settings.sandbox_url()
-        self.buffer = DebounceBuffer(
+        self.buffer = PartitionedBuffer(
+            _APPLIERS,
             quiet=settings.debounce_quiet,
             max_delay=settings.debounce_max_delay,
             max_keys=settings.debounce_max_keys,
@@ -212,7 +230,11 @@ class Daemon:
             HistoryReader(self.history, settings) if self.history.enabled else None
         )
         self._manual_waiters: list[asyncio.Future[dict[str, Any]]] = []
-        self.writer = _Writer(settings, history=self.history)
+        self.lanes = tuple(
+            _Lane(number, partition, _Writer(settings, history=self.history))
+            for number, partition in enumerate(self.buffer.partitions)
+        )
+        self.writer = self.lanes[0].writer  # also runs the full reconciles
         self.http: HttpServer | None = None
         self.role: Role = "starting"
         self.started_at = datetime.now(UTC)
@@ -224,10 +246,9 @@ class Daemon:
         self.crashed: str | None = None
         self._catchup_requested = False
         self._reconcile_requested: str | None = None  # why a full reconcile is wanted
-        self._in_flight: Batch | None = None
         self._last_tick = time.monotonic()
         self._stop: asyncio.Event | None = None
-        self._wake: asyncio.Event | None = None
+        self._reconciling = False  # a full reconcile is running: the other appliers wait
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = threading.Event()  # set once every task runs (for embedding callers)
 
@@ -236,6 +257,11 @@ class Daemon:
     @property
     def is_leader(self) -> bool:
         return self.role == "leader" and self.lock.held
+
+    @property
+    def in_flight_keys(self) -> int:
+        """Keys in the batches being applied right now."""
+        return sum(len(lane.in_flight.keys) for lane in self.lanes if lane.in_flight)
 
     def request_stop(self) -> None:
         """Ask for a graceful stop; safe to call from any thread."""
@@ -255,11 +281,11 @@ class Daemon:
             "connections": {
                 "production_listener": self.listener.connected,
                 "sandbox_lock": self.lock.connected,
-                "writer": self.writer.connected(),
+                "writer": all(lane.writer.connected() for lane in self.lanes),
             },
             "catchup_done": self.catchup_done,
             "pending_keys": len(self.buffer),
-            "in_flight_keys": len(self._in_flight.keys) if self._in_flight else 0,
+            "in_flight_keys": self.in_flight_keys,
             "last_batch": self.last_batch,
             "last_reconcile": self.last_reconcile,
             "last_lag_seconds": self.last_lag,
@@ -296,7 +322,8 @@ class Daemon:
         """Run until stopped; 0 after a graceful stop, non-zero when a task crashed."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
+        for lane in self.lanes:
+            lane.wake = asyncio.Event()
         bind_context(instance=self.instance_id)
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -314,9 +341,11 @@ class Daemon:
         tasks = {
             asyncio.create_task(self._lead(), name="leader"),
             asyncio.create_task(self._listen(), name="listener"),
-            asyncio.create_task(self._apply(), name="applier"),
             asyncio.create_task(self._tick(), name="ticker"),
         }
+        for lane in self.lanes:
+            name = "applier" if lane.number == 0 else f"applier {lane.number}"
+            tasks.add(asyncio.create_task(self._apply(lane), name=name))
         if self.settings.reconcile_interval.total_seconds() > 0:
             tasks.add(asyncio.create_task(self._schedule(), name="scheduler"))
         if self.history.enabled:
@@ -330,7 +359,7 @@ class Daemon:
             if not stopping or task.cancelled() or task.exception() is not None:
                 self._record_crash(task)
         self._stop.set()
-        self._wake.set()
+        self._poke()
         await self._shutdown(tasks)
         stop_waiter.cancel()
         if self.handle_signals and threading.current_thread() is threading.main_thread():
@@ -349,8 +378,7 @@ class Daemon:
             return
         _log.info("shutdown_requested", signal=signal.Signals(signum).name)
         self._stop.set()
-        if self._wake is not None:
-            self._wake.set()
+        self._poke()
 
     def _record_crash(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -401,7 +429,8 @@ class Daemon:
                     tasks=sorted(t.get_name() for t in late),
                     pending_keys=len(self.buffer),
                 )
-                self.writer.cancel()  # a running batch rolls back: never half-applied
+                for lane in self.lanes:
+                    lane.writer.cancel()  # a running batch rolls back: never half-applied
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=5)
@@ -412,7 +441,8 @@ class Daemon:
         await self.lock.release()
         self._set_leader(False)
         await self.listener.close()
-        await asyncio.to_thread(self.writer.reset)
+        for lane in self.lanes:
+            await asyncio.to_thread(lane.writer.reset)
         if self.http is not None:
             await self.http.stop()
         if self.history_reader is not None:
@@ -547,7 +577,8 @@ class Daemon:
         self._set_leader(False)
         self.catchup_done = False
         self.buffer.clear()
-        self._in_flight = None
+        for lane in self.lanes:
+            lane.in_flight = None
         self.metrics.debounce_buffer_keys.set(0)
 
     def _request_catchup(self, why: str) -> None:
@@ -557,8 +588,9 @@ class Daemon:
         self._poke()
 
     def _poke(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        for lane in self.lanes:
+            if lane.wake is not None:
+                lane.wake.set()
 
     # The listener.
 
@@ -611,7 +643,7 @@ class Daemon:
         self.metrics.notifications_received.inc(len(items))
         leader = self.is_leader
         buffer = self.buffer
-        was_empty = not buffer
+        before = [len(lane.buffer) for lane in self.lanes]
         coalesced = 0
         for item in items:
             if isinstance(item, Change):
@@ -630,65 +662,93 @@ class Daemon:
             _log.warning("debounce_overflow", hard_cap=buffer.hard_cap)
             self._want_reconcile("debounce buffer overflow")
         self.metrics.debounce_buffer_keys.set(len(buffer))
-        # An idle applier sleeps until the buffer's next deadline, which new keys can
+        # An idle applier sleeps until its buffer's next deadline, which new keys can
         # only bring forward when they are the first ones or fill a batch.
-        if (was_empty or len(buffer) >= buffer.max_keys) and buffer:
-            self._poke()
+        for lane, pending_before in zip(self.lanes, before, strict=True):
+            pending = len(lane.buffer)
+            if pending and (not pending_before or pending >= buffer.max_keys):
+                assert lane.wake is not None
+                lane.wake.set()
 
     def _want_reconcile(self, why: str) -> None:
         if self._reconcile_requested is None:
             self._reconcile_requested = why
         self._poke()
 
-    # The applier: the one writer.
+    # The appliers: the only writers. Applier 0 also runs every full reconcile, while
+    # the others hold back (a reconcile converges keys of every share).
 
-    async def _apply(self) -> None:
-        assert self._wake is not None
+    async def _apply(self, lane: _Lane) -> None:
+        assert lane.wake is not None
         while True:
-            self._wake.clear()
+            lane.wake.clear()
             if self._stopping():
-                await self._drain()
+                await self._drain(lane)
                 return
             if not self.is_leader:
-                self._refuse_manual(f"this instance is now a {self.role}", 409)
-                await self._idle(_TICK_SECONDS)
+                if lane.number == 0:
+                    self._refuse_manual(f"this instance is now a {self.role}", 409)
+                await self._idle(lane, _TICK_SECONDS)
+                continue
+            if self._must_wait_for_reconcile(lane):
+                await self._idle(lane, _TICK_SECONDS)
                 continue
             try:
-                if await self._work_once():
+                if await self._work_once(lane):
                     # Free again: what gathered meanwhile goes next, without waiting.
-                    self.buffer.batch_finished()
+                    lane.buffer.batch_finished()
+                    self._poke()  # applier 0 may be waiting for the others to finish
                     continue
             except _Stopping:
                 continue
             except LeadershipLostError as error:
                 await self._lost_fence(error)
                 continue
-            due_in = self.buffer.seconds_until_due()
-            await self._idle(_TICK_SECONDS if due_in is None else due_in)
+            due_in = lane.buffer.seconds_until_due()
+            await self._idle(lane, _TICK_SECONDS if due_in is None else due_in)
 
-    async def _work_once(self) -> bool:
+    def _must_wait_for_reconcile(self, lane: _Lane) -> bool:
+        """A full reconcile is wanted or running: applier 0 runs it once every other
+        batch is finished; the others wait until it is done."""
+        if not self._exclusive_wanted() or lane.in_flight is not None:
+            return False
+        return lane.number != 0 or any(other.in_flight for other in self.lanes[1:])
+
+    def _exclusive_wanted(self) -> bool:
+        return bool(
+            self._reconciling
+            or self._catchup_requested
+            or self._manual_waiters
+            or self._reconcile_requested is not None
+        )
+
+    async def _work_once(self, lane: _Lane) -> bool:
         """Do the most urgent piece of writing, if any is due; whether there was one."""
-        if self._catchup_requested:
-            await self._full_reconcile("catchup", "listener (re)connected or takeover")
+        if self._exclusive_wanted() and lane.in_flight is None:
+            self._reconciling = True
+            try:
+                if self._catchup_requested:
+                    await self._full_reconcile("catchup", "listener (re)connected or takeover")
+                elif self._manual_waiters:
+                    await self._manual_reconcile()
+                elif self._reconcile_requested is not None:
+                    await self._full_reconcile("reconcile", self._reconcile_requested)
+            finally:
+                self._reconciling = False
+                self._poke()  # the other appliers resume
             return True
-        if self._manual_waiters:
-            await self._manual_reconcile()
-            return True
-        if self._reconcile_requested is not None:
-            await self._full_reconcile("reconcile", self._reconcile_requested)
-            return True
-        if self._in_flight is None:
-            self._in_flight = self.buffer.take()
+        if lane.in_flight is None:
+            lane.in_flight = lane.buffer.take()
             self.metrics.debounce_buffer_keys.set(len(self.buffer))
-        if self._in_flight is not None:
-            await self._apply_batch(self._in_flight)
+        if lane.in_flight is not None:
+            await self._apply_batch(lane, lane.in_flight)
             return True
         return False
 
-    async def _idle(self, seconds: float) -> None:
-        assert self._wake is not None
+    async def _idle(self, lane: _Lane, seconds: float) -> None:
+        assert lane.wake is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=max(0.001, seconds))
+            await asyncio.wait_for(lane.wake.wait(), timeout=max(0.001, seconds))
 
     async def _lost_fence(self, error: LeadershipLostError) -> None:
         _log.error("write_refused_not_leader", error=str(error))
@@ -706,7 +766,7 @@ class Daemon:
 
         return check
 
-    async def _in_thread(self, work: Callable[[], T], what: str) -> T:
+    async def _in_thread(self, work: Callable[[], T], what: str, writer: _Writer) -> T:
         """Run sync database work in a thread; on failure, drop the writer's connections."""
 
         def guarded() -> T:
@@ -720,14 +780,15 @@ class Daemon:
         try:
             return await asyncio.to_thread(guarded)
         except BaseException:
-            await asyncio.to_thread(self.writer.reset)
+            await asyncio.to_thread(writer.reset)
             raise
 
-    async def _apply_batch(self, batch: Batch) -> None:
+    async def _apply_batch(self, lane: _Lane, batch: Batch) -> None:
         fence = self._fence()
+        writer = lane.writer
 
         def work() -> BatchResult:
-            context, production, sandbox = self.writer.ensure()
+            context, production, sandbox = writer.ensure()
             return converge_keys(
                 context,
                 production,
@@ -739,7 +800,7 @@ class Daemon:
 
         async def attempt() -> BatchResult:
             try:
-                return await self._in_thread(work, "applying a batch")
+                return await self._in_thread(work, "applying a batch", writer)
             except PermanentError as error:
                 raise _BatchRefused(str(error)) from None
 
@@ -752,13 +813,13 @@ class Daemon:
             # column's type would fail this batch forever and block every later one.
             # Drop it; the full reconcile re-reads everything (and retries a real
             # schema problem slowly, as any permanent error).
-            self._in_flight = None
+            lane.in_flight = None
             self.metrics.record_retry("permanent")
             self.last_error = str(refused)
             _log.error("batch_refused", keys=len(batch.keys), error=str(refused))
             self._want_reconcile("a batch was refused")
             return
-        self._in_flight = None
+        lane.in_flight = None
         stats = result.statistics
         self.metrics.record_batch("event", applied=stats.updated, failed=stats.failed)
         lag = None
@@ -836,7 +897,7 @@ class Daemon:
         try:
             report = await self._retrying(
                 f"{source} reconcile",
-                lambda: self._in_thread(work, f"the {source} reconcile"),
+                lambda: self._in_thread(work, f"the {source} reconcile", self.writer),
                 keep_going=lambda: self.is_leader,
                 on_failure=failed,
             )
@@ -872,26 +933,26 @@ class Daemon:
         if source == "catchup" and not self._catchup_requested:
             self.catchup_done = True
 
-    async def _drain(self) -> None:
+    async def _drain(self, lane: _Lane) -> None:
         """On stop: apply what is in flight and pending, once, within the shutdown budget."""
         if not self.is_leader:
             return
         batches = 0
         while self.is_leader:
-            batch = self._in_flight or self.buffer.take("drain")
+            batch = lane.in_flight or lane.buffer.take("drain")
             if batch is None:
                 break
-            self._in_flight = batch
+            lane.in_flight = batch
             try:
-                await self._apply_batch(batch)
+                await self._apply_batch(lane, batch)
             except _Stopping:
-                _log.warning("drain_incomplete", pending_keys=len(self.buffer) + len(batch.keys))
+                _log.warning("drain_incomplete", pending_keys=len(lane.buffer) + len(batch.keys))
                 return
             except LeadershipLostError as error:
                 await self._lost_fence(error)
                 return
             batches += 1
-        _log.info("drain_finished", batches=batches)
+        _log.info("drain_finished", batches=batches, applier=lane.number)
 
     # Reconcile on request (POST /reconcile), serialized with every other write by the applier.
 

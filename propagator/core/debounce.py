@@ -25,7 +25,7 @@ from typing import Literal
 
 from propagator.core.mapping import Key
 
-__all__ = ["Batch", "DebounceBuffer", "FlushReason"]
+__all__ = ["Batch", "DebounceBuffer", "FlushReason", "PartitionedBuffer"]
 
 FlushReason = Literal["quiet", "max_delay", "max_keys", "backlog", "drain"]
 Clock = Callable[[], float]
@@ -197,3 +197,56 @@ class DebounceBuffer:
         self._backlog = False
         self._stream_until = None
         return count
+
+
+class PartitionedBuffer:
+    """Keys spread by hash over independent buffers, one per applier.
+
+    A key always lands in the same partition, so two appliers never hold the
+    same key at once: each converges its own share in its own transactions and
+    no batch can overwrite a newer value another one wrote. Each partition keeps
+    every rule above; the hard cap is shared out between them.
+    """
+
+    def __init__(
+        self,
+        partitions: int,
+        *,
+        quiet: timedelta,
+        max_delay: timedelta,
+        max_keys: int,
+        hard_cap: int,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if partitions < 1:
+            raise ValueError("at least one partition is needed")
+        self.max_keys = max_keys
+        self.hard_cap = hard_cap
+        share = max(1, hard_cap // partitions)
+        self.partitions = tuple(
+            DebounceBuffer(
+                quiet=quiet, max_delay=max_delay, max_keys=max_keys, hard_cap=share, clock=clock
+            )
+            for _ in range(partitions)
+        )
+
+    def __len__(self) -> int:
+        return sum(len(partition) for partition in self.partitions)
+
+    def add(self, keys: Iterable[Key], changed_at: float | None = None) -> int:
+        """Buffer each key in its partition; return how many coalesced."""
+        count = len(self.partitions)
+        if count == 1:
+            return self.partitions[0].add(keys, changed_at)
+        shares: dict[int, list[Key]] = {}
+        for key in keys:
+            shares.setdefault(hash(key) % count, []).append(key)
+        return sum(self.partitions[i].add(share, changed_at) for i, share in shares.items())
+
+    def acknowledge_overflow(self) -> bool:
+        """Whether any partition overflowed since the last call."""
+        overflowed = [partition.acknowledge_overflow() for partition in self.partitions]
+        return any(overflowed)  # every flag is reset, not just the first one found
+
+    def clear(self) -> int:
+        return sum(partition.clear() for partition in self.partitions)

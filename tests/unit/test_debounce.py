@@ -7,7 +7,7 @@ from datetime import timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from propagator.core.debounce import DebounceBuffer
+from propagator.core.debounce import DebounceBuffer, PartitionedBuffer
 
 
 class FakeClock:
@@ -253,3 +253,46 @@ def test_adaptive_flushes_hand_out_every_key_once(
     while (batch := buffer.take("drain")) is not None:
         waiting.difference_update(batch.keys)  # type: ignore[arg-type]
     assert not waiting
+
+
+def make_partitioned(clock: FakeClock, partitions: int, hard_cap: int = 1000) -> PartitionedBuffer:
+    return PartitionedBuffer(
+        partitions,
+        quiet=timedelta(milliseconds=50),
+        max_delay=timedelta(milliseconds=500),
+        max_keys=100,
+        hard_cap=hard_cap,
+        clock=clock,
+    )
+
+
+def test_a_key_always_lands_in_the_same_partition() -> None:
+    """Two appliers can never hold one key: its partition never changes, duplicates coalesce."""
+    buffer = make_partitioned(FakeClock(), 2)
+    keys = [(i, "A") for i in range(200)]
+    assert buffer.add(keys) == 0
+    assert buffer.add(keys[:50]) == 50
+    assert len(buffer) == 200
+    shares: list[set[object]] = []
+    for partition in buffer.partitions:
+        share: set[object] = set()
+        while (batch := partition.take("drain")) is not None:
+            share.update(batch.keys)
+        shares.append(share)
+    first, second = shares
+    assert first
+    assert second
+    assert not first & second
+    assert first | second == set(keys)
+
+
+def test_partitions_share_the_hard_cap_and_report_an_overflow_once() -> None:
+    """Memory stays bounded by the one hard cap; an overflow anywhere asks for one reconcile."""
+    buffer = make_partitioned(FakeClock(), 2, hard_cap=10)
+    buffer.add([(i, "A") for i in range(40)])
+    assert len(buffer) <= 10
+    assert buffer.acknowledge_overflow() is True
+    assert buffer.acknowledge_overflow() is False
+    pending = len(buffer)
+    assert buffer.clear() == pending
+    assert len(buffer) == 0
