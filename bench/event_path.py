@@ -1,21 +1,38 @@
 """Benchmark the event path: production UPDATEs -> trigger -> daemon -> sandbox.
 
-    python bench/event_path.py --rows 100000 --duration 20 --clients 4
+    python bench/event_path.py --rows 100000 --duration 20 --clients 4 --repeat 3
 
-Two embedded servers; ``public.jobs`` loaded identically on both. Three pgbench
-runs of the same custom script (``fab_order = fab_order + 1`` on a random row),
-in the same process so the figures are comparable on a noisy machine:
+Two embedded servers; ``public.jobs`` loaded identically on both. Each
+repetition runs the same pgbench script (``fab_order = fab_order + 1`` on a
+random row, unthrottled unless ``--rate``) three times, back to back, so every
+figure has a baseline from the same minute of this noisy machine:
 
   baseline   no trigger, no daemon          (production's ceiling)
   triggers   the propagator trigger only    (what the trigger costs production)
-  daemon     trigger + ``propagator run``   (default debounce settings)
+  daemon     trigger + the daemon           (default settings, history included)
 
-For the daemon run it reports the sustained rate the sandbox kept up with
-(production transactions / time until the sandbox was equal again), rows
-written to the sandbox per second (lower than transactions: the debounce buffer
-coalesces repeated keys), notifications per second, and the commit-to-sandbox
-latency per batch: the production change time carried in the payload (the
-earliest change in the batch) to the sandbox commit, p50/p95/p99/max.
+The daemon runs in this process (its CPU is this process's CPU) and is started
+afresh for each daemon run; its catch-up converges what the runs without it
+changed before the measured load starts. Figures are medians over the
+repetitions.
+
+Lag, measured two ways:
+
+* probe (per change, the honest one): a separate connection updates a
+  dedicated production row (never touched by pgbench) every ``--probe-interval``
+  seconds with an increasing value and notes the wall-clock time its COMMIT
+  returned. On the sandbox a deferred constraint trigger on that row stamps
+  ``clock_timestamp()`` when the daemon's transaction commits. A probe value's
+  lag is the time until the sandbox committed it or any later value (the
+  buffer coalesces). Both clocks are this machine's.
+* per batch (the daemon's ``propagator_propagation_lag_seconds``): production
+  change time in the payload (statement end, shortly before commit) of the
+  oldest change in a batch, to the sandbox commit. One sample per batch, so a
+  large slow batch weighs as much as a small quick one.
+
+"Backlog at load end" is what the daemon still held (buffer plus the batch in
+flight) when pgbench stopped; "drain" the time until the sandbox equalled
+production afterwards.
 """
 
 from __future__ import annotations
@@ -29,6 +46,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +56,30 @@ import psycopg
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import load_jobs, servers
+from bench.common import load_jobs, machine_description, servers
 from propagator.adapters.embedded import EmbeddedPostgres
 from propagator.daemon import Daemon
 from propagator.observability.logging import configure_logging
 from propagator.services import triggers
-from propagator.settings import load_settings
+from propagator.settings import Settings, load_settings
 
 SCRIPT = """\\set id random(1, {rows})
 UPDATE jobs SET fab_order = fab_order + 1 WHERE id = :id;
+"""
+
+PROBE_JOB = 2_000_000_000  # a key pgbench's ids never reach
+
+# The sandbox notes when each probe value commits (deferred: fires at COMMIT).
+PROBE_SANDBOX_SQL = """
+CREATE TABLE bench_probe_seen (value numeric NOT NULL, seen_at double precision NOT NULL);
+CREATE FUNCTION bench_probe_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench_probe_seen VALUES (NEW.fab_order, extract(epoch FROM clock_timestamp()));
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER bench_probe_seen AFTER UPDATE OF fab_order ON jobs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (NEW.job = {job}) EXECUTE FUNCTION bench_probe_seen();
 """
 
 
@@ -70,6 +104,8 @@ def table_sum(url: str) -> Any:
 
 
 def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
     return ordered[index]
@@ -110,18 +146,149 @@ def counter(daemon: Daemon, name: str, **labels: str) -> float:
     return value or 0.0
 
 
+class Probe:
+    """Updates the probe row every ``interval`` seconds; keeps (value, commit time)."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        self.url = url
+        self.interval = interval
+        self.commits: list[tuple[int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="probe", daemon=True)
+        self._value = 0
+
+    def start(self, first_value: int) -> None:
+        self._value = first_value
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.wait(self.interval):
+                self._value += 1
+                conn.execute(
+                    "UPDATE jobs SET fab_order = %s WHERE job = %s", (self._value, PROBE_JOB)
+                )
+                self.commits.append((self._value, time.time()))
+
+
+def probe_lags(commits: list[tuple[int, float]], seen: list[tuple[int, float]]) -> list[float]:
+    """Per probe value: sandbox commit of it or any later value, minus its own commit."""
+    lags: list[float] = []
+    ordered = sorted(seen)
+    earliest_from: list[float] = []  # earliest sandbox time among values >= ordered[i]
+    running = float("inf")
+    for _, seen_at in reversed(ordered):
+        running = min(running, seen_at)
+        earliest_from.append(running)
+    earliest_from.reverse()
+    values = [value for value, _ in ordered]
+    index = 0
+    for value, committed in sorted(commits):
+        while index < len(values) and values[index] < value:
+            index += 1
+        if index == len(values):
+            continue  # never reached the sandbox: counted as missing by the caller
+        lags.append(max(0.0, earliest_from[index] - committed))
+    return lags
+
+
+@dataclass
+class DaemonRun:
+    tps: float
+    converged_per_second: float
+    rows_per_second: float
+    notifications_per_second: float
+    batches: int
+    keys_per_batch: float
+    backlog_at_end: int
+    drain_seconds: float
+    cpu_seconds_per_second: float
+    probe_lags: list[float] = field(default_factory=list)
+    probes_missing: int = 0
+    batch_lags: list[float] = field(default_factory=list)
+
+
+def daemon_run(
+    settings: Settings,
+    production: EmbeddedPostgres,
+    sandbox_url: str,
+    script: Path,
+    args: argparse.Namespace,
+    probe_value: int,
+) -> DaemonRun:
+    production_url = production.url()
+    running = DaemonThread(Daemon(settings, handle_signals=False))
+    running.start()  # the catch-up converges what the runs without the daemon changed
+    daemon = running.daemon
+    with psycopg.connect(sandbox_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE bench_probe_seen")
+    rows_before = counter(daemon, "propagator_rows_applied_total", source="event")
+    batches_before = counter(daemon, "propagator_batches_applied_total", source="event")
+    received_before = counter(daemon, "propagator_notifications_received_total")
+    lags_before = len(running.lags)
+    probe = Probe(production_url, args.probe_interval)
+    cpu_started = time.process_time()
+    started = time.monotonic()
+    probe.start(probe_value)
+    try:
+        tps = pgbench(production, script, args.clients, args.duration, args.rate)
+    finally:
+        probe.stop()
+    load_ended = time.monotonic()
+    backlog = len(daemon.buffer) + daemon.in_flight_keys
+    target = table_sum(production_url)
+    while table_sum(sandbox_url) != target:
+        if time.monotonic() - load_ended > 180:
+            raise RuntimeError("the sandbox did not converge within 180 s")
+        time.sleep(0.02)
+    converged = time.monotonic()
+    cpu = time.process_time() - cpu_started
+    rows = counter(daemon, "propagator_rows_applied_total", source="event") - rows_before
+    batches = counter(daemon, "propagator_batches_applied_total", source="event") - batches_before
+    received = counter(daemon, "propagator_notifications_received_total") - received_before
+    batch_lags = running.lags[lags_before:]
+    running.stop()
+    with psycopg.connect(sandbox_url) as conn:
+        seen = [(int(v), float(t)) for v, t in conn.execute("SELECT * FROM bench_probe_seen")]
+    lags = probe_lags(probe.commits, seen)
+    elapsed = converged - started
+    return DaemonRun(
+        tps=tps,
+        converged_per_second=tps * args.duration / elapsed,
+        rows_per_second=rows / elapsed,
+        notifications_per_second=received / args.duration,
+        batches=int(batches),
+        keys_per_batch=rows / batches if batches else 0.0,
+        backlog_at_end=backlog,
+        drain_seconds=converged - load_ended,
+        cpu_seconds_per_second=cpu / elapsed,
+        probe_lags=lags,
+        probes_missing=len(probe.commits) - len(lags),
+        batch_lags=batch_lags,
+    )
+
+
+def median_of(runs: list[DaemonRun], pick: Callable[[DaemonRun], float]) -> float:
+    return statistics.median(pick(run) for run in runs)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--duration", type=int, default=20, help="seconds of the daemon run")
+    parser.add_argument("--duration", type=int, default=20, help="seconds of each daemon run")
     parser.add_argument("--baseline-duration", type=int, default=10)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions; figures are medians")
+    parser.add_argument("--probe-interval", type=float, default=0.02, help="seconds")
     parser.add_argument(
         "--rate",
         type=int,
         default=0,
-        help="throttle the daemon run to this many TPS (0: as fast as production goes); "
-        "latency is only meaningful at a rate the event path sustains",
+        help="throttle the daemon runs to this many TPS (0: as fast as production goes)",
     )
     args = parser.parse_args()
     configure_logging(
@@ -133,8 +300,15 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="propagator-bench-") as folder,
     ):
         production_url, sandbox_url = production.url(), sandbox.url()
-        load_jobs(production_url, args.rows)
-        load_jobs(sandbox_url, args.rows)
+        for url in (production_url, sandbox_url):
+            load_jobs(url, args.rows)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(
+                    "INSERT INTO jobs (id, job, release, fab_order) VALUES (%s, %s, 'P', 0)",
+                    (args.rows + 1, PROBE_JOB),
+                )
+        with psycopg.connect(sandbox_url, autocommit=True) as conn:
+            conn.execute(PROBE_SANDBOX_SQL.format(job=PROBE_JOB).encode())
         script = Path(folder) / "update_fab_order.sql"
         script.write_text(SCRIPT.format(rows=args.rows))
         settings = load_settings(
@@ -143,76 +317,124 @@ def main() -> int:
             http_port=0,
             reconcile_interval="0",
         )
-
-        throttle = f", daemon run throttled to {args.rate:,} TPS" if args.rate else ""
-        print(f"rows {args.rows:,}, {args.clients} pgbench clients{throttle}, both servers local")
-        baseline = pgbench(production, script, args.clients, args.baseline_duration)
-        with psycopg.connect(production_url, autocommit=True) as conn:
-            triggers.install(conn, settings)
-        with_trigger = pgbench(production, script, args.clients, args.baseline_duration)
-
-        running = DaemonThread(Daemon(settings, handle_signals=False))
-        with psycopg.connect(sandbox_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE jobs")
-        load_jobs(sandbox_url, args.rows)  # differs from production by the runs above
-        running.start()  # the catch-up converges those rows before the measured run
-        daemon = running.daemon
-        rows_before = counter(daemon, "propagator_rows_applied_total", source="event")
-        received_before = counter(daemon, "propagator_notifications_received_total")
-        started = time.monotonic()
-        with_daemon = pgbench(production, script, args.clients, args.duration, args.rate)
-        load_ended = time.monotonic()
-        target = table_sum(production_url)
-        while table_sum(sandbox_url) != target:
-            if time.monotonic() - load_ended > 120:
-                raise RuntimeError("the sandbox did not converge within 120 s")
-            time.sleep(0.02)
-        converged = time.monotonic()
-        rows_applied = (
-            counter(daemon, "propagator_rows_applied_total", source="event") - rows_before
+        machine = machine_description(production_url)
+        throttle = f", daemon runs throttled to {args.rate:,} TPS" if args.rate else ""
+        print(
+            f"rows {args.rows:,}, {args.clients} pgbench clients{throttle}, both servers local; "
+            f"{machine['nproc']} CPUs, PostgreSQL {machine['postgresql']}, "
+            f"Python {machine['python']}; {args.repeat} repetitions"
         )
-        received = counter(daemon, "propagator_notifications_received_total") - received_before
-        coalesced = counter(daemon, "propagator_keys_coalesced_total")
-        running.stop()
+        baselines: list[float] = []
+        with_triggers: list[float] = []
+        runs: list[DaemonRun] = []
+        probe_value = 0
+        for repetition in range(1, args.repeat + 1):
+            with psycopg.connect(production_url, autocommit=True) as conn:
+                triggers.uninstall(conn, settings)
+            baselines.append(pgbench(production, script, args.clients, args.baseline_duration))
+            with psycopg.connect(production_url, autocommit=True) as conn:
+                triggers.install(conn, settings)
+            with_triggers.append(pgbench(production, script, args.clients, args.baseline_duration))
+            run = daemon_run(settings, production, sandbox_url, script, args, probe_value)
+            probe_value += 1_000_000
+            runs.append(run)
+            print(
+                f"  run {repetition}: TPS {baselines[-1]:,.0f} / {with_triggers[-1]:,.0f} / "
+                f"{run.tps:,.0f} (none / trigger / daemon), "
+                f"converged {run.converged_per_second:,.0f}/s, "
+                f"backlog {run.backlog_at_end:,} keys, drain {run.drain_seconds:.2f} s, "
+                f"probe lag p50/p99 {percentile(run.probe_lags, 0.5) * 1000:,.0f}/"
+                f"{percentile(run.probe_lags, 0.99) * 1000:,.0f} ms, "
+                f"{run.batches:,} batches",
+                flush=True,
+            )
 
-    transactions = with_daemon * args.duration
-    elapsed = converged - started
-    lags = running.lags
+    report(args, settings, baselines, with_triggers, runs)
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    settings: Settings,
+    baselines: list[float],
+    with_triggers: list[float],
+    runs: list[DaemonRun],
+) -> None:
+    baseline = statistics.median(baselines)
+    with_trigger = statistics.median(with_triggers)
+    tps = median_of(runs, lambda r: r.tps)
+    max_delay = settings.debounce_max_delay.total_seconds()
+    target = max_delay + 0.25
+    width = 46
+
+    def line(label: str, figure: str, beside: str = "") -> None:
+        print(f"{label:<{width}}{figure:>12}   {beside}")
+
     print()
-    print(f"{'pgbench TPS (production)':<44}{'figure':>12}   baseline")
-    share = with_trigger / baseline
-    print(
-        f"{'  with the trigger':<44}{with_trigger:>12,.0f}   {baseline:,.0f} without ({share:.0%})"
+    line(f"median of {len(runs)}", "figure", "beside")
+    line("pgbench TPS, no trigger", f"{baseline:,.0f}", "production's ceiling")
+    line(
+        "pgbench TPS, trigger only",
+        f"{with_trigger:,.0f}",
+        f"{with_trigger / baseline:.0%} of no trigger",
     )
     note = (
-        f"throttled to {args.rate:,}" if args.rate else f"{with_daemon / baseline:.0%} of baseline"
+        f"throttled to {args.rate:,}" if args.rate else f"{tps / with_trigger:.0%} of trigger only"
     )
-    print(f"{'  with the trigger and the daemon':<44}{with_daemon:>12,.0f}   ({note})")
-    print()
-    print(f"{'event path (daemon run)':<44}{'figure':>12}")
-    print(
-        f"{'  updates converged per second':<44}{transactions / elapsed:>12,.0f}   "
-        f"{with_daemon:,.0f} committed per second"
+    line("pgbench TPS, trigger + daemon", f"{tps:,.0f}", note)
+    line(
+        "updates converged per second",
+        f"{median_of(runs, lambda r: r.converged_per_second):,.0f}",
+        f"{tps:,.0f} committed per second",
     )
-    print(f"{'  sandbox caught up after load ended (s)':<44}{converged - load_ended:>12.3f}")
-    print(f"{'  notifications per second':<44}{received / args.duration:>12,.0f}")
-    print(
-        f"{'  sandbox rows written per second':<44}{rows_applied / elapsed:>12,.0f}   "
-        f"({coalesced:,.0f} keys coalesced in the buffer)"
+    line(
+        "sandbox rows written per second",
+        f"{median_of(runs, lambda r: r.rows_per_second):,.0f}",
+        "fewer than updates: repeated keys coalesce",
     )
-    if lags:
-        print(f"{'  batches':<44}{len(lags):>12,}")
-        for label, value in (
-            ("p50", statistics.median(lags)),
-            ("p95", percentile(lags, 0.95)),
-            ("p99", percentile(lags, 0.99)),
-            ("max", max(lags)),
-        ):
-            print(
-                f"{'  oldest change in batch -> commit ' + label + ' (ms)':<44}"
-                f"{value * 1000:>12.1f}   (debounce: quiet 50 ms, max delay 500 ms)"
-            )
-    return 0
+    line(
+        "notifications received per second",
+        f"{median_of(runs, lambda r: r.notifications_per_second):,.0f}",
+        f"{tps:,.0f} committed per second",
+    )
+    line(
+        "batches (keys per batch)",
+        f"{median_of(runs, lambda r: r.batches):,.0f}",
+        f"{median_of(runs, lambda r: r.keys_per_batch):,.0f} keys each",
+    )
+    line(
+        "backlog at load end (keys)",
+        f"{median_of(runs, lambda r: r.backlog_at_end):,.0f}",
+        f"{tps * max_delay:,.0f} = one max delay of commits",
+    )
+    line(
+        "drain after load end (s)",
+        f"{median_of(runs, lambda r: r.drain_seconds):.2f}",
+        f"max delay {max_delay:.2f}",
+    )
+    line(
+        "daemon process CPU (cores)",
+        f"{median_of(runs, lambda r: r.cpu_seconds_per_second):.2f}",
+        f"of {os.cpu_count()}, shared with pgbench and both servers",
+    )
+    probes = [lag for run in runs for lag in run.probe_lags]
+    missing = sum(run.probes_missing for run in runs)
+    for label, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0)):
+        value = max(probes) if fraction == 1.0 and probes else percentile(probes, fraction)
+        beside = f"target <= {target * 1000:,.0f} ms" if label == "p99" else ""
+        if label == "p50":
+            beside = f"{len(probes):,} probe changes, {missing} never seen"
+        line(f"lag per change (probe) {label} (ms)", f"{value * 1000:,.0f}", beside)
+    batch_lags = [lag for run in runs for lag in run.batch_lags]
+    for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+        line(
+            f"lag per batch (daemon) {label} (ms)",
+            f"{percentile(batch_lags, fraction) * 1000:,.0f}",
+            f"{len(batch_lags):,} batches" if label == "p50" else "",
+        )
+    p99 = percentile(probes, 0.99)
+    verdict = "met" if p99 <= target else f"missed by {(p99 - target) * 1000:,.0f} ms"
+    print(f"\nlag target p99 <= debounce max delay + 250 ms = {target * 1000:,.0f} ms: {verdict}")
 
 
 if __name__ == "__main__":
