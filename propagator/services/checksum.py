@@ -212,7 +212,7 @@ class _SideQueries:
                 condition, self.key_hash, sql.Literal(coarse_mask), sql.Literal(list(segments))
             )
         return sql.SQL(
-            "SELECT s.key_hash & {mask}, count(*), "
+            "SELECT (s.key_hash & {mask})::int4, count(*)::int4, "
             "sum(((s.key_hash # s.value_hash) >> 32)::int4), "
             "sum((((s.key_hash # s.value_hash) & {low}) - {offset})::int4) FROM "
             "(SELECT {key_hash} AS key_hash, {value_hash} AS value_hash FROM {table} "
@@ -498,8 +498,8 @@ def reconcile_checksum(
         estimated_rows = max(production_facts.estimated_rows, sandbox_facts.estimated_rows)
         count = segments or segment_count(estimated_rows)
         fine_count = fine_segments or fine_segment_count(estimated_rows, count)
-        if count & (count - 1) or fine_count & (fine_count - 1):
-            raise ValueError("segment counts must be powers of two")
+        if count & (count - 1) or fine_count & (fine_count - 1) or fine_count > 1 << 30:
+            raise ValueError("segment counts must be powers of two (segments are int4)")
         queries = {
             snapshot.side: _side_queries(
                 layout,
