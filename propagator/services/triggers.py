@@ -199,13 +199,21 @@ def _column(row: str, column: str) -> sql.Composable:
     return sql.SQL("{}.{}").format(sql.SQL(row), sql.Identifier(column))
 
 
-def _key_text(row: str, columns: tuple[str, ...]) -> sql.Composable:
+def _key_text(
+    row: str, columns: tuple[str, ...], compare_as_jsonb: Collection[str]
+) -> sql.Composable:
     """A key as JSON text, ``[1,"A"]``; NULL when any part is NULL (``||`` is strict).
 
-    jsonb text never contains a raw newline, which separates full payloads.
+    ``to_json`` is measurably cheaper than ``to_jsonb`` on this path. Only a json
+    value comes out of ``to_json`` verbatim, possibly with raw newlines (which
+    separate full payloads); json has no ``=``, so such columns are among
+    ``compare_as_jsonb`` and go through ``to_jsonb``, whose text has none.
     """
     parts = sql.SQL(" || ',' || ").join(
-        sql.SQL("to_jsonb({})::text").format(_column(row, c)) for c in columns
+        sql.SQL("to_jsonb({})::text" if c in compare_as_jsonb else "to_json({})::text").format(
+            _column(row, c)
+        )
+        for c in columns
     )
     return sql.SQL("('[' || {} || ']')").format(parts)
 
@@ -276,8 +284,8 @@ def _collect_function(
         function=_identifier(names.collect_function),
         buffer_setting=sql.Literal(buffer_setting),
         chunks_setting=sql.Literal(chunks_setting),
-        new_key=_key_text("NEW", keys),
-        old_key=_key_text("OLD", keys),
+        new_key=_key_text("NEW", keys, compare_as_jsonb),
+        old_key=_key_text("OLD", keys, compare_as_jsonb),
         key_changed=_key_changed(settings, compare_as_jsonb),
         values_unchanged=_values_unchanged(settings, compare_as_jsonb),
         key_bytes_per_payload=sql.Literal(KEY_BYTES_PER_PAYLOAD),

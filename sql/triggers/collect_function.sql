@@ -5,7 +5,7 @@ AS {body_quote}
 DECLARE
     -- Keys of the current statement wait in two transaction-local settings: the
     -- buffer holds the payload being filled (key texts joined by commas), the
-    -- chunks the full ones (joined by newlines, which jsonb text never contains),
+    -- chunks the full ones (joined by newlines, which key texts never contain),
     -- or the word resync. The statement trigger sends and clears both. Their
     -- names come from the table's name, so rows of every partition share them.
     --

@@ -655,3 +655,23 @@ def test_keys_changing_to_or_from_a_null_part_send_only_complete_keys(
         [[11, "D"], [12, "B"], [13, "C"], [13, "D"]],
     ]
     listener.conn.close()
+
+
+def test_json_keys_with_newlines_still_split_into_valid_payloads(databases: DatabasePair) -> None:
+    """A json key keeps its raw newlines in to_json; such keys go through jsonb instead."""
+    production = databases.production
+    production.execute("CREATE TABLE public.jk (k json, v int)")
+    settings = settings_for(
+        databases, production_table="public.jk", key_columns="k", field_mappings='["v"]'
+    )
+    with psycopg.connect(production.url) as conn:
+        triggers.install(conn, settings)
+    listener = Listener(production)
+    production.execute(
+        'INSERT INTO jk SELECT format(E\'{\\n"n": %s,\\n"pad": "%s"}\', g, repeat(\'p\', 90))'
+        "::json, g FROM generate_series(1, 200) AS g"
+    )
+    documents = listener.documents()
+    assert len(documents) >= 2
+    assert sorted(key[0]["n"] for d in documents for key in d["k"]) == list(range(1, 201))
+    listener.conn.close()
