@@ -9,10 +9,12 @@ The clock is injected so the timing rules are tested without sleeping.
 Batching adapts to the load: the quiet window and the max delay only govern an
 idle applier. Keys still pending when the applier finishes a batch have already
 waited (and coalesced) for as long as that batch took, so they are due at once
-("backlog"); keys arriving within one quiet window after it are the same
-stream continuing and wait at most until that window ends. Under a steady
-stream the applier so never waits out the max delay again, batches grow with
-the load and the lag stays near two batch durations.
+("backlog"). An applier that worked within the last max delay is part of a
+stream still going on: a key arriving then waits one quiet window at most,
+however busy the stream. Under a steady stream the applier so never waits out
+the max delay, batches grow with the load and the lag stays near two batch
+durations; only a burst after a pause is debounced by the quiet window and max
+delay as a whole.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class DebounceBuffer:
         self._last_added: float | None = None
         self._overflowed = False
         self._backlog = False  # keys were left waiting behind the last batch
-        self._stream_until: float | None = None  # end of the window after an applier went free
+        self._active_until: float | None = None  # the applier worked until max delay before
         self.coalesced_total = 0
         self.dropped_total = 0
 
@@ -124,8 +126,8 @@ class DebounceBuffer:
             return "backlog"
         now = self._clock()
         oldest = self._oldest_arrival()
-        stream_until = self._stream_deadline(oldest)
-        if stream_until is not None and now >= stream_until:
+        stream_due = self._stream_deadline(oldest)
+        if stream_due is not None and now >= stream_due:
             return "backlog"
         if oldest is not None and now - oldest >= self.max_delay:
             return "max_delay"
@@ -146,17 +148,17 @@ class DebounceBuffer:
             deadlines.append(oldest + self.max_delay)
         if self._last_added is not None:
             deadlines.append(self._last_added + self.quiet)
-        stream_until = self._stream_deadline(oldest)
-        if stream_until is not None:
-            deadlines.append(stream_until)
+        stream_due = self._stream_deadline(oldest)
+        if stream_due is not None:
+            deadlines.append(stream_due)
         return max(0.0, min(deadlines) - now)
 
     def _stream_deadline(self, oldest: float | None) -> float | None:
-        """When keys that arrived right after a batch are due: the stream went on."""
-        stream_until = self._stream_until
-        if stream_until is None or oldest is None or oldest > stream_until:
+        """When keys that arrived while a stream went on are due: one quiet window on."""
+        active_until = self._active_until
+        if active_until is None or oldest is None or oldest > active_until:
             return None
-        return stream_until
+        return oldest + self.quiet
 
     def take(self, reason: FlushReason | None = None) -> Batch | None:
         """Remove and return the oldest keys (at most ``max_keys``), if a batch is due.
@@ -177,25 +179,25 @@ class DebounceBuffer:
         for key in keys:
             del self._pending[key]
         self._backlog = False  # judged again when this batch is finished
-        self._stream_until = None
+        self._active_until = None
         return Batch(tuple(keys), earliest, why)
 
     def batch_finished(self) -> None:
         """The applier is free again: whatever waited behind its batch is due at once.
 
-        With nothing waiting, keys arriving within the next quiet window are
-        taken when it ends at the latest, so a steady stream that the applier
-        happened to catch up with does not fall back to waiting for max delay.
+        With nothing waiting, a key arriving within the next max delay waits one
+        quiet window at most, so a steady stream that the applier happened to
+        catch up with does not fall back to waiting for max delay.
         """
         self._backlog = bool(self._pending)
-        self._stream_until = None if self._backlog else self._clock() + self.quiet
+        self._active_until = None if self._backlog else self._clock() + self.max_delay
 
     def clear(self) -> int:
         """Forget every pending key (a full reconcile is about to cover them); return how many."""
         count = len(self._pending)
         self._pending.clear()
         self._backlog = False
-        self._stream_until = None
+        self._active_until = None
         return count
 
 
