@@ -32,7 +32,6 @@ import structlog
 from psycopg import sql
 
 from propagator.adapters.postgres import TableInfo, prefetch, table_identifier, translate_error
-from propagator.core.mapping import Key
 from propagator.core.plan import JobMappingResult
 from propagator.core.report import ReconcileReport
 from propagator.core.segments import (
@@ -612,38 +611,25 @@ def _compare_differing(
     on_difference: Callable[[JobMappingResult], None] | None,
 ) -> None:
     """Stream the differing segments through ``merge_compare``; converge what it plans."""
-    from propagator.services.sync import compare_streams, converge_keys  # sync dispatches here
+    from propagator.services.sync import (  # sync dispatches here
+        compare_streams,
+        converge_differences,
+    )
 
     stats = report.statistics
     if comparison.differing:
-        writers: tuple[Connection, Connection] | None = None
-        if apply:
-            writers = (open_connection("production"), open_connection("sandbox"))
-        pending: list[Key] = []
-
-        def flush() -> None:
-            if writers is None or not pending:
-                return
-            batch = converge_keys(
-                context, writers[0], writers[1], pending, source=source, on_applied=on_applied
-            )
-            stats.updated += batch.statistics.updated
-            stats.failed += batch.statistics.failed
-            stats.failures.extend(batch.statistics.failures)
-            pending.clear()
-
         wanted = None if comparison.equal_rows == 0 else comparison.differing
         production_rows = prefetch(production.rows(queries["production"].rows(mask, wanted)))
         sandbox_rows = prefetch(sandbox.rows(queries["sandbox"].rows(mask, wanted)))
-        for result in compare_streams(context, production_rows, sandbox_rows, stats, None):
-            report.note(result)
-            if result.changes:
-                if on_difference is not None:
-                    on_difference(result)
-                pending.append(result.key)
-                if len(pending) >= context.batch_size:
-                    flush()
-        flush()
+        converge_differences(
+            context,
+            compare_streams(context, production_rows, sandbox_rows, stats, None),
+            report,
+            open_connection if apply else None,
+            source=source,
+            on_applied=on_applied,
+            on_difference=on_difference,
+        )
     if (stats.production_rows, stats.sandbox_rows) != (
         comparison.differing_production_rows,
         comparison.differing_sandbox_rows,

@@ -51,6 +51,7 @@ __all__ = [
     "SyncContext",
     "SyncSession",
     "compare_streams",
+    "converge_differences",
     "converge_keys",
     "reconcile",
 ]
@@ -419,6 +420,51 @@ def _compare_window(
         yield from merge_compare(production, sandbox, spec, stats)
 
 
+def converge_differences(
+    context: SyncContext,
+    results: Iterable[JobMappingResult],
+    report: ReconcileReport,
+    open_connection: Callable[[Literal["production", "sandbox"]], Connection] | None,
+    *,
+    source: Source,
+    on_applied: AppliedHook | None,
+    on_difference: Callable[[JobMappingResult], None] | None,
+) -> None:
+    """Note each compared result in the report and, given connections, converge the differences.
+
+    Differing keys are converged in batches of ``batch_size`` through
+    ``converge_keys``, which re-reads production, so a row changed since the
+    compare's snapshot is never overwritten with a stale value. Without
+    ``open_connection`` (a dry run) nothing is written.
+    """
+    stats = report.statistics
+    writers = None
+    if open_connection is not None:
+        writers = (open_connection("production"), open_connection("sandbox"))
+    pending: list[Key] = []
+
+    def flush() -> None:
+        if writers is None or not pending:
+            return
+        batch = converge_keys(
+            context, writers[0], writers[1], pending, source=source, on_applied=on_applied
+        )
+        stats.updated += batch.statistics.updated
+        stats.failed += batch.statistics.failed
+        stats.failures.extend(batch.statistics.failures)
+        pending.clear()
+
+    for result in results:
+        report.note(result)
+        if result.changes:
+            if on_difference is not None:
+                on_difference(result)  # every difference, unlike the report's bounded sample
+            pending.append(result.key)
+            if len(pending) >= context.batch_size:
+                flush()
+    flush()
+
+
 def reconcile(
     context: SyncContext,
     open_connection: Callable[[Literal["production", "sandbox"]], Connection],
@@ -463,9 +509,6 @@ def reconcile(
     stats = report.statistics
     production_stream = open_connection("production")
     sandbox_stream = open_connection("sandbox")
-    writers: tuple[Connection, Connection] | None = None
-    if apply:
-        writers = (open_connection("production"), open_connection("sandbox"))
     production_rows = prefetch(
         stream_rows(
             production_stream,
@@ -478,27 +521,14 @@ def reconcile(
     sandbox_rows = prefetch(
         stream_rows(sandbox_stream, context.sandbox, spec.key_columns, spec.target_columns)
     )
-    pending: list[Key] = []
-
-    def flush() -> None:
-        if writers is None or not pending:
-            return
-        batch = converge_keys(
-            context, writers[0], writers[1], pending, source=source, on_applied=on_applied
-        )
-        stats.updated += batch.statistics.updated
-        stats.failed += batch.statistics.failed
-        stats.failures.extend(batch.statistics.failures)
-        pending.clear()
-
-    for result in compare_streams(context, production_rows, sandbox_rows, stats, progress):
-        report.note(result)
-        if result.changes:
-            if on_difference is not None:
-                on_difference(result)  # every difference, unlike the report's bounded sample
-            pending.append(result.key)
-            if len(pending) >= context.batch_size:
-                flush()
-    flush()
+    converge_differences(
+        context,
+        compare_streams(context, production_rows, sandbox_rows, stats, progress),
+        report,
+        open_connection if apply else None,
+        source=source,
+        on_applied=on_applied,
+        on_difference=on_difference,
+    )
     stats.duration_seconds = time.perf_counter() - started
     return report
