@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 from propagator.adapters.embedded import EmbeddedPostgres
+from propagator.sql import load_sql
 
 __all__ = [
     "JOBS_DDL",
@@ -42,19 +43,7 @@ __all__ = [
     "servers",
 ]
 
-JOBS_DDL = """
-CREATE TABLE public.jobs (
-    id bigserial PRIMARY KEY,
-    job integer NOT NULL,
-    release text NOT NULL,
-    fab_order numeric(12, 2),
-    paint_color text,
-    stage text,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (job, release)
-)
-"""
-
+JOBS_DDL = load_sql("sample/jobs.sql")
 # Two releases per job, fab orders with repeats and cents, a few NULL colours.
 _LOAD = """
 INSERT INTO public.jobs (id, job, release, fab_order, paint_color, stage)
