@@ -884,6 +884,7 @@ class Daemon:
                     apply=True,
                     source=source,
                     on_applied=self.history.hook(after=fence),
+                    method=self.settings.reconcile_method,
                 )
             finally:
                 for conn in opened:
@@ -917,6 +918,7 @@ class Daemon:
         self.last_reconcile = {
             "source": source,
             "reason": why,
+            "method": report.method,
             "production_rows": stats.production_rows,
             "sandbox_rows": stats.sandbox_rows,
             "differences": report.differences,

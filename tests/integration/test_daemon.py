@@ -155,9 +155,10 @@ def test_burst_on_one_row_is_coalesced(databases: DatabasePair, running: DaemonT
     assert running.metric("propagator_keys_coalesced_total") >= 1
 
 
-def test_changes_made_while_stopped_are_caught_up(databases: DatabasePair) -> None:
-    """Rows changed while no daemon ran are converged by the catch-up at start."""
-    settings = daemon_settings(databases)
+@pytest.mark.parametrize("method", ["auto", "stream"])
+def test_changes_made_while_stopped_are_caught_up(databases: DatabasePair, method: str) -> None:
+    """Rows changed while no daemon ran are converged by the catch-up, by the configured method."""
+    settings = daemon_settings(databases, reconcile_method=method)
     install_triggers(databases, settings)
     seed(databases, 500)
     with DaemonThread(settings) as running:
@@ -166,6 +167,7 @@ def test_changes_made_while_stopped_are_caught_up(databases: DatabasePair) -> No
         last = running.daemon.last_reconcile
         assert last is not None
         assert last["source"] == "catchup"
+        assert last["method"] == ("checksum" if method == "auto" else "stream")
         assert last["updated"] == 500
         assert running.metric("propagator_reconcile_runs_total", source="catchup", result="success")
         assert running.metric("propagator_rows_applied_total", source="catchup") == 500
