@@ -430,7 +430,7 @@ def _pipelined_transaction(
     """
     if conn.autocommit or conn.info.transaction_status != _IDLE:
         with conn.transaction():
-            if read_only and conn.info.transaction_status == _IDLE:
+            if read_only:
                 conn.execute("SET TRANSACTION READ ONLY")
             yield
         return

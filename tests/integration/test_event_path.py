@@ -121,3 +121,23 @@ def test_a_steady_stream_is_followed_without_waiting_for_max_delay(
             stop.set()
             writer.join()
         wait_until(lambda: converged(databases), timeout=30, what="convergence")
+
+
+def test_a_read_on_an_autocommit_connection_is_read_only_too(databases: DatabasePair) -> None:
+    """Without the pipelined path (autocommit connection) the production read stays read-only."""
+    seed(databases, 3)
+    databases.production.execute("CREATE SEQUENCE side_effect")
+    settings = daemon_settings(databases, production_filter="nextval('side_effect') > 0")
+    with SyncSession(settings) as session:
+        context = session.prepare()
+        conn = session.connect("production", autocommit=True)
+        with pytest.raises(PermanentError, match="read-only transaction"):
+            read_by_keys(
+                conn,
+                context.production,
+                context.spec.key_columns,
+                context.source_reads,
+                [(1, "A")],
+                where=context.production_filter,
+            )
+        assert conn.autocommit
