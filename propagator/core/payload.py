@@ -116,6 +116,10 @@ def _keys(raw: Any, key_width: int) -> tuple[Key, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+# One decoder for every notification: json.loads with options builds a new one per call.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
 def parse_notification(payload: str, key_width: int) -> Notification:
     """Parse a v1 payload for a mapping with ``key_width`` key columns."""
     try:
@@ -125,7 +129,7 @@ def parse_notification(payload: str, key_width: int) -> Notification:
     if size >= MAX_PAYLOAD_BYTES:
         raise MalformedNotification("oversized", f"{size} bytes (limit {MAX_PAYLOAD_BYTES - 1})")
     try:
-        document = json.loads(payload, parse_float=Decimal, parse_constant=_reject_constant)
+        document = _DECODER.decode(payload)
     except RecursionError:
         raise MalformedNotification("invalid_json", "nested too deeply") from None
     except ValueError as error:
