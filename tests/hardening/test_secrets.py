@@ -11,11 +11,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from propagator.adapters.embedded import free_port
 from propagator.errors import ConfigurationError
 from propagator.settings import load_settings
 from tests.hardening.support import daemon_process, pair_env, seed_equal
 from tests.helpers import DatabasePair, run_cli, wait_until
+
+pytestmark = pytest.mark.slow  # runs every command and the daemon end to end
 
 PRODUCTION_PASSWORD = "Zq7ProdSeCrEt"
 SANDBOX_PASSWORD_ENCODED = "s%40nd%3Abox%2FZq9"

@@ -24,6 +24,8 @@ import pytest
 from propagator.adapters.embedded import free_port
 from tests.helpers import JOBS_DDL, DatabasePair, run_cli
 
+pytestmark = pytest.mark.slow  # starts its own TLS-enabled PostgreSQL server
+
 SERVICE_USER = "embedded_postgres"
 PASSWORD = "tls-Pa55word-7q"
 

@@ -28,6 +28,8 @@ from tests.hardening.support import (
 )
 from tests.helpers import DatabasePair, wait_until
 
+pytestmark = pytest.mark.slow  # fault injection through the TCP proxy: seconds per fault
+
 ROWS = 300
 HEARTBEAT_TIMEOUT = 2.0
 LISTENER = "propagator listener"

@@ -280,6 +280,7 @@ def prometheus_factory(tmp_path: Path) -> Iterator[list[PrometheusServer]]:
         server.stop()
 
 
+@pytest.mark.slow  # starts a real Prometheus server and waits for its scrapes
 def test_prometheus_scrapes_the_daemon_and_sees_rows_applied(
     databases: DatabasePair, tmp_path: Path, prometheus_factory: list[PrometheusServer]
 ) -> None:
