@@ -185,8 +185,8 @@ def probe_levels(urls: tuple[str, str], rows: int, differing: int) -> str:
     from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, MappingSpec
     from propagator.core.segments import (
         MAX_SEGMENTS,
-        SegmentSummary,
-        compare_segments,
+        SummaryRow,
+        compare_summaries,
         fine_segment_count,
         plan_layout,
         refine,
@@ -216,13 +216,12 @@ def probe_levels(urls: tuple[str, str], rows: int, differing: int) -> str:
             results = list(pool.map(run, sides))
         return time.perf_counter() - started, results
 
-    def summaries(side: str, query: Any) -> dict[int, SegmentSummary]:
+    def summaries(side: str, query: Any) -> list[SummaryRow]:
         conns[side].execute("SET work_mem = '32MB'")
-        rows_ = conns[side].execute(query).fetchall()
-        return {int(k): SegmentSummary(int(n), (int(h) << 32) + int(lo)) for k, n, h, lo in rows_}
+        return conns[side].execute(query).fetchall()
 
     level1, found = both(lambda s: summaries(s, queries[s].segments(coarse)))
-    first = compare_segments(*found)
+    first = compare_summaries(*found)
     within = (coarse, first.differing)
     level2_seconds, found2 = both(lambda s: summaries(s, queries[s].segments(fine, within)))
     second = refine(first, *found2)

@@ -41,10 +41,10 @@ from propagator.core.segments import (
     CompareAs,
     NotExpressibleError,
     SegmentComparison,
-    SegmentSummary,
     SqlTransform,
+    SummaryRow,
     ValueKind,
-    compare_segments,
+    compare_summaries,
     everything,
     fine_segment_count,
     plan_layout,
@@ -71,7 +71,10 @@ _REFINE_WORK_MEM = "32MB"
 _KEY_SEED = 0x5EED0000
 _FIELD_SEED = 0x5EED2000
 _NULL_FLAGS_SEED = 0x5EED3000
+_ROW_SEED = 0x5EED4000
 _SANDBOX_ONLY_SEED = 0x100000  # sandbox side of a pair of different families
+_NEGATIVE_SEED = 0x400  # numeric: the seed of negative values, offset from the field's
+_NAN_SEED = 0x800  # numeric: NaN hashes to its own seed, apart from the infinities'
 
 _log = logging.getLogger(__name__)
 
@@ -162,12 +165,18 @@ def _value_hash(
     if compare_as is CompareAs.FLOAT8:
         return sql.SQL("hashfloat8extended({}::float8, {})").format(expr, literal)
     if compare_as is CompareAs.NUMERIC:
-        # hash_numeric_extended ignores the sign (7 and -7 collide) and hashes NaN and
-        # both infinities alike: a tag for the sign and the special values goes in too.
+        # hash_numeric_extended ignores the sign (7 and -7 collide), returns its seed for
+        # NaN and both infinities and seed - 1 for zero: the seed carries the sign and
+        # NaN, so -Infinity, +Infinity, NaN and 0 come out as four distinct constants.
         return sql.SQL(
-            "(hash_numeric_extended({v}, {seed}) # hashint8extended(CASE WHEN {v} = 'NaN' THEN 3 "
-            "WHEN {v} = 'Infinity' THEN 2 WHEN {v} < 0 THEN 1 ELSE 0 END, {seed}))"
-        ).format(v=_as_numeric(expr, kind), seed=literal)
+            "hash_numeric_extended({v}, CASE WHEN {v} < 0 THEN {negative} "
+            "WHEN {v} = 'NaN' THEN {nan} ELSE {seed} END)"
+        ).format(
+            v=_as_numeric(expr, kind),
+            seed=literal,
+            negative=sql.Literal(seed + _NEGATIVE_SEED),
+            nan=sql.Literal(seed + _NAN_SEED),
+        )
     if compare_as is CompareAs.TEXT:
         return sql.SQL('hashtextextended({} COLLATE "C", {})').format(expr, literal)
     if compare_as is CompareAs.BOOLEAN:
@@ -179,52 +188,64 @@ def _xor(parts: list[sql.Composable]) -> sql.Composable:
     return sql.SQL("(") + sql.SQL(" # ").join(parts) + sql.SQL(")")
 
 
-_LOW_32_BITS = 0xFFFFFFFF
-_INT4_OFFSET = 1 << 31
+def _unused_name(taken: set[str], wanted: str) -> str:
+    """``wanted``, or ``wanted_2``, ``wanted_3``… whichever no column of the table is called."""
+    name, suffix = wanted, 1
+    while name in taken:
+        suffix += 1
+        name = f"{wanted}_{suffix}"
+    return name
 
 
 @dataclass(frozen=True, slots=True)
 class _SideQueries:
-    """One side's hashing, filtering and ordering, composed once; passes built from them."""
+    """One side's hashing, filtering and ordering, composed once; passes built from them.
 
-    key_hash: sql.Composable
-    value_hash: sql.Composable
+    Every pass reads the table through one inner query that computes each row's
+    key hash once (``OFFSET 0`` keeps the planner from inlining it twice), so a
+    pass restricted to some segments hashes the mapped values of those rows only.
+    """
+
+    row_hash: sql.Composable  # over the inner query's columns (the same names)
     table: sql.Composable
     condition: sql.Composable
+    read: sql.Composable  # the inner query's columns: key hash, then each needed column once
+    hash_alias: sql.Identifier
     columns: sql.Composable
     order: sql.Composable
+
+    def _inner(self) -> sql.Composed:
+        return sql.SQL("(SELECT {read} FROM {table} WHERE {condition} OFFSET 0) AS s").format(
+            read=self.read, table=self.table, condition=self.condition
+        )
+
+    def _in_segments(self, mask: int, segments: tuple[int, ...]) -> sql.Composed:
+        # The segment list is a literal: a production filter may contain '%'.
+        return sql.SQL("(s.{} & {}) = ANY({}::int8[])").format(
+            self.hash_alias, sql.Literal(mask), sql.Literal(list(segments))
+        )
 
     def segments(
         self, mask: int, within: tuple[int, tuple[int, ...]] | None = None
     ) -> sql.Composed:
-        """``(segment, rows, high and low halves of the sum of row hashes)`` per segment.
+        """``(segment, rows, XOR of row hashes)`` per segment, in segment order.
 
-        The sums are of 32-bit halves of each row hash, so every aggregate keeps
-        a plain bigint state (a numeric sum allocates one per segment and costs
-        twice the time); together they hold the exact sum. ``within`` restricts
-        the pass to the rows of some segments of a coarser ``(mask, segments)``.
+        Keys are unique (checked at start), so no two rows of one side can cancel
+        out. ``within`` restricts the pass to the rows of some segments of a
+        coarser ``(mask, segments)``.
         """
-        condition = self.condition
+        restriction: sql.Composable = sql.SQL("")
         if within is not None:
-            coarse_mask, segments = within
-            condition = sql.SQL("{} AND ({} & {}) = ANY({}::int8[])").format(
-                condition, self.key_hash, sql.Literal(coarse_mask), sql.Literal(list(segments))
-            )
+            restriction = sql.SQL(" WHERE ") + self._in_segments(*within)
         return sql.SQL(
-            "SELECT (s.key_hash & {mask})::int4, count(*)::int4, "
-            "sum(((s.key_hash # s.value_hash) >> 32)::int4), "
-            "sum((((s.key_hash # s.value_hash) & {low}) - {offset})::int4) FROM "
-            "(SELECT {key_hash} AS key_hash, {value_hash} AS value_hash FROM {table} "
-            "WHERE {condition} OFFSET 0) AS s "
-            "GROUP BY 1"
+            "SELECT (s.{h} & {mask})::int4, count(*)::int4, bit_xor({row_hash}) "
+            "FROM {inner}{restriction} GROUP BY 1 ORDER BY 1"
         ).format(
+            h=self.hash_alias,
             mask=sql.Literal(mask),
-            low=sql.Literal(_LOW_32_BITS),
-            offset=sql.Literal(_INT4_OFFSET),
-            key_hash=self.key_hash,
-            value_hash=self.value_hash,
-            table=self.table,
-            condition=condition,
+            row_hash=self.row_hash,
+            inner=self._inner(),
+            restriction=restriction,
         )
 
     def rows(self, mask: int, differing: tuple[int, ...] | None) -> sql.Composed:
@@ -234,16 +255,10 @@ class _SideQueries:
             return every.format(
                 columns=self.columns, table=self.table, condition=self.condition, order=self.order
             )
-        # The segment list is a literal: a production filter may contain '%'.
-        return sql.SQL(
-            "SELECT {columns} FROM {table} WHERE {condition} AND {segment} = ANY({list}::int8[]) "
-            "ORDER BY {order}"
-        ).format(
+        return sql.SQL("SELECT {columns} FROM {inner} WHERE {restriction} ORDER BY {order}").format(
             columns=self.columns,
-            table=self.table,
-            condition=self.condition,
-            segment=sql.SQL("({} & {})").format(self.key_hash, sql.Literal(mask)),
-            list=sql.Literal(list(differing)),
+            inner=self._inner(),
+            restriction=self._in_segments(mask, differing),
             order=self.order,
         )
 
@@ -286,18 +301,28 @@ def _side_queries(
         flags, ValueKind.INTEGER, CompareAs.INT8, _NULL_FLAGS_SEED, hashing, side
     )
     key_columns = [k.column for k in layout.keys]
+    value_columns = [f.source if production else f.target for f in layout.fields]
+    needed = list(dict.fromkeys((*key_columns, *value_columns)))
+    hash_alias = sql.Identifier(_unused_name(set(table.columns), "key_hash"))
     condition: sql.Composable = sql.SQL(" AND ").join(
         sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in key_columns
     )
     if where:
         condition = sql.SQL("({}) AND ({})").format(sql.SQL(where), condition)
-    value_columns = [f.source if production else f.target for f in layout.fields]
+    # The key's hash both places a row in its segment (low bits) and enters the row's hash.
+    key_hash = _xor(key_hashes)
+    # Key and values are mixed through one more hash: a digest XORing ``key ^ value``
+    # directly would not change when two rows of a segment exchange their values.
+    mixed = sql.SQL("(s.{} # {})").format(hash_alias, _xor([flags_hash, *value_hashes]))
+    row_hash = _value_hash(mixed, ValueKind.INTEGER, CompareAs.INT8, _ROW_SEED, hashing, side)
     return _SideQueries(
-        # The key's hash both places a row in its segment (low bits) and enters the row's hash.
-        key_hash=_xor(key_hashes),
-        value_hash=_xor([flags_hash, *value_hashes]),
+        row_hash=row_hash,
         table=table_identifier(table.name),
         condition=condition,
+        read=sql.SQL(", ").join(
+            [sql.SQL("{} AS {}").format(key_hash, hash_alias)] + [sql.Identifier(c) for c in needed]
+        ),
+        hash_alias=hash_alias,
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in (*key_columns, *value_columns)),
         order=sql.SQL(", ").join(
             sql.SQL('{} COLLATE "C"').format(sql.Identifier(c))
@@ -364,16 +389,13 @@ class _Snapshot:
         except psycopg.Error:
             return None
 
-    def summaries(self, query: sql.Composed) -> dict[int, SegmentSummary]:
+    def summaries(self, query: sql.Composed) -> list[SummaryRow]:
         try:
             # The planner cannot know a masked hash has few distinct values and may
             # sort the whole table to group it; the hash aggregate needs a few MB.
             self.conn.execute("SET LOCAL enable_sort = off")
             with self.conn.cursor(binary=True) as cursor:
-                found = {
-                    segment: SegmentSummary(rows, (high << 32) + low)
-                    for segment, rows, high, low in cursor.execute(query)
-                }
+                found: list[SummaryRow] = cursor.execute(query).fetchall()
             self.conn.execute("SET LOCAL enable_sort = on")
             return found
         except psycopg.Error as error:
@@ -512,7 +534,7 @@ def reconcile_checksum(
         report.method = "checksum"
         report.fallback_reason = None
         report.started_at = report.started_at or datetime.now(UTC)
-        comparison = compare_segments(
+        comparison = compare_summaries(
             *_both(production, sandbox, lambda side: queries[side].segments(count - 1))
         )
         _event(
@@ -559,7 +581,7 @@ def reconcile_checksum(
 
 def _both(
     production: _Snapshot, sandbox: _Snapshot, query: Callable[[Side], sql.Composed]
-) -> tuple[dict[int, SegmentSummary], dict[int, SegmentSummary]]:
+) -> tuple[list[SummaryRow], list[SummaryRow]]:
     """One summary pass on both servers at once."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="propagator-checksum") as pool:
         production_future = pool.submit(production.summaries, query("production"))

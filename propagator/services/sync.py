@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -434,35 +434,57 @@ def converge_differences(
 
     Differing keys are converged in batches of ``batch_size`` through
     ``converge_keys``, which re-reads production, so a row changed since the
-    compare's snapshot is never overwritten with a stale value. Without
+    compare's snapshot is never overwritten with a stale value. A batch is
+    converged on a worker thread while the compare goes on (at most one batch
+    in flight, so memory stays bounded); its outcome is added to the report
+    before the next batch starts and before this returns. Without
     ``open_connection`` (a dry run) nothing is written.
     """
     stats = report.statistics
-    writers = None
-    if open_connection is not None:
-        writers = (open_connection("production"), open_connection("sandbox"))
-    pending: list[Key] = []
-
-    def flush() -> None:
-        if writers is None or not pending:
-            return
-        batch = converge_keys(
-            context, writers[0], writers[1], pending, source=source, on_applied=on_applied
-        )
-        stats.updated += batch.statistics.updated
-        stats.failed += batch.statistics.failed
-        stats.failures.extend(batch.statistics.failures)
-        pending.clear()
-
-    for result in results:
-        report.note(result)
-        if result.changes:
-            if on_difference is not None:
+    if open_connection is None:
+        for result in results:
+            report.note(result)
+            if result.changes and on_difference is not None:
                 on_difference(result)  # every difference, unlike the report's bounded sample
-            pending.append(result.key)
-            if len(pending) >= context.batch_size:
-                flush()
-    flush()
+        return
+    writers = (open_connection("production"), open_connection("sandbox"))
+    pending: list[Key] = []
+    in_flight: Future[BatchResult] | None = None
+
+    def collect() -> None:
+        nonlocal in_flight
+        if in_flight is not None:
+            batch, in_flight = in_flight.result(), None
+            stats.updated += batch.statistics.updated
+            stats.failed += batch.statistics.failed
+            stats.failures.extend(batch.statistics.failures)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="propagator-converge") as converger:
+
+        def flush() -> None:
+            nonlocal in_flight
+            collect()
+            if pending:
+                in_flight = converger.submit(
+                    converge_keys,
+                    context,
+                    *writers,
+                    pending.copy(),
+                    source=source,
+                    on_applied=on_applied,
+                )
+                pending.clear()
+
+        for result in results:
+            report.note(result)
+            if result.changes:
+                if on_difference is not None:
+                    on_difference(result)
+                pending.append(result.key)
+                if len(pending) >= context.batch_size:
+                    flush()
+        flush()
+        collect()
 
 
 def reconcile(

@@ -10,9 +10,18 @@ from tests.hardening.support import pair_env
 from tests.helpers import DatabasePair, run_cli
 
 TABLE = "CREATE TABLE signs (job int, release text, fab_order numeric, UNIQUE (job, release))"
-# Pairs a hash could confuse: PostgreSQL's numeric hash ignores the sign and maps
-# NaN and both infinities to one value.
-PAIRS = [("7", "-7"), ("-0.5", "0.5"), ("NaN", "Infinity"), ("Infinity", "-Infinity")]
+# Pairs a hash could confuse: PostgreSQL's numeric hash ignores the sign, maps NaN and
+# both infinities to its seed and zero to the seed minus one.
+PAIRS = [
+    ("7", "-7"),
+    ("-0.5", "0.5"),
+    ("NaN", "Infinity"),
+    ("Infinity", "-Infinity"),
+    ("NaN", "-Infinity"),
+    ("0", "-Infinity"),
+    ("0", "Infinity"),
+    ("0", "NaN"),
+]
 
 
 @pytest.mark.parametrize("method", ["auto", "checksum", "stream"])

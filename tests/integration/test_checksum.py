@@ -273,6 +273,31 @@ def test_swapped_values_between_fields_are_found(databases: DatabasePair) -> Non
     assert report.statistics.rows_with_differences == 3
 
 
+@pytest.mark.parametrize("hashing", ["builtin", "md5"])
+def test_two_rows_exchanging_values_alone_are_found(
+    databases: DatabasePair, hashing: Literal["builtin", "md5"]
+) -> None:
+    """Rows 2 and 3 swapping their values is the only difference, in one shared segment.
+
+    A segment digest that combined key and value hashes linearly (XOR or sum of
+    ``key ^ value``) would come out the same on both sides and hide the swap.
+    """
+    ddl = "CREATE TABLE t (k integer PRIMARY KEY, a text, b numeric)"
+    databases.production.execute(ddl)
+    databases.sandbox.execute(ddl)
+    databases.production.execute("INSERT INTO t VALUES (1, 'x', 1), (2, 'p', 2), (3, 'r', 3)")
+    databases.sandbox.execute("INSERT INTO t VALUES (1, 'x', 1), (2, 'r', 3), (3, 'p', 2)")
+    spec = MappingSpec(("k",), (FieldMapping("a", "a"), FieldMapping("b", "b")))
+    runner = Runner(
+        databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
+    )
+    try:
+        report = assert_same_as_stream(runner, segments=1, hashing=hashing)
+    finally:
+        runner.close()
+    assert report.statistics.rows_with_differences == 2
+
+
 def test_text_keys_segment_without_collation(databases: DatabasePair) -> None:
     """Unicode text keys on servers with different collations match row for row."""
     for db, collation in ((databases.production, "C"), (databases.sandbox, "und-x-icu")):

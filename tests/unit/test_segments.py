@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from propagator.core.mapping import FieldMapping, MappingSpec
 from propagator.core.segments import (
@@ -13,10 +15,9 @@ from propagator.core.segments import (
     PYTHON_WHITESPACE,
     CompareAs,
     NotExpressibleError,
-    SegmentSummary,
     SqlTransform,
     ValueKind,
-    compare_segments,
+    compare_summaries,
     everything,
     fine_segment_count,
     plan_layout,
@@ -154,21 +155,28 @@ def test_segment_count_is_a_bounded_power_of_two(rows: float, segments: int) -> 
     assert segment_count(rows) == segments
 
 
-def test_compare_segments_counts_equal_and_differing_rows() -> None:
+def test_compare_summaries_counts_equal_and_differing_rows() -> None:
     """Equal summaries count as matched rows; one-sided or different segments are refetched."""
-    production = {1: SegmentSummary(3, 10), 2: SegmentSummary(2, 7), 3: SegmentSummary(1, 5)}
-    sandbox = {1: SegmentSummary(3, 10), 2: SegmentSummary(2, 8), 4: SegmentSummary(4, 9)}
-    result = compare_segments(production, sandbox)
+    production = [(1, 3, 10), (2, 2, 7), (3, 1, 5)]
+    sandbox = [(1, 3, 10), (2, 2, 8), (4, 4, 9)]
+    result = compare_summaries(production, sandbox)
     assert result.differing == (2, 3, 4)
     assert (result.production_rows, result.sandbox_rows, result.equal_rows) == (6, 9, 3)
     assert (result.differing_production_rows, result.differing_sandbox_rows) == (3, 6)
 
 
+@pytest.mark.parametrize("production", [[(1, 3, 10), (1, 2, 7)], [(2, 3, 10), (1, 2, 7)]])
+def test_summaries_out_of_order_are_an_error(production: list[tuple[int, int, int]]) -> None:
+    """A segment named twice, or out of order, is a broken pass, never a quiet double count."""
+    with pytest.raises(ValueError, match="production summaries are not in strictly ascending"):
+        compare_summaries(production, [(1, 5, 17)])
+
+
 def test_everything_reads_every_row() -> None:
     """When most rows sit in differing segments, all rows are read and none counted equal."""
-    production = {1: SegmentSummary(3, 10), 2: SegmentSummary(2, 7)}
-    sandbox = {1: SegmentSummary(3, 10), 2: SegmentSummary(2, 8)}
-    result = everything(compare_segments(production, sandbox))
+    production = [(1, 3, 10), (2, 2, 7)]
+    sandbox = [(1, 3, 10), (2, 2, 8)]
+    result = everything(compare_summaries(production, sandbox))
     assert result.equal_rows == 0
     assert (result.differing_production_rows, result.differing_sandbox_rows) == (5, 5)
 
@@ -189,10 +197,10 @@ def test_fine_segment_count_is_a_bounded_power_of_two(rows: float, coarse: int, 
 
 def test_refining_pays_only_when_differing_segments_hold_many_rows() -> None:
     """A few differing segments are fetched directly; scattered differences get a finer pass."""
-    production = {s: SegmentSummary(10, s) for s in range(10)}
-    few = compare_segments(production, {**production, 3: SegmentSummary(10, -1)})
-    many = compare_segments(production, {s: SegmentSummary(10, -s - 1) for s in range(10)})
-    same = compare_segments(production, production)
+    production = [(s, 10, s) for s in range(10)]
+    few = compare_summaries(production, [*production[:3], (3, 10, -1), *production[4:]])
+    many = compare_summaries(production, [(s, 10, -s - 1) for s in range(10)])
+    same = compare_summaries(production, production)
     assert not worth_refining(few)
     assert worth_refining(many)
     assert not worth_refining(same, 0.0)
@@ -201,14 +209,14 @@ def test_refining_pays_only_when_differing_segments_hold_many_rows() -> None:
 
 def test_refine_keeps_coarse_equal_rows_and_narrows_what_is_read() -> None:
     """Rows of equal coarse segments stay matched; only differing fine segments remain to read."""
-    coarse = compare_segments(
-        {0: SegmentSummary(4, 1), 1: SegmentSummary(5, 2)},
-        {0: SegmentSummary(4, 1), 1: SegmentSummary(4, 3)},
+    coarse = compare_summaries(
+        [(0, 4, 1), (1, 5, 2)],
+        [(0, 4, 1), (1, 4, 3)],
     )
     fine = refine(
         coarse,
-        {1: SegmentSummary(2, 5), 3: SegmentSummary(3, 6)},
-        {1: SegmentSummary(2, 5), 3: SegmentSummary(2, 7)},
+        [(1, 2, 5), (3, 3, 6)],
+        [(1, 2, 5), (3, 2, 7)],
     )
     assert fine.differing == (3,)
     assert (fine.production_rows, fine.sandbox_rows, fine.equal_rows) == (9, 8, 6)
@@ -217,6 +225,36 @@ def test_refine_keeps_coarse_equal_rows_and_narrows_what_is_read() -> None:
 
 def test_refine_refuses_summaries_that_miss_rows() -> None:
     """A finer pass that does not account for every differing row is an error, not a guess."""
-    coarse = compare_segments({1: SegmentSummary(5, 2)}, {1: SegmentSummary(4, 3)})
+    coarse = compare_summaries([(1, 5, 2)], [(1, 4, 3)])
     with pytest.raises(ValueError, match="finer pass"):
-        refine(coarse, {1: SegmentSummary(4, 5)}, {1: SegmentSummary(4, 3)})
+        refine(coarse, [(1, 4, 5)], [(1, 4, 3)])
+
+
+SUMMARY = st.tuples(st.integers(1, 3), st.integers(0, 3))
+
+
+@given(st.dictionaries(st.integers(0, 40), SUMMARY), st.booleans(), st.data())
+def test_compare_summaries_agrees_with_a_segment_by_segment_reference(
+    production: dict[int, tuple[int, int]], same_segments: bool, data: st.DataObject
+) -> None:
+    """Same segments on both sides or not, the result is segment-by-segment comparison's."""
+    if same_segments:
+        sandbox = {segment: data.draw(SUMMARY) for segment in production}
+    else:
+        sandbox = data.draw(st.dictionaries(st.integers(0, 40), SUMMARY))
+
+    def rows(side: dict[int, tuple[int, int]]) -> list[tuple[int, int, int]]:
+        return [(segment, *side[segment]) for segment in sorted(side)]
+
+    result = compare_summaries(rows(production), rows(sandbox))
+    differing = sorted(
+        s for s in production.keys() | sandbox.keys() if production.get(s) != sandbox.get(s)
+    )
+    assert result.differing == tuple(differing)
+    assert result.production_rows == sum(n for n, _ in production.values())
+    assert result.sandbox_rows == sum(n for n, _ in sandbox.values())
+    assert result.differing_production_rows == sum(
+        production[s][0] for s in differing if s in production
+    )
+    assert result.differing_sandbox_rows == sum(sandbox[s][0] for s in differing if s in sandbox)
+    assert result.equal_rows == result.production_rows - result.differing_production_rows
