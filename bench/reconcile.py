@@ -170,76 +170,6 @@ def table(scenarios: list[Scenario]) -> str:
     return "\n".join(lines)
 
 
-def probe_levels(urls: tuple[str, str], rows: int, differing: int) -> str:
-    """Time one segment pass, one more (finer) level over the differing segments, and the fetch.
-
-    Answers whether a second, recursive level pays for itself: it is one more
-    hashing scan of the table on each server, against fetching the rows of the
-    differing segments once.
-    """
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    from propagator.adapters.postgres import connect, describe_table
-    from propagator.core.identifiers import parse_qualified_name
-    from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, MappingSpec
-    from propagator.core.segments import (
-        MAX_SEGMENTS,
-        SummaryRow,
-        compare_summaries,
-        fine_segment_count,
-        plan_layout,
-        refine,
-    )
-    from propagator.services.checksum import _side_queries
-
-    make_differences(urls[1], rows, differing)
-    spec = MappingSpec(DEFAULT_KEY_COLUMNS, (FieldMapping("fab_order", "fab_order"),))
-    sides = ("production", "sandbox")
-    conns = {
-        side: connect(url, side, autocommit=True) for side, url in zip(sides, urls, strict=True)
-    }
-    tables = {
-        s: describe_table(c, parse_qualified_name("public.jobs"), s) for s, c in conns.items()
-    }
-    types = {s: {n: c.type_sql for n, c in t.columns.items()} for s, t in tables.items()}
-    layout = plan_layout(spec, types["production"], types["sandbox"])
-    coarse, fine = MAX_SEGMENTS - 1, fine_segment_count(rows, MAX_SEGMENTS) - 1
-    queries = {
-        s: _side_queries(layout, tables[s], s, "builtin", None)  # type: ignore[arg-type]
-        for s in sides
-    }
-
-    def both(run: Callable[[str], Any]) -> tuple[float, list[Any]]:
-        started = time.perf_counter()
-        with ThreadPoolExecutor(2) as pool:
-            results = list(pool.map(run, sides))
-        return time.perf_counter() - started, results
-
-    def summaries(side: str, query: Any) -> list[SummaryRow]:
-        conns[side].execute("SET work_mem = '32MB'")
-        return conns[side].execute(query).fetchall()
-
-    level1, found = both(lambda s: summaries(s, queries[s].segments(coarse)))
-    first = compare_summaries(*found)
-    within = (coarse, first.differing)
-    level2_seconds, found2 = both(lambda s: summaries(s, queries[s].segments(fine, within)))
-    second = refine(first, *found2)
-    fetch_seconds, fetched = both(
-        lambda s: conns[s].execute(queries[s].rows(coarse, first.differing)).fetchall()
-    )
-    for conn in conns.values():
-        conn.close()
-    return (
-        f"{rows:,} rows, {differing} differing: level 1 ({MAX_SEGMENTS} segments) "
-        f"{level1:.2f} s, {len(first.differing)} differ holding "
-        f"{first.differing_production_rows:,} rows; targeted fetch of them {fetch_seconds:.2f} s "
-        f"({sum(len(f) for f in fetched):,} rows from both); a second level "
-        f"({fine + 1:,} segments within those) {level2_seconds:.2f} s, "
-        f"{len(second.differing)} differ holding {second.differing_production_rows:,} rows"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "naive":
@@ -252,11 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=3, help="timed runs per scenario and tool")
     parser.add_argument("--method", choices=("auto", "checksum", "stream"), default="auto")
-    parser.add_argument(
-        "--probe-levels",
-        action="store_true",
-        help="also time a second (recursive) checksum level against the targeted fetch",
-    )
     args = parser.parse_args(argv)
     rows = args.rows
     scenarios = [
@@ -275,19 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         with CountingProxy(production.port) as p_proxy, CountingProxy(sandbox.port) as s_proxy:
             for scenario in scenarios:
                 measure(scenario, args.runs, args.method, urls, (p_proxy, s_proxy), say)
-        probes = (
-            [probe_levels(urls, rows, s.differing) for s in scenarios if s.differing]
-            if args.probe_levels
-            else []
-        )
     print(
         f"\n{rows:,} rows, --method {args.method}, median of {args.runs} runs; "
         f"machine: {machine['nproc']} CPUs, {machine['memory_gib']} GiB, "
         f"PostgreSQL {machine['postgresql']}, Python {machine['python']}\n"
     )
     print(table(scenarios))
-    for probe in probes:
-        print(f"\n{probe}")
     return 0
 
 

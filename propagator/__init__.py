@@ -1,7 +1,6 @@
 """propagator: keep chosen columns of a production PostgreSQL table mirrored into a sandbox."""
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -13,10 +12,9 @@ if TYPE_CHECKING:
         map_production_fab_order_to_sandbox,
     )
 
-try:
-    __version__ = version("propagator")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
+# The one place the version is written (pyproject.toml reads it from here): a
+# literal, because asking importlib.metadata costs every command ~20 ms at start.
+__version__ = "0.1.0"
 
 __all__ = [
     "DatabaseMappingService",

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import enum
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress
-from operator import lt, ne, or_
+from operator import ne
 
 from propagator.core.mapping import MappingSpec
 from propagator.core.transforms import NamedTransform
@@ -31,27 +32,24 @@ __all__ = [
     "FieldPlan",
     "KeyPlan",
     "NotExpressibleError",
-    "SegmentComparison",
     "SqlTransform",
-    "SummaryRow",
     "ValueKind",
-    "compare_summaries",
-    "everything",
+    "compare_digests",
     "fine_segment_count",
+    "finer_segments",
     "plan_layout",
-    "refine",
     "segment_count",
     "value_kind",
-    "worth_refining",
 ]
 
-MAX_SEGMENTS = 8192  # keeps a clean pass under ~400 kB per server whatever the table size
+# The first pass sends 8 bytes a segment: a clean table costs 256 kB per server at most.
+MAX_SEGMENTS = 1 << 15
 _MIN_SEGMENTS = 64
 _ROWS_PER_SEGMENT = 16
 # The second, finer pass groups in one server hash table of ~110 bytes a segment:
 # 2^18 segments stay within the 32 MB work_mem the pass sets for itself.
 MAX_FINE_SEGMENTS = 1 << 18
-_ROWS_PER_FINE_SEGMENT = 8
+_ROWS_PER_FINE_SEGMENT = 4
 # A finer pass is one more hashing scan of the whole table on each server; it pays
 # when fetching, sorting and comparing the rows it would spare costs more, which
 # (measured: ~0.5 us of server time a scanned row, ~3 us a fetched row) is when
@@ -287,7 +285,7 @@ def segment_count(estimated_rows: float) -> int:
     """Segments for a table of about ``estimated_rows`` rows: a power of two, capped.
 
     Small segments make the targeted fetch small; the cap keeps the summary of
-    a clean table small (one row per segment crosses the network).
+    a clean table small (8 bytes a segment cross the network).
     """
     if not estimated_rows or estimated_rows < 0 or math.isnan(estimated_rows):
         return MAX_SEGMENTS
@@ -296,132 +294,44 @@ def segment_count(estimated_rows: float) -> int:
 
 
 def fine_segment_count(estimated_rows: float, coarse: int) -> int:
-    """Segments of the finer pass: a power of two, about 8 rows each, finer than ``coarse``."""
+    """Segments of the finer pass: a power of two, about 4 rows each, finer than ``coarse``."""
     if not estimated_rows or estimated_rows < 0 or math.isnan(estimated_rows):
         return max(coarse, MAX_FINE_SEGMENTS)
     wanted = max(1, math.ceil(estimated_rows / _ROWS_PER_FINE_SEGMENT))
     return max(coarse, min(MAX_FINE_SEGMENTS, 1 << (wanted - 1).bit_length()))
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentComparison:
-    """Which segments differ, and the row counts the report needs."""
+def compare_digests(production: bytes, sandbox: bytes) -> tuple[int, ...]:
+    """The segments whose digests differ, given each side's digests packed in segment order.
 
-    differing: tuple[int, ...]
-    production_rows: int
-    sandbox_rows: int
-    equal_rows: int  # rows in segments identical on both sides: matched, no changes
-    differing_production_rows: int
-    differing_sandbox_rows: int
-
-
-SummaryRow = tuple[int, int, int]  # (segment, rows, digest), as a server returns it
-
-
-def compare_summaries(
-    production: Sequence[SummaryRow], sandbox: Sequence[SummaryRow]
-) -> SegmentComparison:
-    """Compare the summaries of both sides; a segment present on one side only differs.
-
-    Each side's rows come in ascending segment order. Where both sides name the
-    same segments (nearly always), the comparison runs column by column in C,
-    which matters with a hundred thousand segments (a finer pass over a table
-    with scattered differences).
+    A digest is 8 bytes and covers the segment's rows and their count, so equal
+    digests mean equal segments; the comparison runs in C either way.
     """
-    production_segments, production_rows, production_digests = _columns(production, "production")
-    sandbox_segments, sandbox_rows, sandbox_digests = _columns(sandbox, "sandbox")
-    production_total, sandbox_total = sum(production_rows), sum(sandbox_rows)
-    if production_segments == sandbox_segments:
-        differs = list(
-            map(
-                or_,
-                map(ne, production_rows, sandbox_rows),
-                map(ne, production_digests, sandbox_digests),
-            )
-        )
-        differing = tuple(compress(production_segments, differs))
-        differing_production = sum(compress(production_rows, differs))
-        differing_sandbox = sum(compress(sandbox_rows, differs))
-    else:
-        by_segment = dict(zip(production_segments, production, strict=True))
-        others = dict(zip(sandbox_segments, sandbox, strict=True))
-        differing = tuple(
-            sorted(
-                segment
-                for segment in by_segment.keys() | others.keys()
-                if by_segment.get(segment) != others.get(segment)
-            )
-        )
-        differing_production = sum(by_segment[s][1] for s in differing if s in by_segment)
-        differing_sandbox = sum(others[s][1] for s in differing if s in others)
-    return SegmentComparison(
-        differing,
-        production_total,
-        sandbox_total,
-        production_total - differing_production,
-        differing_production,
-        differing_sandbox,
-    )
-
-
-def _columns(
-    summaries: Sequence[SummaryRow], side: str
-) -> tuple[Sequence[int], Sequence[int], Sequence[int]]:
-    if not summaries:
-        return (), (), ()
-    segments, rows, digests = zip(*summaries, strict=True)
-    if not all(map(lt, segments, segments[1:])):
-        raise ValueError(f"the {side} summaries are not in strictly ascending segment order")
-    return segments, rows, digests
-
-
-def everything(comparison: SegmentComparison) -> SegmentComparison:
-    """The same figures with every row to be read (no segment counted as equal)."""
-    return SegmentComparison(
-        comparison.differing,
-        comparison.production_rows,
-        comparison.sandbox_rows,
-        0,
-        comparison.production_rows,
-        comparison.sandbox_rows,
-    )
-
-
-def worth_refining(
-    comparison: SegmentComparison, above_fraction: float = REFINE_ABOVE_FRACTION
-) -> bool:
-    """Whether a finer pass over the differing segments beats fetching their rows."""
-    if not comparison.differing:
-        return False
-    differing = comparison.differing_production_rows + comparison.differing_sandbox_rows
-    return differing > (comparison.production_rows + comparison.sandbox_rows) * above_fraction
-
-
-def refine(
-    coarse: SegmentComparison,
-    production: Sequence[SummaryRow],
-    sandbox: Sequence[SummaryRow],
-) -> SegmentComparison:
-    """The comparison at the finer level, whose summaries cover only the differing coarse segments.
-
-    Rows of equal coarse segments stay counted as equal; the finer summaries
-    must account for exactly the rows of the differing ones.
-    """
-    fine = compare_summaries(production, sandbox)
-    if (fine.production_rows, fine.sandbox_rows) != (
-        coarse.differing_production_rows,
-        coarse.differing_sandbox_rows,
-    ):
+    if len(production) != len(sandbox) or len(production) % 8:
         raise ValueError(
-            f"the finer pass counted {fine.production_rows}/{fine.sandbox_rows} rows in the "
-            f"differing segments instead of {coarse.differing_production_rows}/"
-            f"{coarse.differing_sandbox_rows}"
+            f"the packed digests are {len(production)} and {len(sandbox)} bytes long, "
+            "not one 8-byte digest a segment on both sides"
         )
-    return SegmentComparison(
-        fine.differing,
-        coarse.production_rows,
-        coarse.sandbox_rows,
-        coarse.equal_rows + fine.equal_rows,
-        fine.differing_production_rows,
-        fine.differing_sandbox_rows,
+    if production == sandbox:
+        return ()
+    production_digests, sandbox_digests = array("q", production), array("q", sandbox)
+    return tuple(
+        compress(range(len(production_digests)), map(ne, production_digests, sandbox_digests))
+    )
+
+
+def finer_segments(
+    differing: Sequence[int], count: int, fine_count: int, positions: Sequence[int]
+) -> tuple[int, ...]:
+    """The finer segments at ``positions`` of a finer pass over ``differing`` segments of ``count``.
+
+    Segment ``c`` splits into ``c + k * count`` for ``k`` below ``fine_count //
+    count``; the pass lists them by ``differing``, then by ``k``.
+    """
+    children = fine_count // count
+    return tuple(
+        sorted(
+            differing[position // children] + (position % children) * count
+            for position in positions
+        )
     )

@@ -91,3 +91,12 @@ def test_core_purity_contract_catches_a_violation(
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert f"propagator.core is not allowed to import {forbidden}" in output
+
+
+def test_installed_version_is_the_package_version() -> None:
+    """pyproject.toml takes its version from propagator.__version__: the two never drift."""
+    from importlib.metadata import version
+
+    import propagator
+
+    assert version("propagator") == propagator.__version__

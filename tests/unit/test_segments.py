@@ -17,14 +17,12 @@ from propagator.core.segments import (
     NotExpressibleError,
     SqlTransform,
     ValueKind,
-    compare_summaries,
-    everything,
+    compare_digests,
     fine_segment_count,
+    finer_segments,
     plan_layout,
-    refine,
     segment_count,
     value_kind,
-    worth_refining,
 )
 
 JOBS = {"job": "integer", "release": "text", "fab_order": "numeric(12,2)", "stage": "text"}
@@ -155,106 +153,53 @@ def test_segment_count_is_a_bounded_power_of_two(rows: float, segments: int) -> 
     assert segment_count(rows) == segments
 
 
-def test_compare_summaries_counts_equal_and_differing_rows() -> None:
-    """Equal summaries count as matched rows; one-sided or different segments are refetched."""
-    production = [(1, 3, 10), (2, 2, 7), (3, 1, 5)]
-    sandbox = [(1, 3, 10), (2, 2, 8), (4, 4, 9)]
-    result = compare_summaries(production, sandbox)
-    assert result.differing == (2, 3, 4)
-    assert (result.production_rows, result.sandbox_rows, result.equal_rows) == (6, 9, 3)
-    assert (result.differing_production_rows, result.differing_sandbox_rows) == (3, 6)
-
-
-@pytest.mark.parametrize("production", [[(1, 3, 10), (1, 2, 7)], [(2, 3, 10), (1, 2, 7)]])
-def test_summaries_out_of_order_are_an_error(production: list[tuple[int, int, int]]) -> None:
-    """A segment named twice, or out of order, is a broken pass, never a quiet double count."""
-    with pytest.raises(ValueError, match="production summaries are not in strictly ascending"):
-        compare_summaries(production, [(1, 5, 17)])
-
-
-def test_everything_reads_every_row() -> None:
-    """When most rows sit in differing segments, all rows are read and none counted equal."""
-    production = [(1, 3, 10), (2, 2, 7)]
-    sandbox = [(1, 3, 10), (2, 2, 8)]
-    result = everything(compare_summaries(production, sandbox))
-    assert result.equal_rows == 0
-    assert (result.differing_production_rows, result.differing_sandbox_rows) == (5, 5)
-
-
 @pytest.mark.parametrize(
     ("rows", "coarse", "fine"),
     [
         (-1, MAX_SEGMENTS, MAX_FINE_SEGMENTS),
         (100, 64, 64),
-        (1_000_000, MAX_SEGMENTS, 131_072),
+        (1_000_000, MAX_SEGMENTS, MAX_FINE_SEGMENTS),
+        (100_000, 8192, 32_768),
         (10_000_000, MAX_SEGMENTS, MAX_FINE_SEGMENTS),
     ],
 )
 def test_fine_segment_count_is_a_bounded_power_of_two(rows: float, coarse: int, fine: int) -> None:
-    """The finer pass aims at ~8 rows a segment, never coarser than the first pass, capped."""
+    """The finer pass aims at ~4 rows a segment, never coarser than the first pass, capped."""
     assert fine_segment_count(rows, coarse) == fine
 
 
-def test_refining_pays_only_when_differing_segments_hold_many_rows() -> None:
-    """A few differing segments are fetched directly; scattered differences get a finer pass."""
-    production = [(s, 10, s) for s in range(10)]
-    few = compare_summaries(production, [*production[:3], (3, 10, -1), *production[4:]])
-    many = compare_summaries(production, [(s, 10, -s - 1) for s in range(10)])
-    same = compare_summaries(production, production)
-    assert not worth_refining(few)
-    assert worth_refining(many)
-    assert not worth_refining(same, 0.0)
-    assert worth_refining(few, 0.0)
+def _packed(*digests: int) -> bytes:
+    return b"".join(d.to_bytes(8, "big", signed=True) for d in digests)
 
 
-def test_refine_keeps_coarse_equal_rows_and_narrows_what_is_read() -> None:
-    """Rows of equal coarse segments stay matched; only differing fine segments remain to read."""
-    coarse = compare_summaries(
-        [(0, 4, 1), (1, 5, 2)],
-        [(0, 4, 1), (1, 4, 3)],
-    )
-    fine = refine(
-        coarse,
-        [(1, 2, 5), (3, 3, 6)],
-        [(1, 2, 5), (3, 2, 7)],
-    )
-    assert fine.differing == (3,)
-    assert (fine.production_rows, fine.sandbox_rows, fine.equal_rows) == (9, 8, 6)
-    assert (fine.differing_production_rows, fine.differing_sandbox_rows) == (3, 2)
+def test_compare_digests_names_the_segments_whose_digests_differ() -> None:
+    """Segment i is the i-th 8-byte digest; equal digests are equal segments."""
+    assert compare_digests(_packed(1, 2, 3, -4), _packed(1, 2, 3, -4)) == ()
+    assert compare_digests(_packed(1, 2, 3, -4), _packed(1, 0, 3, 4)) == (1, 3)
+    assert compare_digests(b"", b"") == ()
 
 
-def test_refine_refuses_summaries_that_miss_rows() -> None:
-    """A finer pass that does not account for every differing row is an error, not a guess."""
-    coarse = compare_summaries([(1, 5, 2)], [(1, 4, 3)])
-    with pytest.raises(ValueError, match="finer pass"):
-        refine(coarse, [(1, 4, 5)], [(1, 4, 3)])
+@pytest.mark.parametrize(
+    ("production", "sandbox"), [(_packed(1, 2), _packed(1)), (b"1234567", b"1234567")]
+)
+def test_compare_digests_refuses_misaligned_input(production: bytes, sandbox: bytes) -> None:
+    """Packed digests of different lengths, or not whole digests, are a broken pass."""
+    with pytest.raises(ValueError, match="8-byte digest"):
+        compare_digests(production, sandbox)
 
 
-SUMMARY = st.tuples(st.integers(1, 3), st.integers(0, 3))
-
-
-@given(st.dictionaries(st.integers(0, 40), SUMMARY), st.booleans(), st.data())
-def test_compare_summaries_agrees_with_a_segment_by_segment_reference(
-    production: dict[int, tuple[int, int]], same_segments: bool, data: st.DataObject
+@given(st.lists(st.integers(0, 63), unique=True, max_size=20).map(sorted), st.data())
+def test_finer_segments_map_positions_back_to_segments(
+    differing: list[int], data: st.DataObject
 ) -> None:
-    """Same segments on both sides or not, the result is segment-by-segment comparison's."""
-    if same_segments:
-        sandbox = {segment: data.draw(SUMMARY) for segment in production}
-    else:
-        sandbox = data.draw(st.dictionaries(st.integers(0, 40), SUMMARY))
-
-    def rows(side: dict[int, tuple[int, int]]) -> list[tuple[int, int, int]]:
-        return [(segment, *side[segment]) for segment in sorted(side)]
-
-    result = compare_summaries(rows(production), rows(sandbox))
-    differing = sorted(
-        s for s in production.keys() | sandbox.keys() if production.get(s) != sandbox.get(s)
+    """Position p of a finer pass over ``differing`` is child p % k of differing[p // k]."""
+    count, fine_count = 64, 256
+    positions = (
+        data.draw(st.lists(st.integers(0, len(differing) * 4 - 1), unique=True))
+        if differing
+        else []
     )
-    assert result.differing == tuple(differing)
-    assert result.production_rows == sum(n for n, _ in production.values())
-    assert result.sandbox_rows == sum(n for n, _ in sandbox.values())
-    assert result.differing_production_rows == sum(
-        production[s][0] for s in differing if s in production
-    )
-    assert result.differing_sandbox_rows == sum(sandbox[s][0] for s in differing if s in sandbox)
-    assert result.equal_rows == result.production_rows - result.differing_production_rows
+    fine = finer_segments(differing, count, fine_count, sorted(positions))
+    expected = [differing[p // 4] + (p % 4) * count for p in positions]
+    assert fine == tuple(sorted(expected))
+    assert all(segment % count in differing for segment in fine)  # a child of its parent
