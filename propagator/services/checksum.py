@@ -238,21 +238,10 @@ class _SideQueries:
         and the same number of them; 8 bytes a segment keep a clean table's
         first pass small whatever its size.
         """
-        return sql.SQL(
-            "SELECT coalesce(sum(g.n), 0)::int8, "
-            "string_agg(int8send(coalesce(g.d, 0)), ''::bytea ORDER BY a.segment) "
-            "FROM generate_series(0, {last}) AS a (segment) LEFT JOIN ("
-            "SELECT (s.{h} & {mask})::int4 AS segment, count(*) AS n, "
-            "bit_xor({row_hash}) # {count_hash} AS d FROM {inner} GROUP BY 1"
-            ") AS g USING (segment)"
-        ).format(
-            last=sql.Literal(count - 1),
-            h=self.hash_alias,
-            mask=sql.Literal(count - 1),
-            row_hash=self.row_hash,
-            count_hash=self.count_hash,
-            inner=self._inner(),
-        )
+        every = sql.SQL(
+            "(SELECT n AS segment, n AS position FROM generate_series(0, {last}) AS n)"
+        ).format(last=sql.Literal(count - 1))
+        return self._packed_digests(every, count - 1, sql.SQL(""))
 
     def finer_digests(
         self, count: int, differing: tuple[int, ...], fine_count: int
@@ -265,27 +254,43 @@ class _SideQueries:
         their values hashed.
         """
         children = fine_count // count
-        return sql.SQL(
-            "SELECT coalesce(sum(g.n), 0)::int8, "
-            "string_agg(int8send(coalesce(g.d, 0)), ''::bytea ORDER BY w.position) "
-            "FROM (SELECT (c.segment + k.child * {count})::int4 AS segment, "
+        wanted = sql.SQL(
+            "(SELECT (c.segment + k.child * {count})::int4 AS segment, "
             "(c.position - 1) * {children} + k.child AS position "
             "FROM unnest({list}::int4[]) WITH ORDINALITY AS c (segment, position) "
-            "CROSS JOIN generate_series(0, {last_child}) AS k (child)) AS w LEFT JOIN ("
-            "SELECT (s.{h} & {fine_mask})::int4 AS segment, count(*) AS n, "
-            "bit_xor({row_hash}) # {count_hash} AS d FROM {inner} WHERE {restriction} GROUP BY 1"
-            ") AS g USING (segment)"
+            "CROSS JOIN generate_series(0, {last_child}) AS k (child))"
         ).format(
             count=sql.Literal(count),
             children=sql.Literal(children),
             list=sql.Literal(list(differing)),
             last_child=sql.Literal(children - 1),
+        )
+        restriction = sql.SQL(" WHERE ") + self._in_segments(count - 1, differing)
+        return self._packed_digests(wanted, fine_count - 1, restriction)
+
+    def _packed_digests(
+        self, wanted: sql.Composable, mask: int, restriction: sql.Composable
+    ) -> sql.Composed:
+        """The row count and the digests of the segments of ``mask`` listed by ``wanted``.
+
+        ``wanted`` is a derived table of ``(segment, position)``; the digests
+        come packed, 8 bytes each, in ``position`` order.
+        """
+        return sql.SQL(
+            "SELECT coalesce(sum(g.n), 0)::int8, "
+            "string_agg(int8send(coalesce(g.d, 0)), ''::bytea ORDER BY w.position) "
+            "FROM {wanted} AS w LEFT JOIN ("
+            "SELECT (s.{h} & {mask})::int4 AS segment, count(*) AS n, "
+            "bit_xor({row_hash}) # {count_hash} AS d FROM {inner}{restriction} GROUP BY 1"
+            ") AS g USING (segment)"
+        ).format(
+            wanted=wanted,
             h=self.hash_alias,
-            fine_mask=sql.Literal(fine_count - 1),
+            mask=sql.Literal(mask),
             row_hash=self.row_hash,
             count_hash=self.count_hash,
             inner=self._inner(),
-            restriction=self._in_segments(count - 1, differing),
+            restriction=restriction,
         )
 
     def rows(self, mask: int, differing: tuple[int, ...] | None) -> sql.Composed:

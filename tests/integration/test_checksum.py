@@ -255,38 +255,27 @@ def test_nulls_never_collide_with_values(databases: DatabasePair) -> None:
         runner.close()
 
 
-def test_swapped_values_between_fields_are_found(databases: DatabasePair) -> None:
-    """Two fields exchanging their values, or two rows exchanging theirs, is a difference."""
-    ddl = "CREATE TABLE t (k integer PRIMARY KEY, a text, b text)"
-    databases.production.execute(ddl)
-    databases.sandbox.execute(ddl)
-    databases.production.execute("INSERT INTO t VALUES (1, 'x', 'y'), (2, 'p', 'q'), (3, 'r', 's')")
-    databases.sandbox.execute("INSERT INTO t VALUES (1, 'y', 'x'), (2, 'r', 's'), (3, 'p', 'q')")
-    spec = MappingSpec(("k",), (FieldMapping("a", "a"), FieldMapping("b", "b")))
-    runner = Runner(
-        databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
-    )
-    try:
-        report = assert_same_as_stream(runner, segments=1)
-    finally:
-        runner.close()
-    assert report.statistics.rows_with_differences == 3
+SWAPS = {
+    # Two fields exchanging their values (row 1), and two rows exchanging theirs.
+    "fields and rows": ("(1, 'y', 'x'), (2, 'r', 's'), (3, 'p', 'q')", 3),
+    # Only two rows of the one segment exchanging their values: a digest combining
+    # key and value hashes linearly (XOR or sum of key ^ value) would not change.
+    "rows alone": ("(1, 'x', 'y'), (2, 'r', 's'), (3, 'p', 'q')", 2),
+}
 
 
 @pytest.mark.parametrize("hashing", ["builtin", "md5"])
-def test_two_rows_exchanging_values_alone_are_found(
-    databases: DatabasePair, hashing: Literal["builtin", "md5"]
+@pytest.mark.parametrize("swap", sorted(SWAPS))
+def test_swapped_values_are_found(
+    databases: DatabasePair, swap: str, hashing: Literal["builtin", "md5"]
 ) -> None:
-    """Rows 2 and 3 swapping their values is the only difference, in one shared segment.
-
-    A segment digest that combined key and value hashes linearly (XOR or sum of
-    ``key ^ value``) would come out the same on both sides and hide the swap.
-    """
-    ddl = "CREATE TABLE t (k integer PRIMARY KEY, a text, b numeric)"
+    """Values exchanged between fields or between rows of one segment are differences."""
+    ddl = "CREATE TABLE t (k integer PRIMARY KEY, a text, b text)"
     databases.production.execute(ddl)
     databases.sandbox.execute(ddl)
-    databases.production.execute("INSERT INTO t VALUES (1, 'x', 1), (2, 'p', 2), (3, 'r', 3)")
-    databases.sandbox.execute("INSERT INTO t VALUES (1, 'x', 1), (2, 'r', 3), (3, 'p', 2)")
+    sandbox_rows, differing = SWAPS[swap]
+    databases.production.execute("INSERT INTO t VALUES (1, 'x', 'y'), (2, 'p', 'q'), (3, 'r', 's')")
+    databases.sandbox.execute(f"INSERT INTO t VALUES {sandbox_rows}")
     spec = MappingSpec(("k",), (FieldMapping("a", "a"), FieldMapping("b", "b")))
     runner = Runner(
         databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
@@ -295,7 +284,7 @@ def test_two_rows_exchanging_values_alone_are_found(
         report = assert_same_as_stream(runner, segments=1, hashing=hashing)
     finally:
         runner.close()
-    assert report.statistics.rows_with_differences == 2
+    assert report.statistics.rows_with_differences == differing
 
 
 def test_text_keys_segment_without_collation(databases: DatabasePair) -> None:
