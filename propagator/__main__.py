@@ -2,6 +2,6 @@
 
 import sys
 
-from propagator.cli import main
+from propagator.cli import entry_point
 
-sys.exit(main())
+sys.exit(entry_point())
