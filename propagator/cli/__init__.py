@@ -80,11 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry_point() -> int:
     """``main`` as its own process: the ``propagator`` command and ``python -m propagator``.
 
-    What the imports build lives as long as the process: frozen out of the
-    collector's sight it costs no collection pass, and the interpreter's exit
-    no longer walks it (a one-shot command ends ~55 ms sooner, measured). Only
-    a process of its own may do that: frozen objects are never collected.
+    What the imports build lives as long as the process: no collection runs
+    while they build it (~12 ms), and frozen out of the collector's sight it
+    costs no collection pass later and the interpreter's exit no longer walks
+    it (a one-shot command ends ~55 ms sooner, measured). Only a process of its
+    own may do that: frozen objects are never collected.
     """
+    gc.disable()
     _commands()
     gc.freeze()
+    gc.enable()
     return main()
