@@ -1,14 +1,16 @@
 """Checksum reconcile: compare per-segment digests inside each server, fetch only what differs.
 
 Each server hashes every row (keys and canonicalised mapped values, the
-production side after the transforms' SQL equivalents) and returns one
-``(segment, rows, sum of row hashes)`` line per segment; a segment is a hash
-bucket of the key, so its boundaries depend on no collation. Only the rows of
-segments whose summaries differ are then streamed, key-ordered, through the
-same ``compare_streams``/``merge_compare`` the streaming reconcile uses, so the
-plan, the report and the apply (through ``converge_keys``) are the streaming
-compare's, restricted to where a difference can be. Both sides are read at once, each from one
-``REPEATABLE READ READ ONLY`` snapshot covering both passes.
+production side after the transforms' SQL equivalents) and returns an 8-byte
+digest per segment, all packed in one value; a segment is a hash bucket of the
+key, so its boundaries depend on no collation. When differences are scattered
+over many segments, a finer pass does the same over the rows of the differing
+ones. Only the rows of segments whose digests differ are then streamed,
+key-ordered, through the same ``compare_streams``/``merge_compare`` the
+streaming reconcile uses, so the plan, the report and the apply (through
+``converge_keys``) are the streaming compare's, restricted to where a
+difference can be. Both sides are read at once, each from one ``REPEATABLE
+READ READ ONLY`` snapshot covering every pass.
 
 Whatever the checksum cannot compare exactly (an unsupported type, a Python
 callable transform, no unique key index, servers hashing differently and no
@@ -589,12 +591,7 @@ def reconcile_checksum(
             sandbox,
             lambda snapshot: snapshot.digests(queries[snapshot.side].digests(count)),
         )
-        try:
-            differing = compare_digests(production_digests, sandbox_digests)
-        except ValueError as error:
-            raise PermanentError(
-                f"checksum reconcile: {error}; set PROPAGATOR_RECONCILE_METHOD=stream"
-            ) from None
+        differing = _differing(production_digests, sandbox_digests)
         _event(
             "reconcile_segments_compared",
             hashing=hashing,
@@ -649,6 +646,16 @@ def _both(
         return production_future.result(), sandbox_future.result()
 
 
+def _differing(production: bytes, sandbox: bytes) -> tuple[int, ...]:
+    """``compare_digests``, its refusal of a malformed pass as the reconcile's error."""
+    try:
+        return compare_digests(production, sandbox)
+    except ValueError as error:
+        raise PermanentError(
+            f"checksum reconcile: {error}; set PROPAGATOR_RECONCILE_METHOD=stream"
+        ) from None
+
+
 def _refine(
     production: _Snapshot,
     sandbox: _Snapshot,
@@ -667,12 +674,7 @@ def _refine(
             queries[snapshot.side].finer_digests(count, differing, fine_count)
         ),
     )
-    try:
-        positions = compare_digests(production_digests, sandbox_digests)
-    except ValueError as error:
-        raise PermanentError(
-            f"checksum reconcile: {error}; set PROPAGATOR_RECONCILE_METHOD=stream"
-        ) from None
+    positions = _differing(production_digests, sandbox_digests)
     fine = finer_segments(differing, count, fine_count, positions)
     _event(
         "reconcile_segments_refined",
