@@ -244,7 +244,18 @@ def stream_rows(
 
 
 def prefetch(rows: Iterator[tuple[Any, ...]], depth: int = 4, chunk: int = 5000) -> Iterator[Any]:
-    """Read a stream on a background thread so both servers are read at once."""
+    """Read a stream on a background thread, starting now, so both servers are read at once.
+
+    The reading starts before the first row is asked for: a consumer that waits
+    for one stream's first row before touching the other would otherwise run
+    the two servers' queries one after the other.
+    """
+    stream = _prefetched(rows, depth, chunk)
+    next(stream)  # runs up to the thread's start
+    return stream
+
+
+def _prefetched(rows: Iterator[tuple[Any, ...]], depth: int, chunk: int) -> Iterator[Any]:
     buffer: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -271,6 +282,7 @@ def prefetch(rows: Iterator[tuple[Any, ...]], depth: int = 4, chunk: int = 5000)
     thread = threading.Thread(target=pump, name="propagator-prefetch", daemon=True)
     thread.start()
     try:
+        yield None  # taken by ``prefetch``: the generator is started, so closing it stops the pump
         while True:
             item = buffer.get()
             if item is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any, Literal
@@ -20,7 +21,7 @@ from propagator.errors import ConfigurationError
 from propagator.services import checksum as checksum_service
 from propagator.services.checksum import reconcile_checksum
 from propagator.services.sync import ReconcileMethod, SyncContext, reconcile
-from tests.helpers import Database, DatabasePair, run_cli
+from tests.helpers import Database, DatabasePair, run_cli, wait_until
 
 Side = Literal["production", "sandbox"]
 FAB_ORDER = MappingSpec(DEFAULT_KEY_COLUMNS, (FieldMapping("fab_order", "fab_order"),))
@@ -429,6 +430,38 @@ def test_apply_converges_and_never_writes_a_stale_value(
     assert again.method == "checksum"
     assert not found
     assert again.statistics.matched == 120
+
+
+def test_both_servers_are_read_at_once(databases: DatabasePair, runner: Runner) -> None:
+    """The sandbox is already being read while production's read waits (here, on a lock)."""
+    seed(databases, 30_000)  # more than the reader buffers: its snapshot stays open
+    databases.sandbox.execute("UPDATE jobs SET fab_order = -1 WHERE job % 10 = 0")
+    blocker = psycopg.connect(databases.production.url)
+    blocker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")  # until commit
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = runner.run("stream")[0]
+        except BaseException as error:  # re-raised by the test
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        wait_until(
+            lambda: databases.sandbox.scalar(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'public.jobs'::regclass "
+                "AND mode = 'AccessShareLock' AND granted AND pid <> pg_backend_pid()"
+            ),
+            what="the sandbox read to start while production is locked",
+        )
+    finally:
+        blocker.commit()
+        blocker.close()
+        worker.join(timeout=60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["report"].statistics.rows_with_differences == 3000
 
 
 def test_scattered_differences_are_refined_and_read_sparingly(
