@@ -432,6 +432,37 @@ def test_apply_converges_and_never_writes_a_stale_value(
     assert again.statistics.matched == 120
 
 
+def test_apply_in_many_batches_writes_each_once_and_isolates_a_refused_row(
+    databases: DatabasePair, runner: Runner
+) -> None:
+    """Differences over many batches (two converge at once): each written and reported once."""
+    seed(databases, 1000)  # fab_order = (job - 1000) / 4
+    databases.sandbox.execute("UPDATE jobs SET fab_order = -1 WHERE job % 3 = 0")
+    databases.sandbox.execute(
+        "ALTER TABLE jobs ADD CONSTRAINT unlucky CHECK (fab_order <> 100.25) NOT VALID"
+    )
+    hooked: list[tuple[Any, ...]] = []
+    inside = 0
+
+    def on_applied(conn: Any, results: Sequence[JobMappingResult], source: str) -> None:
+        nonlocal inside
+        inside += 1
+        assert inside == 1, "two batches reported at once"
+        hooked.extend(r.key for r in results)
+        inside -= 1
+
+    report = runner.report(apply=True)
+    reconcile(runner.context, runner.open, report, apply=True, on_applied=on_applied)
+    differing = [key for key in databases.production.fab_orders() if key[0] % 3 == 0]
+    refused = (1401, "B")  # fab_order 100.25
+    assert report.statistics.rows_with_differences == len(differing) == 333
+    assert report.statistics.updated == len(differing) - 1
+    assert [f.key for f in report.statistics.failures] == [refused]
+    assert sorted(hooked) == sorted(k for k in differing if k != refused)
+    production, sandbox = databases.production.fab_orders(), databases.sandbox.fab_orders()
+    assert {k for k in production if production[k] != sandbox[k]} == {refused}
+
+
 def test_both_servers_are_read_at_once(databases: DatabasePair, runner: Runner) -> None:
     """The sandbox is already being read while production's read waits (here, on a lock)."""
     seed(databases, 30_000)  # more than the reader buffers: its snapshot stays open
