@@ -91,17 +91,28 @@ def create_engine(url: str, **options: Any) -> Engine:
     )
 
 
+# Connections a reconcile holds on each engine at once: one describing the table, one
+# for the checksum snapshot, one for each of the two batches converging together.
+RECONCILE_CONNECTIONS = 4
+
+
 def engines_from_settings(settings: Settings | None = None) -> tuple[Engine, Engine]:
     """Production and sandbox engines from ``PRODUCTION_DATABASE_URL`` / ``SANDBOX_DATABASE_URL``.
 
     Each engine keeps a pool of ``pool_size`` connections (``PROPAGATOR_POOL_SIZE``),
     checked before use so a restarted server costs a reconnect, not an error.
+    A reconcile holds up to ``RECONCILE_CONNECTIONS`` of them at once; a smaller
+    pool may open the rest for the time it needs them, so it never waits on itself.
     """
     if settings is None:
         from propagator.settings import load_settings
 
         settings = load_settings()
-    options = {"pool_size": settings.pool_size, "max_overflow": 0, "pool_pre_ping": True}
+    options = {
+        "pool_size": settings.pool_size,
+        "max_overflow": max(0, RECONCILE_CONNECTIONS - settings.pool_size),
+        "pool_pre_ping": True,
+    }
     return (
         create_engine(settings.production_url(), **options),
         create_engine(settings.sandbox_url(), **options),
@@ -437,10 +448,11 @@ def map_production_fab_order_to_sandbox(
 ) -> MappingStatistics:
     """One call: compare every production row with the sandbox and (unless dry run) converge.
 
-    This is ``propagator reconcile``: a streaming merge of both tables, then
-    every difference converged through the same path as the daemon (production
-    re-read, only real differences written, refused rows isolated). ``settings``
-    chooses tables, keys, mappings and filter; None means the seed's defaults.
+    This is ``propagator reconcile``: a checksum compare where it applies (a
+    streaming merge of both tables otherwise), then every difference converged
+    through the same path as the daemon (production re-read, only real
+    differences written, refused rows isolated). ``settings`` chooses tables,
+    keys, mappings and filter; None means the seed's defaults.
     ``log_callback`` gets one line per change and per refused row.
     """
     settings = settings or _seed_settings()

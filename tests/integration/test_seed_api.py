@@ -377,3 +377,31 @@ def test_engines_from_settings_pool_connections_per_the_setting(databases: Datab
     finally:
         production.dispose()
         sandbox.dispose()
+
+
+def test_a_pool_of_one_connection_still_reconciles_in_many_batches(
+    databases: DatabasePair,
+) -> None:
+    """pool_size=1: a reconcile needing four connections per engine opens them, never waits."""
+    from propagator.services.database_mapping import engines_from_settings
+    from propagator.settings import load_settings
+
+    settings = load_settings(
+        production_database_url=databases.production.url,
+        sandbox_database_url=databases.sandbox.url,
+        pool_size=1,
+        batch_size=2,
+    )
+    databases.production.insert_jobs([(i, "A", 510 + i) for i in range(7)])
+    databases.sandbox.insert_jobs([(i, "A", 500) for i in range(7)])
+    production, sandbox = engines_from_settings(settings)
+    try:
+        statistics = map_production_fab_order_to_sandbox(
+            production, sandbox, dry_run=False, settings=settings
+        )
+        assert statistics.updated == 7
+        assert production.pool.size() == 1  # type: ignore[attr-defined]
+    finally:
+        production.dispose()
+        sandbox.dispose()
+    assert databases.sandbox.fab_orders() == databases.production.fab_orders()
