@@ -518,10 +518,15 @@ def apply_values(
     """
     statement = _update_statement(table, key_columns, fields)
     outcome = ApplyOutcome([], [])
-
-    def attempt(part: Sequence[tuple[Key, Sequence[Any]]]) -> None:
+    # Parts still to write, the next one last. A loop rather than a recursive
+    # closure: a closure calling itself is a reference cycle, which would keep
+    # every batch's rows (and the caller's hook with its results) alive until
+    # the garbage collector's slowest pass came round.
+    parts: list[Sequence[tuple[Key, Sequence[Any]]]] = [rows]
+    while parts:
+        part = parts.pop()
         if not part:
-            return
+            continue
         params = (_encode_rows([(*key, *values) for key, values in part]),)
         try:
             with _pipelined_transaction(conn):
@@ -534,12 +539,9 @@ def apply_values(
             if len(part) == 1:
                 reason = redact(str(error).strip().splitlines()[0])
                 outcome.failures.append(RowFailure(part[0][0], reason))
-                return
+                continue
             middle = len(part) // 2
-            attempt(part[:middle])
-            attempt(part[middle:])
-            return
+            parts += (part[middle:], part[:middle])  # the first half is written first
+            continue
         outcome.updated.extend(updated)
-
-    attempt(rows)
     return outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from decimal import Decimal
 
 from propagator.services.sync import SyncSession, converge_keys
@@ -50,3 +51,36 @@ def test_converge_reports_a_value_its_transform_cannot_convert(databases: Databa
     assert result.updated == [(2, "B")]
     assert [f.key for f in result.statistics.failures] == [(1, "A")]
     assert databases.sandbox.fab_orders() == {(1, "A"): Decimal("1.00"), (2, "B"): Decimal("9.00")}
+
+
+def test_a_converged_batch_is_freed_at_once_not_left_for_the_collector(
+    databases: DatabasePair,
+) -> None:
+    """No reference cycle keeps a batch (rows, results, the hook) alive after converging.
+
+    The daemon converges thousands of keys a second; cyclic garbage would be
+    freed only by the collector's full passes, which pause every thread.
+    """
+    databases.production.insert_jobs([(i, "A", 600 + i) for i in range(40)])
+    databases.sandbox.insert_jobs([(i, "A", 500) for i in range(40)])
+    seen: list[int] = []
+    with _session(databases) as session:
+        context = session.prepare()
+        assert session.production is not None
+        assert session.sandbox is not None
+        gc.collect()
+        gc.disable()
+        try:
+            result = converge_keys(
+                context,
+                session.production,
+                session.sandbox,
+                [(i, "A") for i in range(40)],
+                on_applied=lambda conn, results, source: seen.append(len(results)),
+            )
+            assert len(result.updated) == 40
+            del result
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+    assert sum(seen) == 40
