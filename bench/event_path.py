@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import re
 import statistics
@@ -438,4 +439,7 @@ def report(
 
 
 if __name__ == "__main__":
+    # As ``propagator run`` does after its imports (propagator.cli.entry_point): what
+    # the imports built stays out of the collector's passes while the daemon runs here.
+    gc.freeze()
     sys.exit(main())
