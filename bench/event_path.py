@@ -59,7 +59,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 from bench.common import load_jobs, machine_description, servers
 from propagator.adapters.embedded import EmbeddedPostgres
-from propagator.daemon import Daemon
+from propagator.daemon import Daemon, tune_garbage_collection
 from propagator.observability.logging import configure_logging
 from propagator.services import triggers
 from propagator.settings import Settings, load_settings
@@ -439,7 +439,9 @@ def report(
 
 
 if __name__ == "__main__":
-    # As ``propagator run`` does after its imports (propagator.cli.entry_point): what
-    # the imports built stays out of the collector's passes while the daemon runs here.
+    # As ``propagator run`` does: it freezes what its imports built out of the
+    # collector's passes (propagator.cli.entry_point) and collects less often
+    # (run_daemon), and the daemon runs here, in this process.
     gc.freeze()
+    tune_garbage_collection()
     sys.exit(main())
