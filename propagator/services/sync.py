@@ -455,7 +455,9 @@ def converge_differences(
                 on_difference(result)  # every difference, unlike the report's bounded sample
         return
     hook = _one_at_a_time(on_applied)
-    lanes: list[tuple[Connection, Connection]] = []  # idle connection pairs
+    # Idle connection pairs. The first is opened now, while both servers start
+    # producing the rows to compare; a second only when a second batch comes.
+    lanes = [(open_connection("production"), open_connection("sandbox"))]
     in_flight: deque[tuple[Future[BatchResult], tuple[Connection, Connection]]] = deque()
     pending: list[Key] = []
 
