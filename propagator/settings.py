@@ -24,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from propagator.core.filters import validate_filter
 from propagator.core.identifiers import QualifiedName, parse_qualified_name, validate_identifier
 from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, MappingSpec
 from propagator.core.redact import mask_url, register_secret, secrets_of_url
@@ -283,9 +284,7 @@ class Settings(BaseSettings):
     def _filter(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             return None
-        if value is not None and ";" in value:
-            raise ValueError("must be one SQL boolean expression (no ';')")
-        return value
+        return None if value is None else validate_filter(value)
 
     @field_validator("api_token", mode="before")
     @classmethod

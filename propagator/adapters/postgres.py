@@ -44,6 +44,7 @@ __all__ = [
     "apply_values",
     "connect",
     "describe_table",
+    "filter_condition",
     "prefetch",
     "read_by_keys",
     "stream_rows",
@@ -96,6 +97,17 @@ class ApplyOutcome:
 
 def table_identifier(name: QualifiedName) -> sql.Identifier:
     return sql.Identifier(*name.parts())
+
+
+def filter_condition(where: str, *, with_parameters: bool = False) -> sql.Composable:
+    """The production filter, parenthesised (settings checked it cannot close them early).
+
+    In a statement sent with parameters psycopg reads every ``%`` as the start of
+    a placeholder, so there each is doubled and ``LIKE 'A%'`` stays a pattern;
+    without parameters the text is sent exactly as written.
+    """
+    text = where.replace("%", "%%") if with_parameters else where
+    return sql.SQL("({})").format(sql.SQL(text))
 
 
 def translate_error(error: BaseException, side: Side, what: str) -> PropagatorError:
@@ -223,7 +235,7 @@ def stream_rows(
     )
     condition: sql.Composable = not_null
     if where:
-        condition = sql.SQL("({}) AND ({})").format(sql.SQL(where), not_null)
+        condition = sql.SQL("{} AND ({})").format(filter_condition(where), not_null)
     query = sql.SQL("SELECT {columns} FROM {table} WHERE {condition} ORDER BY {order}").format(
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in (*key_columns, *value_columns)),
         table=table_identifier(table.name),
@@ -415,7 +427,11 @@ def read_by_keys(
         table=table_identifier(table.name),
         unnest=_unnest(key_columns),
         match=_key_match(table, key_columns),
-        filter=sql.SQL(" WHERE ({})").format(sql.SQL(where)) if where else sql.SQL(""),
+        filter=(
+            sql.SQL(" WHERE {}").format(filter_condition(where, with_parameters=True))
+            if where
+            else sql.SQL("")
+        ),
     )
     try:
         with _pipelined_transaction(conn, read_only=table.side == "production"):

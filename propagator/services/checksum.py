@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import psycopg
 from psycopg import sql
 
-from propagator.adapters.postgres import TableInfo, prefetch, table_identifier, translate_error
+from propagator.adapters.postgres import (
+    TableInfo,
+    filter_condition,
+    prefetch,
+    table_identifier,
+    translate_error,
+)
 from propagator.core.plan import JobMappingResult
 from propagator.core.report import ReconcileReport
 from propagator.core.segments import (
@@ -355,7 +361,7 @@ def _side_queries(
         sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in key_columns
     )
     if where:
-        condition = sql.SQL("({}) AND ({})").format(sql.SQL(where), condition)
+        condition = sql.SQL("{} AND ({})").format(filter_condition(where), condition)
     # The key's hash both places a row in its segment (low bits) and enters the row's hash.
     key_hash = _xor(key_hashes)
     # Key and values are mixed through one more hash: a digest XORing ``key ^ value``

@@ -30,10 +30,12 @@ from propagator.adapters.postgres import (
     TableInfo,
     apply_values,
     describe_table,
+    filter_condition,
     read_by_keys,
     table_identifier,
     translate_error,
 )
+from propagator.core.filters import validate_filter
 from propagator.core.identifiers import parse_qualified_name
 from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, Key, MappingSpec, format_key
 from propagator.core.plan import (
@@ -234,6 +236,11 @@ class DatabaseMappingService:
         """
         if not columns:
             raise ConfigurationError("fetch_jobs needs at least one column")
+        if where:
+            try:
+                validate_filter(where)
+            except ValueError as error:
+                raise ConfigurationError(f"fetch_jobs: where {error}") from None
         with _driver_connection(engine) as conn:
             info = _table_info(conn, table, engine, "production")
             _require_columns(info, columns, engine)
@@ -242,7 +249,7 @@ class DatabaseMappingService:
                 table=table_identifier(info.name),
             )
             if where:
-                query = sql.SQL("{} WHERE ({})").format(query, sql.SQL(where))
+                query = sql.SQL("{} WHERE {}").format(query, filter_condition(where))
             try:
                 with conn.transaction():
                     conn.execute("SET TRANSACTION READ ONLY")

@@ -178,6 +178,8 @@ HOSTILE_FILTERS = {
     "function that writes": "pg_catalog.setval('public.jobs_id_seq', 999) > 0",
     "comment swallowing the rest": "true --",
     "unterminated comment": "true /*",
+    "parenthesis closed early": "stage = 'none') OR (true",
+    "parenthesis closed early, then a comment": "false) OR true --",
 }
 
 

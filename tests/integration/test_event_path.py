@@ -43,6 +43,24 @@ def test_production_reads_by_key_stay_read_only(databases: DatabasePair) -> None
         assert not session.production.autocommit
 
 
+def test_production_reads_by_key_keep_a_percent_in_the_filter(databases: DatabasePair) -> None:
+    """The by-key read is sent with parameters; the filter's ``%`` must stay a LIKE pattern."""
+    databases.production.insert_jobs([(1, "A1", 5), (2, "B1", 6)])
+    settings = daemon_settings(databases, production_filter="release LIKE 'A%'")
+    with SyncSession(settings) as session:
+        context = session.prepare()
+        assert session.production is not None
+        rows = read_by_keys(
+            session.production,
+            context.production,
+            context.spec.key_columns,
+            context.source_reads,
+            [(1, "A1"), (2, "B1")],
+            where=context.production_filter,
+        )
+    assert [row[:2] for row in rows] == [(1, "A1")]
+
+
 def test_a_refused_read_leaves_the_connection_usable(databases: DatabasePair) -> None:
     """After a key the server cannot cast, the same connections converge the next keys."""
     seed(databases, 5)

@@ -443,6 +443,22 @@ def test_production_filter_limits_the_rows_mirrored(databases: DatabasePair) -> 
     assert databases.sandbox.fab_orders() == {(1, "A"): Decimal("500.00"), (2, "B"): 800}
 
 
+@pytest.mark.parametrize("method", ["checksum", "stream"])
+def test_a_production_filter_may_use_percent_and_quoted_separators(
+    databases: DatabasePair, method: str
+) -> None:
+    """``LIKE 'A%'`` stays a pattern and ``';'`` a string, in every statement the filter enters."""
+    databases.production.insert_jobs(
+        [(1, "A1", 510, "red", "a;b"), (2, "A2", 800, "red", "cut"), (3, "B1", 7, "red", "a;b")]
+    )
+    databases.sandbox.insert_jobs([(1, "A1", 500), (2, "A2", 750), (3, "B1", 0)])
+    env = {"PROPAGATOR_PRODUCTION_FILTER": "release LIKE 'A%' AND stage <> ';'"}
+    document = report(databases, "--apply", "--method", method, **env)
+    assert document["statistics"]["production_rows"] == 2
+    assert document["statistics"]["updated"] == 2
+    assert databases.sandbox.fab_orders() == {(1, "A1"): 510, (2, "A2"): 800, (3, "B1"): 0}
+
+
 @pytest.mark.slow
 def test_hundred_thousand_rows(databases: DatabasePair) -> None:
     """On 100,000 rows a dry run prints the seed report and writes nothing; apply converges."""

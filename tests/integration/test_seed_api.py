@@ -203,6 +203,15 @@ def test_fetch_jobs_where_runs_read_only(
     assert databases.production.scalar("SELECT last_value FROM jobs_id_seq") == 4
 
 
+def test_fetch_jobs_where_cannot_widen_itself(engines: tuple[Engine, Engine]) -> None:
+    """A WHERE that closes its parenthesis early is refused before any query; '%' is a pattern."""
+    production_engine, _ = engines
+    with pytest.raises(ConfigurationError, match=r"where has a '\)' without its '\('"):
+        DatabaseMappingService.fetch_jobs(production_engine, ["job"], where="false) OR (true")
+    rows = DatabaseMappingService.fetch_jobs(production_engine, ["job"], where="release LIKE 'B%'")
+    assert rows == [{"job": 10002}]
+
+
 def test_missing_column_or_table_is_named_up_front(engines: tuple[Engine, Engine]) -> None:
     """A missing column or table raises SchemaError naming the table and the column."""
     production_engine, sandbox_engine = engines
