@@ -51,6 +51,7 @@ __all__ = [
     "table_identifier",
     "to_sql_text",
     "translate_error",
+    "with_parameters",
 ]
 
 Side = Literal["production", "sandbox"]
@@ -99,14 +100,34 @@ def table_identifier(name: QualifiedName) -> sql.Identifier:
     return sql.Identifier(*name.parts())
 
 
-def filter_condition(where: str, *, with_parameters: bool = False) -> sql.Composable:
+def with_parameters(query: sql.Composed) -> sql.Composed:
+    """``query`` ready to be sent with parameters: a ``%`` in a name stays a character.
+
+    psycopg reads every ``%`` of a statement sent with parameters as the start
+    of a placeholder, quoted names and literals included (a column ``pct%b``
+    would read as a binary placeholder). Their ``%`` are doubled here; the
+    statement's own placeholders, written in its template, are left alone.
+    """
+    return sql.Composed([_percent_escaped(part) for part in query])
+
+
+def _percent_escaped(part: sql.Composable) -> sql.Composable:
+    if isinstance(part, sql.Composed):
+        return with_parameters(part)
+    if isinstance(part, (sql.Identifier, sql.Literal)):
+        text = part.as_string(None)
+        return sql.SQL(text.replace("%", "%%")) if "%" in text else part
+    return part
+
+
+def filter_condition(where: str, *, parameterised: bool = False) -> sql.Composable:
     """The production filter, parenthesised (settings checked it cannot close them early).
 
     In a statement sent with parameters psycopg reads every ``%`` as the start of
     a placeholder, so there each is doubled and ``LIKE 'A%'`` stays a pattern;
     without parameters the text is sent exactly as written.
     """
-    text = where.replace("%", "%%") if with_parameters else where
+    text = where.replace("%", "%%") if parameterised else where
     return sql.SQL("({})").format(sql.SQL(text))
 
 
@@ -428,14 +449,14 @@ def read_by_keys(
         unnest=_unnest(key_columns),
         match=_key_match(table, key_columns),
         filter=(
-            sql.SQL(" WHERE {}").format(filter_condition(where, with_parameters=True))
+            sql.SQL(" WHERE {}").format(filter_condition(where, parameterised=True))
             if where
             else sql.SQL("")
         ),
     )
     try:
         with _pipelined_transaction(conn, read_only=table.side == "production"):
-            cursor = conn.execute(query, (_encode_rows(keys),))
+            cursor = conn.execute(with_parameters(query), (_encode_rows(keys),))
         return cursor.fetchall()
     except psycopg.Error as error:
         raise translate_error(error, table.side, f"reading {table.name} by key") from None
@@ -532,7 +553,7 @@ def apply_values(
     ``in_transaction`` runs inside the same transaction after the update, given
     the keys really updated (the history hook uses it).
     """
-    statement = _update_statement(table, key_columns, fields)
+    statement = with_parameters(_update_statement(table, key_columns, fields))
     outcome = ApplyOutcome([], [])
     # Parts still to write, the next one last. A loop rather than a recursive
     # closure: a closure calling itself is a reference cycle, which would keep

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from propagator.adapters.postgres import connect, translate_error
+from propagator.adapters.postgres import connect, translate_error, with_parameters
 from propagator.core.mapping import format_key
 from propagator.core.plan import JobMappingResult
 from propagator.errors import ConfigurationError, PropagatorError, SchemaError
@@ -195,10 +195,9 @@ def setup(conn: Connection, schema: str) -> SetupResult:
                 if migration.version in applied:
                     continue
                 conn.execute(migration.statement(schema))
+                insert = sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)")
                 conn.execute(
-                    sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(
-                        sql.Identifier(schema)
-                    ),
+                    with_parameters(insert.format(sql.Identifier(schema))),
                     (migration.version, migration.name),
                 )
                 pending.append(migration)
@@ -330,7 +329,7 @@ def record(
     if not fields:
         return 0
     conn.execute(
-        _statement("history/record.sql", schema),
+        with_parameters(_statement("history/record.sql", schema)),
         {
             "batch_id": batch_id or uuid.uuid4(),
             "source": source,
@@ -534,7 +533,7 @@ def query(conn: Connection, schema: str, filters: HistoryQuery) -> HistoryPage:
     ).format(table=sql.Identifier(schema, HISTORY_TABLE), where=where)
     try:
         with conn.transaction():
-            rows = conn.execute(statement, params).fetchall()
+            rows = conn.execute(with_parameters(statement), params).fetchall()
     except pg_errors.UndefinedTable:
         raise SchemaError(_not_set_up(schema)) from None
     except psycopg.Error as error:
@@ -586,7 +585,7 @@ def prune(
     if batch_rows < 1:
         raise ValueError("batch_rows must be positive")
     cutoff = (now or datetime.now(UTC)) - retention
-    statement = _statement("history/prune.sql", schema)
+    statement = with_parameters(_statement("history/prune.sql", schema))
     deleted = statements = 0
     try:
         while max_statements is None or statements < max_statements:

@@ -19,11 +19,14 @@ from psycopg import sql
 from tests.hardening.support import daemon_process, pair_env
 from tests.helpers import Database, DatabasePair, run_cli, wait_until
 
-HOSTILE_COLUMN = 'fab order"; drop table jobs; --'
-KEY_COLUMN = "Jöb Nr"
+# '%s', '%b' and '%%' too: psycopg reads a '%' anywhere in a statement sent with
+# parameters as a placeholder, names included.
+HOSTILE_COLUMN = 'fab %s order"; drop table jobs; --'
+KEY_COLUMN = "Jöb Nr %b"
 PRODUCTION_SCHEMA = "my schema"
 SANDBOX_SCHEMA = "Sändbox'; DROP SCHEMA public CASCADE; --"
-TABLE = 'Odd "Jobs"'
+TABLE = 'Odd "Jobs" 100%%'
+HISTORY_SCHEMA = "sync %t history"
 
 
 def quoted(*parts: str) -> str:
@@ -53,7 +56,8 @@ def hostile_env(databases: DatabasePair, **extra: str) -> dict[str, str]:
         PROPAGATOR_SANDBOX_TABLE=quoted(SANDBOX_SCHEMA, TABLE),
         PROPAGATOR_KEY_COLUMNS=json.dumps([KEY_COLUMN, "release"]),
         PROPAGATOR_FIELD_MAPPINGS=json.dumps([{"source": HOSTILE_COLUMN}]),
-        PROPAGATOR_CHANNEL="Odd Channel'; NOTIFY x; --",
+        PROPAGATOR_CHANNEL="Odd Channel'; NOTIFY x; 5%s --",
+        PROPAGATOR_HISTORY_SCHEMA=HISTORY_SCHEMA,
         **extra,
     )
 
@@ -92,13 +96,15 @@ def test_hostile_names_work_through_reconcile_triggers_and_the_daemon(
     create_hostile_table(databases.production, PRODUCTION_SCHEMA)
     create_hostile_table(databases.sandbox, SANDBOX_SCHEMA)
     for job in range(1, 6):
-        insert = sql.SQL("INSERT INTO {} VALUES (%s, 'A', %s, 'n')")
-        databases.production.execute(
-            insert.format(sql.Identifier(PRODUCTION_SCHEMA, TABLE)).as_string(None), (job, job)
-        )
-        databases.sandbox.execute(
-            insert.format(sql.Identifier(SANDBOX_SCHEMA, TABLE)).as_string(None), (job, 0)
-        )
+        insert = sql.SQL("INSERT INTO {} VALUES ({}, 'A', {}, 'n')")
+        for database, schema, value in (
+            (databases.production, PRODUCTION_SCHEMA, job),
+            (databases.sandbox, SANDBOX_SCHEMA, 0),
+        ):
+            statement = insert.format(
+                sql.Identifier(schema, TABLE), sql.Literal(job), sql.Literal(value)
+            )
+            database.execute(statement.as_string(None))
     env = hostile_env(databases)
 
     checked = run_cli(["check"], env)
@@ -128,6 +134,11 @@ def test_hostile_names_work_through_reconcile_triggers_and_the_daemon(
         )
         measure("a change propagated through hostile names", time.monotonic() - started)
         assert daemon.stop() == 0
+    history = run_cli(["history", "--format", "json"], env)
+    assert history.returncode == 0, history.stdout + history.stderr
+    entries = json.loads(history.stdout)["entries"]
+    recorded = [(entry["field"], entry["new_json"]) for entry in entries]
+    assert (HOSTILE_COLUMN, "4242") in recorded, recorded
     assert untouched(databases)
     assert databases.sandbox.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'")
 
