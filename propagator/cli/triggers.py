@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from propagator.adapters.postgres import connect
-from propagator.errors import ExitCode
+from propagator.errors import ConfigurationError, ExitCode
 from propagator.services import triggers
 from propagator.settings import Settings, load_settings
 
@@ -45,6 +45,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
         help="print the install SQL for a DBA to review or apply (runs nothing)",
     )
     show.add_argument("--uninstall", action="store_true", help="print the removal SQL instead")
+    show.add_argument(
+        "--compare-as-jsonb",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="a watched column whose type has no '=' (json, point, xml): compare it as jsonb; "
+        "repeat for several (install finds them itself; the script refuses to run without)",
+    )
     return "triggers"
 
 
@@ -84,8 +92,18 @@ def _print_status(state: triggers.TriggerStatus) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.action == "sql":
-        render = triggers.render_uninstall_sql if args.uninstall else triggers.render_install_sql
-        print(render(settings), end="")
+        if args.uninstall:
+            print(triggers.render_uninstall_sql(settings), end="")
+            return ExitCode.OK
+        watched = settings.mapping_spec.watched_columns
+        unknown = [c for c in args.compare_as_jsonb if c not in watched]
+        if unknown:
+            raise ConfigurationError(
+                f"--compare-as-jsonb {unknown[0]!r} is not a watched column "
+                f"(watched: {', '.join(watched)})"
+            )
+        script = triggers.render_install_sql(settings, compare_as_jsonb=args.compare_as_jsonb)
+        print(script, end="")
         return ExitCode.OK
     with _open(settings, args.action) as conn:
         if args.action == "install":

@@ -371,6 +371,19 @@ def _update_triggers(
     )[0].rstrip()
 
 
+def _comparable_check(settings: Settings, compare_as_jsonb: Collection[str]) -> str:
+    """The block refusing to install when a column compared with ``=`` has no such operator."""
+    compared = [c for c in settings.mapping_spec.watched_columns if c not in compare_as_jsonb]
+    table = _identifier(trigger_names(settings).table)
+    return _dollar_quoted(
+        sql.SQL(_template("comparable_check.sql")),
+        table_text=sql.Literal(_text(table)),
+        compared_columns=sql.SQL("ARRAY[{}]::text[]").format(
+            sql.SQL(", ").join(sql.Literal(c) for c in compared)
+        ),
+    )[0].rstrip()
+
+
 def _signature(name: QualifiedName) -> sql.Literal:
     return sql.Literal(_text(_identifier(name)) + "()")
 
@@ -401,6 +414,7 @@ def _install_statements(settings: Settings, compare_as_jsonb: Collection[str] = 
             send_trigger=sql.Identifier(names.send_trigger),
             table=table,
             update_triggers=sql.SQL(_update_triggers(settings, names, compare_as_jsonb)),
+            comparable_check=sql.SQL(_comparable_check(settings, compare_as_jsonb)),
             collect=_identifier(names.collect_function),
             send=_identifier(names.send_function),
             description=sql.Literal(_description(settings)),

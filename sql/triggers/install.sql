@@ -44,6 +44,8 @@
 -- Wait at most this long for the table lock rather than queue behind a long transaction.
 SET LOCAL lock_timeout = '5s';
 
+{comparable_check}
+
 {collect_function}
 
 {send_function}

@@ -65,6 +65,47 @@ def test_printed_sql_needs_no_database_and_applies_by_hand(databases: DatabasePa
     assert cli(["status", "--check"], databases.env()).returncode == ExitCode.DIFFERENCES_FOUND
 
 
+def test_printed_sql_refuses_a_column_without_equality_unless_told(
+    databases: DatabasePair,
+) -> None:
+    """Offline, json/point columns are unknown: the script refuses them, naming the option."""
+    databases.production.execute(
+        "CREATE TABLE public.docs (job int, release text, doc json, spot point, "
+        "UNIQUE (job, release))"
+    )
+    env = clean_env(
+        PROPAGATOR_PRODUCTION_TABLE="public.docs",
+        PROPAGATOR_FIELD_MAPPINGS='["doc", "spot"]',
+    )
+    script = cli(["sql"], env).stdout
+    with psycopg.connect(databases.production.url, autocommit=True) as conn:
+        try:
+            conn.execute(script.encode())
+        except psycopg.errors.RaiseException as error:
+            refused = error
+            conn.execute("ROLLBACK")  # as psql does at the script's COMMIT
+        else:
+            raise AssertionError("the script installed triggers that would resync every UPDATE")
+        assert "watched column(s) doc, spot have no equality operator" in str(refused)
+        assert refused.diag.message_hint is not None
+        assert "--compare-as-jsonb 'doc' --compare-as-jsonb 'spot'" in refused.diag.message_hint
+        assert conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal"
+        ).fetchone() == (0,)
+        told = cli(["sql", "--compare-as-jsonb", "doc", "--compare-as-jsonb", "spot"], env)
+        assert told.returncode == ExitCode.OK, told.stderr
+        conn.execute(told.stdout.encode())
+        conn.execute("INSERT INTO docs VALUES (1, 'A', '{\"a\": 1}', '(1,2)')")
+        conn.execute("LISTEN propagator_jobs")
+        conn.execute("UPDATE docs SET doc = '{\"a\": 2}', spot = '(3,4)'")
+        conn.execute("UPDATE docs SET doc = doc, spot = spot")  # unchanged: nothing sent
+        payloads = [json.loads(n.payload) for n in conn.notifies(timeout=1, stop_after=2)]
+    assert [p.get("k") for p in payloads] == [[[1, "A"]]]
+    wrong = cli(["sql", "--compare-as-jsonb", "note"], env)
+    assert wrong.returncode == ExitCode.USAGE
+    assert "'note' is not a watched column" in one_error_line(wrong)
+
+
 def test_install_status_uninstall_round_trip(databases: DatabasePair) -> None:
     """Install, a JSON status naming version/channel/columns, uninstall, and their exit codes."""
     env = databases.env()
