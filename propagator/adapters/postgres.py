@@ -12,7 +12,7 @@ import math
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -100,24 +100,32 @@ def table_identifier(name: QualifiedName) -> sql.Identifier:
     return sql.Identifier(*name.parts())
 
 
-def with_parameters(query: sql.Composed) -> sql.Composed:
+def with_parameters(query: sql.Composed, names: Iterable[str]) -> sql.Composed:
     """``query`` ready to be sent with parameters: a ``%`` in a name stays a character.
 
     psycopg reads every ``%`` of a statement sent with parameters as the start
-    of a placeholder, quoted names and literals included (a column ``pct%b``
-    would read as a binary placeholder). Their ``%`` are doubled here; the
-    statement's own placeholders, written in its template, are left alone.
+    of a placeholder, quoted names included (a column ``pct%b`` would read as a
+    binary placeholder). ``names`` are the configured names the statement holds:
+    when one has a ``%``, the ``%`` of every name and literal in it is doubled,
+    leaving the template's own placeholders alone; otherwise (nearly always) the
+    statement is returned as it is, at no cost.
     """
-    return sql.Composed([_percent_escaped(part) for part in query])
+    if not any("%" in name for name in names):
+        return query
+    return _percent_escaped(query)
 
 
-def _percent_escaped(part: sql.Composable) -> sql.Composable:
-    if isinstance(part, sql.Composed):
-        return with_parameters(part)
-    if isinstance(part, (sql.Identifier, sql.Literal)):
-        text = part.as_string(None)
-        return sql.SQL(text.replace("%", "%%")) if "%" in text else part
-    return part
+def _percent_escaped(query: sql.Composed) -> sql.Composed:
+    parts: list[sql.Composable] = []
+    for part in query:
+        if isinstance(part, sql.Composed):
+            part = _percent_escaped(part)
+        elif isinstance(part, (sql.Identifier, sql.Literal)):
+            text = part.as_string(None)
+            if "%" in text:
+                part = sql.SQL(text.replace("%", "%%"))
+        parts.append(part)
+    return sql.Composed(parts)
 
 
 def filter_condition(where: str, *, parameterised: bool = False) -> sql.Composable:
@@ -456,7 +464,8 @@ def read_by_keys(
     )
     try:
         with _pipelined_transaction(conn, read_only=table.side == "production"):
-            cursor = conn.execute(with_parameters(query), (_encode_rows(keys),))
+            names = (*table.name.parts(), *key_columns, *value_columns)
+            cursor = conn.execute(with_parameters(query, names), (_encode_rows(keys),))
         return cursor.fetchall()
     except psycopg.Error as error:
         raise translate_error(error, table.side, f"reading {table.name} by key") from None
@@ -553,7 +562,10 @@ def apply_values(
     ``in_transaction`` runs inside the same transaction after the update, given
     the keys really updated (the history hook uses it).
     """
-    statement = with_parameters(_update_statement(table, key_columns, fields))
+    statement = with_parameters(
+        _update_statement(table, key_columns, fields),
+        (*table.name.parts(), *key_columns, *fields),
+    )
     outcome = ApplyOutcome([], [])
     # Parts still to write, the next one last. A loop rather than a recursive
     # closure: a closure calling itself is a reference cycle, which would keep

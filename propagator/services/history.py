@@ -197,7 +197,7 @@ def setup(conn: Connection, schema: str) -> SetupResult:
                 conn.execute(migration.statement(schema))
                 insert = sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)")
                 conn.execute(
-                    with_parameters(insert.format(sql.Identifier(schema))),
+                    with_parameters(insert.format(sql.Identifier(schema)), [schema]),
                     (migration.version, migration.name),
                 )
                 pending.append(migration)
@@ -329,7 +329,7 @@ def record(
     if not fields:
         return 0
     conn.execute(
-        with_parameters(_statement("history/record.sql", schema)),
+        with_parameters(_statement("history/record.sql", schema), [schema]),
         {
             "batch_id": batch_id or uuid.uuid4(),
             "source": source,
@@ -533,7 +533,7 @@ def query(conn: Connection, schema: str, filters: HistoryQuery) -> HistoryPage:
     ).format(table=sql.Identifier(schema, HISTORY_TABLE), where=where)
     try:
         with conn.transaction():
-            rows = conn.execute(with_parameters(statement), params).fetchall()
+            rows = conn.execute(with_parameters(statement, [schema]), params).fetchall()
     except pg_errors.UndefinedTable:
         raise SchemaError(_not_set_up(schema)) from None
     except psycopg.Error as error:
@@ -585,7 +585,7 @@ def prune(
     if batch_rows < 1:
         raise ValueError("batch_rows must be positive")
     cutoff = (now or datetime.now(UTC)) - retention
-    statement = with_parameters(_statement("history/prune.sql", schema))
+    statement = with_parameters(_statement("history/prune.sql", schema), [schema])
     deleted = statements = 0
     try:
         while max_statements is None or statements < max_statements:
