@@ -26,10 +26,10 @@ def validate_filter(text: str) -> str:
     while index < length:
         char = text[index]
         if char == "'":
-            index = _end_of_string(text, index, escapes=_is_escape_string(text, index))
+            index = _end_of_quoted(text, index, escapes=_is_escape_string(text, index))
             continue
         if char == '"':
-            index = _end_of_quoted_name(text, index)
+            index = _end_of_quoted(text, index)
             continue
         if char == "$" and not _continues_word(text, index):
             tag = _DOLLAR_TAG.match(text, index)
@@ -69,29 +69,20 @@ def _is_escape_string(text: str, index: int) -> bool:
     return index == 1 or not (text[index - 2].isalnum() or text[index - 2] in "_$")
 
 
-def _end_of_string(text: str, start: int, *, escapes: bool) -> int:
+def _end_of_quoted(text: str, start: int, *, escapes: bool = False) -> int:
+    """Index just past the quote closing the one at ``start`` (a doubled quote is a character)."""
+    quote = text[start]
     index, length = start + 1, len(text)
     while index < length:
         char = text[index]
         if escapes and char == "\\":
             index += 2
             continue
-        if char == "'":
-            if index + 1 < length and text[index + 1] == "'":
+        if char == quote:
+            if index + 1 < length and text[index + 1] == quote:
                 index += 2
                 continue
             return index + 1
         index += 1
-    raise ValueError("has an unterminated quoted string")
-
-
-def _end_of_quoted_name(text: str, start: int) -> int:
-    index, length = start + 1, len(text)
-    while index < length:
-        if text[index] == '"':
-            if index + 1 < length and text[index + 1] == '"':
-                index += 2
-                continue
-            return index + 1
-        index += 1
-    raise ValueError("has an unterminated quoted name")
+    what = "quoted string" if quote == "'" else "quoted name"
+    raise ValueError(f"has an unterminated {what}")
