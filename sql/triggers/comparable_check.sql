@@ -27,8 +27,9 @@ BEGIN
                 array_to_string(missing, ', ')
             USING HINT = 'Install with `propagator triggers install`, or render this script with '
                 || '`propagator triggers sql'
-                || (SELECT string_agg(' --compare-as-jsonb ' || quote_literal(m), '')
-                    FROM unnest(missing) AS m)
+                || (SELECT string_agg(' --compare-as-jsonb '''
+                                      || replace(m, '''', '''\''''') || '''', '')
+                    FROM unnest(missing) AS m)  -- quoted for the shell
                 || '` (it compares those columns as jsonb).';
     END IF;
 END

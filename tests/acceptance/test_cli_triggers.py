@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import uuid
 from urllib.parse import urlsplit, urlunsplit
@@ -71,11 +72,11 @@ def test_printed_sql_refuses_a_column_without_equality_unless_told(
     """Offline, json/point columns are unknown: the script refuses them, naming the option."""
     databases.production.execute(
         "CREATE TABLE public.docs (job int, release text, doc json, spot point, "
-        "UNIQUE (job, release))"
+        '"it\'s" xml, UNIQUE (job, release))'
     )
     env = clean_env(
         PROPAGATOR_PRODUCTION_TABLE="public.docs",
-        PROPAGATOR_FIELD_MAPPINGS='["doc", "spot"]',
+        PROPAGATOR_FIELD_MAPPINGS=json.dumps(["doc", "spot", "it's"]),
     )
     script = cli(["sql"], env).stdout
     with psycopg.connect(databases.production.url, autocommit=True) as conn:
@@ -86,13 +87,17 @@ def test_printed_sql_refuses_a_column_without_equality_unless_told(
             conn.execute("ROLLBACK")  # as psql does at the script's COMMIT
         else:
             raise AssertionError("the script installed triggers that would resync every UPDATE")
-        assert "watched column(s) doc, spot have no equality operator" in str(refused)
-        assert refused.diag.message_hint is not None
-        assert "--compare-as-jsonb 'doc' --compare-as-jsonb 'spot'" in refused.diag.message_hint
+        assert "watched column(s) doc, spot, it's have no equality operator" in str(refused)
+        hint = refused.diag.message_hint or ""
+        suggested = hint.split("`")[3]  # the command, quoted for a POSIX shell
+        assert suggested.startswith("propagator triggers sql ")
+        assert shlex.split(suggested)[3:] == [
+            "--compare-as-jsonb", "doc", "--compare-as-jsonb", "spot", "--compare-as-jsonb", "it's"
+        ]  # fmt: skip
         assert conn.execute(
             "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal"
         ).fetchone() == (0,)
-        told = cli(["sql", "--compare-as-jsonb", "doc", "--compare-as-jsonb", "spot"], env)
+        told = cli(shlex.split(suggested)[2:], env)
         assert told.returncode == ExitCode.OK, told.stderr
         conn.execute(told.stdout.encode())
         conn.execute("INSERT INTO docs VALUES (1, 'A', '{\"a\": 1}', '(1,2)')")
