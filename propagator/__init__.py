@@ -12,9 +12,7 @@ if TYPE_CHECKING:
         map_production_fab_order_to_sandbox,
     )
 
-# The one place the version is written (pyproject.toml reads it from here): a
-# literal, because asking importlib.metadata costs every command ~20 ms at start.
-__version__ = "0.1.0"
+from propagator.version import __version__
 
 __all__ = [
     "DatabaseMappingService",

@@ -42,7 +42,7 @@ from tenacity import (
     retry_if_exception_type,
 )
 
-from propagator import __version__
+from propagator.version import __version__
 from propagator.adapters.leader import (
     LeaderLock,
     LeadershipLostError,

@@ -7,17 +7,25 @@ clear report, without spinning.
 
 from __future__ import annotations
 
+import enum
+from typing import Literal
+
 from propagator.core.redact import redact
 
 __all__ = [
+    "ActionRefusedError",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "ExitCode",
     "PermanentError",
     "PropagatorError",
+    "Refusal",
     "SchemaError",
+    "Side",
     "TransientError",
 ]
+
+Side = Literal["production", "sandbox"]
 
 
 class ExitCode:
@@ -63,4 +71,27 @@ class TransientError(PropagatorError):
 
 
 class DatabaseUnavailableError(TransientError):
-    """A database could not be reached or dropped the connection."""
+    """A database could not be reached or dropped the connection.
+
+    ``side`` says which one, so a retry is labelled by type, never by reading the message.
+    """
+
+    def __init__(self, message: str, side: Side | None = None) -> None:
+        super().__init__(message)
+        self.side: Side | None = side
+
+
+class Refusal(enum.Enum):
+    """Why the daemon will not do an on-demand action now; the HTTP layer picks the code."""
+
+    STOPPING = "stopping"
+    NOT_LEADER = "not_leader"
+    DID_NOT_FINISH = "did_not_finish"
+
+
+class ActionRefusedError(PropagatorError):
+    """The daemon cannot do the action now (a standby, stopping, or the work failed)."""
+
+    def __init__(self, message: str, reason: Refusal) -> None:
+        super().__init__(message)
+        self.reason = reason

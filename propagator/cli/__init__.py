@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from propagator import __version__
+from propagator.version import __version__
 from propagator.core.redact import redact
 from propagator.errors import ExitCode, PropagatorError
 

@@ -25,7 +25,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from propagator import __version__
+from propagator.version import __version__
 
 __all__ = [
     "APPLY_SOURCES",

@@ -19,12 +19,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from propagator.errors import ConfigurationError, PropagatorError
+from propagator.errors import ActionRefusedError, ConfigurationError, PropagatorError, Refusal
 from propagator.observability.http import HttpServer, Request, Response, bearer_protected
 from propagator.observability.logging import get_logger, redact_data
 
 __all__ = [
-    "ActionRefusedError",
     "HistoryReader",
     "ReconcileAction",
     "add_web_routes",
@@ -51,12 +50,12 @@ _PAGE_HEADERS: Final = (
 )
 
 
-class ActionRefusedError(PropagatorError):
-    """The daemon cannot do the action now (a standby, or stopping); ``status`` is the HTTP code."""
-
-    def __init__(self, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.status = status
+# The HTTP answer to each reason the daemon gives for refusing an action.
+_REFUSAL_STATUS: Final = {
+    Refusal.NOT_LEADER: 409,
+    Refusal.STOPPING: 503,
+    Refusal.DID_NOT_FINISH: 503,
+}
 
 
 def add_web_routes(
@@ -92,7 +91,7 @@ def add_web_routes(
         try:
             summary = await reconcile()
         except ActionRefusedError as error:
-            return Response.error(error.status, str(error))
+            return Response.error(_REFUSAL_STATUS[error.reason], str(error))
         except PropagatorError as error:
             return Response.error(503, str(error))
         return Response.json(redact_data(summary))

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from propagator import __version__
+from propagator.version import __version__
 from propagator.adapters.postgres import describe_table, translate_error
 from propagator.core.identifiers import QualifiedName
 from propagator.errors import PropagatorError, SchemaError, TransientError
