@@ -42,7 +42,6 @@ from tenacity import (
     retry_if_exception_type,
 )
 
-from propagator.version import __version__
 from propagator.adapters.leader import (
     LeaderLock,
     LeadershipLostError,
@@ -72,6 +71,7 @@ from propagator.observability.pages import ActionRefusedError, add_web_routes
 from propagator.services.history import History, HistoryReader, PruneResult
 from propagator.services.sync import BatchResult, SyncContext, SyncSession, converge_keys, reconcile
 from propagator.settings import Settings
+from propagator.version import __version__
 
 __all__ = ["Daemon", "Role", "run_daemon"]
 

@@ -125,7 +125,7 @@ class LeaderLock:
             row = await self._within(request)
         except TimeoutError:
             raise DatabaseUnavailableError(
-                "the sandbox did not answer the leader lock request in time"
+                "the sandbox did not answer the leader lock request in time", "sandbox"
             ) from None
         except psycopg.Error as error:
             await self._drop()

@@ -28,7 +28,7 @@ from propagator.core.payload import (
     parse_notification,
 )
 from propagator.core.redact import mask_url, redact
-from propagator.errors import DatabaseUnavailableError
+from propagator.errors import DatabaseUnavailableError, Side
 
 __all__ = [
     "BACKEND_START_SQL",
@@ -48,7 +48,7 @@ class HalfOpenConnectionError(DatabaseUnavailableError):
 
 async def open_async_connection(
     url: str,
-    side: str,
+    side: Side,
     *,
     connect_timeout: timedelta,
     application_name: str,
@@ -73,7 +73,7 @@ async def open_async_connection(
         text = str(error).strip()
         reason = redact(text.splitlines()[-1] if text else type(error).__name__)
         raise DatabaseUnavailableError(
-            f"cannot connect to the {side} database at {mask_url(url)}: {reason}"
+            f"cannot connect to the {side} database at {mask_url(url)}: {reason}", side
         ) from None
 
 
@@ -232,7 +232,8 @@ class Listener:
             # the server to confirm; let that happen in the background, reconnect now.
             self._abandon(probe)
             raise DatabaseUnavailableError(
-                f"the production listener did not answer a probe within {self.heartbeat_timeout}s"
+                f"the production listener did not answer a probe within {self.heartbeat_timeout}s",
+                "production",
             )
         try:
             probe.result()
@@ -275,7 +276,7 @@ class Listener:
 
     def _require(self) -> AsyncConnection:
         if self._conn is None or self._conn.closed:
-            raise DatabaseUnavailableError("the production listener is not connected")
+            raise DatabaseUnavailableError("the production listener is not connected", "production")
         return self._conn
 
     async def close(self) -> None:

@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -33,6 +33,7 @@ from propagator.errors import (
     PermanentError,
     PropagatorError,
     SchemaError,
+    Side,
     TransientError,
 )
 
@@ -54,7 +55,7 @@ __all__ = [
     "with_parameters",
 ]
 
-Side = Literal["production", "sandbox"]
+
 _FETCH_SIZE = 10_000
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator, system
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
@@ -146,7 +147,7 @@ def translate_error(error: BaseException, side: Side, what: str) -> PropagatorEr
     detail = redact(str(error).strip().splitlines()[0] if str(error).strip() else repr(error))
     sqlstate = getattr(error, "sqlstate", None) or ""
     if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError) and not sqlstate:
-        return DatabaseUnavailableError(f"{side} database unavailable while {what}: {detail}")
+        return DatabaseUnavailableError(f"{side} database unavailable while {what}: {detail}", side)
     if sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate in _TRANSIENT_SQLSTATES:
         return TransientError(f"{side} database error while {what}: {detail}")
     if isinstance(error, pg_errors.UndefinedColumn | pg_errors.UndefinedTable):
@@ -185,7 +186,7 @@ def connect(
     except psycopg.Error as error:
         reason = redact(str(error).strip().splitlines()[-1] if str(error).strip() else "")
         raise DatabaseUnavailableError(
-            f"cannot connect to the {side} database at {mask_url(url)}: {reason}"
+            f"cannot connect to the {side} database at {mask_url(url)}: {reason}", side
         ) from None
 
 

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from propagator.version import __version__
 from propagator.core.redact import redact
 from propagator.errors import ExitCode, PropagatorError
+from propagator.version import __version__
 
 __all__ = ["build_parser", "entry_point", "main"]
 

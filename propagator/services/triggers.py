@@ -31,12 +31,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from propagator.version import __version__
 from propagator.adapters.postgres import describe_table, translate_error
 from propagator.core.identifiers import QualifiedName
 from propagator.errors import PropagatorError, SchemaError, TransientError
 from propagator.settings import Settings
 from propagator.sql import load_sql
+from propagator.version import __version__
 
 __all__ = [
     "KEY_BYTES_PER_PAYLOAD",
