@@ -1,0 +1,2 @@
+-- The history migrations already applied to this schema.
+SELECT version FROM {schema}.schema_version
