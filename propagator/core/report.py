@@ -99,8 +99,8 @@ def json_value(value: Any) -> Any:
     return str(value)
 
 
-def render_text(report: ReconcileReport) -> str:
-    """The MAPPING SUMMARY and apply sections of the seed's example output."""
+def _summary(report: ReconcileReport) -> list[str]:
+    """The counts: rows on each side, matches, and differences per field."""
     stats = report.statistics
     lines = [
         "",
@@ -120,8 +120,14 @@ def render_text(report: ReconcileReport) -> str:
         lines.append(f"  Not Found in Production: {stats.not_found_in_production}")
     for name in report.fields:
         lines.append(f"  {name} Differences: {stats.differences.get(name, 0)}")
+    return lines
+
+
+def _field_examples(report: ReconcileReport) -> list[str]:
+    """Per field with differences, the sampled old → new values and how many more there are."""
+    lines: list[str] = []
     for name in report.fields:
-        count = stats.differences.get(name, 0)
+        count = report.statistics.differences.get(name, 0)
         if not count:
             continue
         lines += ["", f"{name} Updates Needed ({count}):"]
@@ -131,14 +137,25 @@ def render_text(report: ReconcileReport) -> str:
             )
         if count > len(report.examples.get(name, [])):
             lines.append(f"  ... and {count - len(report.examples.get(name, []))} more")
-    if stats.not_found_in_sandbox:
-        lines += ["", f"Not Found in Sandbox ({stats.not_found_in_sandbox}):"]
-        lines += [f"  - {format_key(key)}" for key in report.not_found_examples]
-        if stats.not_found_in_sandbox > len(report.not_found_examples):
-            lines.append(
-                f"  ... and {stats.not_found_in_sandbox - len(report.not_found_examples)} more"
-            )
-    lines += ["", RULE, "Applying Updates...", f"Total updates to apply: {report.differences}"]
+    return lines
+
+
+def _not_found_examples(report: ReconcileReport) -> list[str]:
+    """The sampled keys missing from the sandbox, if any."""
+    missing = report.statistics.not_found_in_sandbox
+    if not missing:
+        return []
+    lines = ["", f"Not Found in Sandbox ({missing}):"]
+    lines += [f"  - {format_key(key)}" for key in report.not_found_examples]
+    if missing > len(report.not_found_examples):
+        lines.append(f"  ... and {missing - len(report.not_found_examples)} more")
+    return lines
+
+
+def _applied_rows(report: ReconcileReport) -> list[str]:
+    """The sampled rows written (or that would be), then the sampled failures."""
+    stats = report.statistics
+    lines = ["", RULE, "Applying Updates...", f"Total updates to apply: {report.differences}"]
     tag = "[DRY RUN]" if report.dry_run else "✓"
     failed = {failure.key for failure in stats.failures}
     for result in report.changed_rows:
@@ -154,18 +171,34 @@ def render_text(report: ReconcileReport) -> str:
         lines.append(f"  ✗ Job {format_key(failure.key)} {verb}: {failure.error}")
     if len(stats.failures) > report.limit:
         lines.append(f"  ... and {len(stats.failures) - report.limit} more rejected")
-    lines.append("")
+    return lines
+
+
+def _outcome(report: ReconcileReport) -> str:
+    """The closing verdict: dry run, everything applied, or how many rows failed."""
+    stats = report.statistics
     if report.dry_run:
-        lines.append("✓ Dry run completed successfully")
-    elif report.ok:
-        lines.append(f"✓ Applied {stats.updated} updates in {stats.duration_seconds:.2f}s")
-    else:
-        lines.append(
+        return "✓ Dry run completed successfully"
+    if report.ok:
+        return f"✓ Applied {stats.updated} updates in {stats.duration_seconds:.2f}s"
+    if all(f.kind == "rejected" for f in stats.failures):
+        return (
             f"✗ Applied {stats.updated} updates; {stats.failed} rows were rejected by the sandbox"
-            if all(f.kind == "rejected" for f in stats.failures)
-            else f"✗ Applied {stats.updated} updates; {stats.failed} rows could not be applied"
         )
-    lines.append(RULE)
+    return f"✗ Applied {stats.updated} updates; {stats.failed} rows could not be applied"
+
+
+def render_text(report: ReconcileReport) -> str:
+    """The MAPPING SUMMARY and apply sections of the seed's example output."""
+    lines = [
+        *_summary(report),
+        *_field_examples(report),
+        *_not_found_examples(report),
+        *_applied_rows(report),
+        "",
+        _outcome(report),
+        RULE,
+    ]
     return "\n".join(lines)
 
 
