@@ -75,6 +75,49 @@ def _wants_json(log_format: str, stream: TextIO) -> bool:
     return not (callable(isatty) and isatty())
 
 
+def _renderer(as_json: bool, stream: TextIO) -> Processor:
+    """JSON lines off a terminal; on one, a console renderer (coloured only on a tty)."""
+    if as_json:
+        return structlog.processors.JSONRenderer(default=str)
+    colors = bool(getattr(stream, "isatty", lambda: False)())
+    return structlog.dev.ConsoleRenderer(
+        colors=colors,
+        # Plain text: fancy tracebacks can print local variables, passwords included.
+        exception_formatter=structlog.dev.plain_traceback,
+    )
+
+
+def _redacting_handler(
+    stream: TextIO, shared: list[Processor], renderer: Processor
+) -> logging.Handler:
+    """The one handler every line goes through: tracebacks as text, redacted, then rendered."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # Tracebacks become text here so the redaction below sees them.
+            structlog.processors.format_exc_info,
+            structlog.processors.UnicodeDecoder(),
+            redact_event,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    setattr(handler, _HANDLER_MARK, True)
+    return handler
+
+
+def _install_on_root(handler: logging.Handler, level: int) -> None:
+    """Replace the handler an earlier call installed, leaving anyone else's in place."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def configure_logging(
     settings: Settings | None = None,
     *,
@@ -90,18 +133,7 @@ def configure_logging(
     fmt = log_format or (settings.log_format if settings is not None else "auto")
     level_name = (log_level or (settings.log_level if settings is not None else "info")).lower()
     level = _LEVELS.get(level_name, logging.INFO)
-    as_json = _wants_json(fmt, stream)
-
-    renderer: Processor
-    if as_json:
-        renderer = structlog.processors.JSONRenderer(default=str)
-    else:
-        colors = bool(getattr(stream, "isatty", lambda: False)())
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=colors,
-            # Plain text: fancy tracebacks can print local variables, passwords included.
-            exception_formatter=structlog.dev.plain_traceback,
-        )
+    renderer = _renderer(_wants_json(fmt, stream), stream)
 
     shared = _shared_processors()
     structlog.configure(
@@ -115,27 +147,7 @@ def configure_logging(
         # Not cached: reconfiguring (CLI, tests) must reach loggers already in use.
         cache_logger_on_first_use=False,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            # Tracebacks become text here so the redaction below sees them.
-            structlog.processors.format_exc_info,
-            structlog.processors.UnicodeDecoder(),
-            redact_event,
-            renderer,
-        ],
-    )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
-    setattr(handler, _HANDLER_MARK, True)
-
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
-        root.removeHandler(old)
-        old.close()
-    root.addHandler(handler)
-    root.setLevel(level)
+    _install_on_root(_redacting_handler(stream, shared, renderer), level)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -10,7 +10,7 @@ up front so each series exists at 0 before its first event: ``rate()`` and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from prometheus_client import (
@@ -93,149 +93,138 @@ class Metrics:
             GCCollector(registry=registry)
         self.registry = registry
         self._last_tick_monotonic: float | None = None
-        r = registry
-        ns = NAMESPACE
+        # Declared in this order, which is the order of the exposition.
+        self._declare_event_path()
+        self._declare_reconcile()
+        self._declare_health()
+        self.build_info.info({"version": __version__})
+        self._create_series()
 
-        self.notifications_received = Counter(
+    # Declarations: name, help text and labels of every metric, grouped by what it watches.
+
+    def _counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(name, documentation, labels, namespace=NAMESPACE, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+        return Gauge(name, documentation, labels, namespace=NAMESPACE, registry=self.registry)
+
+    def _histogram(
+        self, name: str, documentation: str, buckets: Sequence[float], labels: Sequence[str] = ()
+    ) -> Histogram:
+        return Histogram(
+            name,
+            documentation,
+            labels,
+            namespace=NAMESPACE,
+            registry=self.registry,
+            buckets=buckets,
+        )
+
+    def _declare_event_path(self) -> None:
+        """From a notification to a sandbox commit: received, buffered, applied, lag."""
+        self.notifications_received = self._counter(
             "notifications_received",
             "Notifications received from production on the change channel.",
-            namespace=ns,
-            registry=r,
         )
-        self.notifications_malformed = Counter(
+        self.notifications_malformed = self._counter(
             "notifications_malformed",
             "Notifications that could not be used, by reason.",
             ["reason"],
-            namespace=ns,
-            registry=r,
         )
-        self.keys_coalesced = Counter(
+        self.keys_coalesced = self._counter(
             "keys_coalesced",
             "Duplicate keys merged in the debounce buffer instead of applied twice.",
-            namespace=ns,
-            registry=r,
         )
-        self.batches_applied = Counter(
+        self.batches_applied = self._counter(
             "batches_applied",
             "Batches committed to the sandbox (one transaction each), by source.",
             ["source"],
-            namespace=ns,
-            registry=r,
         )
-        self.rows_applied = Counter(
+        self.rows_applied = self._counter(
             "rows_applied",
             "Sandbox rows updated because a mapped value really differed, by source.",
             ["source"],
-            namespace=ns,
-            registry=r,
         )
-        self.rows_failed = Counter(
+        self.rows_failed = self._counter(
             "rows_failed",
             "Rows the sandbox rejected (isolated and reported), by source.",
             ["source"],
-            namespace=ns,
-            registry=r,
         )
-        self.propagation_lag = Histogram(
+        self.propagation_lag = self._histogram(
             "propagation_lag_seconds",
             "Time from the production change to the sandbox commit that mirrors it.",
-            namespace=ns,
-            registry=r,
-            buckets=LAG_BUCKETS,
+            LAG_BUCKETS,
         )
-        self.debounce_buffer_keys = Gauge(
+        self.debounce_buffer_keys = self._gauge(
             "debounce_buffer_keys",
             "Distinct keys waiting in the debounce buffer.",
-            namespace=ns,
-            registry=r,
         )
-        self.reconcile_runs = Counter(
+
+    def _declare_reconcile(self) -> None:
+        """Full reconciles: how often, how long, and how much drift they found."""
+        self.reconcile_runs = self._counter(
             "reconcile_runs",
             "Full reconciles run, by source and result.",
             ["source", "result"],
-            namespace=ns,
-            registry=r,
         )
-        self.reconcile_duration = Histogram(
+        self.reconcile_duration = self._histogram(
             "reconcile_duration_seconds",
             "Wall time of a full reconcile, by source.",
+            RECONCILE_DURATION_BUCKETS,
             ["source"],
-            namespace=ns,
-            registry=r,
-            buckets=RECONCILE_DURATION_BUCKETS,
         )
-        self.reconcile_differences = Counter(
+        self.reconcile_differences = self._counter(
             "reconcile_differences",
             "Rows a reconcile found different (drift the listener had not converged), by source.",
             ["source"],
-            namespace=ns,
-            registry=r,
         )
-        self.reconcile_last_differences = Gauge(
+        self.reconcile_last_differences = self._gauge(
             "reconcile_last_differences",
             "Rows the most recent reconcile found different.",
-            namespace=ns,
-            registry=r,
         )
-        self.reconcile_last_success = Gauge(
+        self.reconcile_last_success = self._gauge(
             "reconcile_last_success_timestamp_seconds",
             "Unix time the last reconcile finished successfully (0: never).",
-            namespace=ns,
-            registry=r,
         )
-        self.database_connected = Gauge(
+
+    def _declare_health(self) -> None:
+        """Connections, leadership, retries, the NOTIFY path and the process's own liveness."""
+        self.database_connected = self._gauge(
             "database_connected",
             "1 while the connection to the database is up, else 0.",
             ["database"],
-            namespace=ns,
-            registry=r,
         )
-        self.listener_connected = Gauge(
+        self.listener_connected = self._gauge(
             "listener_connected",
             "1 while the LISTEN connection to production is up, else 0.",
-            namespace=ns,
-            registry=r,
         )
-        self.leader = Gauge(
+        self.leader = self._gauge(
             "leader",
             "1 on the replica holding the writer lock, 0 on a standby.",
-            namespace=ns,
-            registry=r,
         )
-        self.retries = Counter(
+        self.retries = self._counter(
             "retries",
             "Retries after a failure, by cause.",
             ["cause"],
-            namespace=ns,
-            registry=r,
         )
-        self.heartbeat_age = Gauge(
+        self.heartbeat_age = self._gauge(
             "listener_heartbeat_age_seconds",
             "Seconds since the daemon's own heartbeat last came back through NOTIFY.",
-            namespace=ns,
-            registry=r,
         )
-        self.notification_queue_usage = Gauge(
+        self.notification_queue_usage = self._gauge(
             "notification_queue_usage_ratio",
             "Production's pg_notification_queue_usage(): 1 means NOTIFY starts failing.",
-            namespace=ns,
-            registry=r,
         )
         self.build_info = Info(
             "build",
             "The propagator version running.",
-            namespace=ns,
-            registry=r,
+            namespace=NAMESPACE,
+            registry=self.registry,
         )
-        self.last_loop_timestamp = Gauge(
+        self.last_loop_timestamp = self._gauge(
             "loop_last_tick_timestamp_seconds",
             "Unix time the daemon's event loop last turned (liveness).",
-            namespace=ns,
-            registry=r,
         )
-
-        self.build_info.info({"version": __version__})
-        self._create_series()
 
     def _create_series(self) -> None:
         for reason in MALFORMED_REASONS:
