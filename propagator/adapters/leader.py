@@ -90,6 +90,21 @@ class LeaderLock:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
 
+    def fence(self) -> Callable[[psycopg.Connection[tuple[Any, ...]]], None]:
+        """The in-transaction check that this session still holds the lock.
+
+        Bound to the session holding it now: a lock lost and retaken meanwhile by a
+        new session of ours does not make an older batch's write legitimate.
+        """
+        pid, lock_id = self.backend_pid, self.lock_id
+
+        def check(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            if pid is None:
+                raise LeadershipLostError("no leader lock is held by this process; not writing")
+            assert_lock_held(conn, lock_id, pid)
+
+        return check
+
     async def try_acquire(self) -> bool:
         """Take the lock if it is free (connecting first if needed); True when held."""
         if self.held:

@@ -216,7 +216,8 @@ class Listener:
             await self.close()
             raise HalfOpenConnectionError(
                 f"no heartbeat came back on the production listener for "
-                f"{now - self._last_heartbeat_seen:.1f}s; reconnecting"
+                f"{now - self._last_heartbeat_seen:.1f}s; reconnecting",
+                "production",
             )
         if now - self._last_heartbeat_sent < self.heartbeat_interval:
             return
