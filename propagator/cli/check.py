@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.show_settings:
         print(json.dumps(settings.describe(), indent=2, default=str))
-    with SyncSession(settings, application_name="propagator check") as session:
+    with SyncSession(settings, purpose="check") as session:
         session.open_production()
         print(f"✓ production: {session.describe_production()}")
         session.open_sandbox()

@@ -9,7 +9,8 @@ from typing import Any, TextIO
 from propagator.core.report import RULE, ReconcileReport, render_json, render_text
 from propagator.errors import DatabaseUnavailableError, ExitCode
 from propagator.services.history import History
-from propagator.services.sync import ReconcileMethod, SyncSession, reconcile
+from propagator.services.reconcile import ReconcileMethod, run_reconcile
+from propagator.services.sync import SyncSession
 from propagator.settings import Settings, load_settings
 
 __all__ = ["register", "run"]
@@ -108,7 +109,7 @@ def execute(
         say("⚠ DRY RUN MODE - No changes will be made")
         say()
     say("Testing database connections...")
-    with SyncSession(settings, application_name="propagator reconcile") as session:
+    with SyncSession(settings, purpose="reconcile") as session:
         for side, opener in (
             ("Production", session.open_production),
             ("Sandbox", session.open_sandbox),
@@ -125,21 +126,15 @@ def execute(
             history.setup(session.sandbox)  # idempotent; every applied change is recorded
         say()
         say("Fetching jobs from databases...")
-        report = ReconcileReport(
-            dry_run=not apply,
-            production=session.describe_production(),
-            sandbox=session.describe_sandbox(),
-            fields=context.spec.target_columns,
-            limit=limit,
-        )
-        reconcile(
-            context,
-            lambda side: session.connect(side),
-            report,
+        report = run_reconcile(
+            settings,
             apply=apply,
+            source="reconcile",
+            context=context,
             on_applied=history.hook() if history is not None else None,
+            method=method,
             progress=_progress(text and sys.stderr.isatty()),
-            method=method or settings.reconcile_method,
+            limit=limit,
         )
         if text and sys.stderr.isatty():
             print("\r" + " " * 60 + "\r", end="", file=sys.stderr)

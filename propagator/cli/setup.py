@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             "message": "history is disabled (PROPAGATOR_HISTORY_ENABLED=false): nothing to set up",
         }
     else:
-        with SyncSession(settings, application_name="propagator setup") as session:
+        with SyncSession(settings, purpose="setup") as session:
             result = history.setup(session.open_sandbox())
         assert result is not None
         outcome = {

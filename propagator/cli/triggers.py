@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from propagator.adapters.postgres import connect
+from propagator.adapters.connections import Connection, open_connection
 from propagator.errors import ConfigurationError, ExitCode
 from propagator.services import triggers
 from propagator.settings import Settings, load_settings
@@ -56,14 +56,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
     return "triggers"
 
 
-def _open(settings: Settings, action: str) -> Any:
-    return connect(
-        settings.production_url(),
-        "production",
-        connect_timeout=settings.connect_timeout.total_seconds(),
-        statement_timeout=settings.statement_timeout,
-        application_name=f"propagator triggers {action}",
-    )
+def _open(settings: Settings, action: str) -> Connection:
+    return open_connection(settings, "production", f"triggers {action}")
 
 
 def _describe(settings: Settings) -> str:

@@ -14,29 +14,21 @@ Engines must use the psycopg 3 driver (``postgresql+psycopg://``);
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
-import sqlalchemy
 from psycopg import sql
 from psycopg.rows import dict_row
 from sqlalchemy.engine import Engine
 
-from propagator.adapters.postgres import (
-    Side,
-    TableInfo,
-    apply_values,
-    describe_table,
-    filter_condition,
-    read_by_keys,
-    table_identifier,
-    translate_error,
-)
+from propagator.adapters.connections import Connection, translate_error
+from propagator.adapters.parameters import filter_condition
+from propagator.adapters.reads import read_by_keys
+from propagator.adapters.tables import table_identifier
+from propagator.adapters.writes import apply_values
 from propagator.core.filters import validate_filter
-from propagator.core.identifiers import parse_qualified_name
 from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, Key, MappingSpec, format_key
 from propagator.core.plan import (
     FieldChange,
@@ -45,19 +37,23 @@ from propagator.core.plan import (
     RowFailure,
     plan_against_lookup,
 )
-from propagator.core.redact import redact, register_secret, secrets_of_url
-from propagator.core.report import ReconcileReport, show_value
+from propagator.core.report import show_value
 from propagator.core.values import values_equal
-from propagator.errors import (
-    ConfigurationError,
-    DatabaseUnavailableError,
-    PermanentError,
-    SchemaError,
+from propagator.errors import ConfigurationError, PermanentError, SchemaError
+from propagator.services.engines import (
+    RECONCILE_CONNECTIONS,
+    create_engine,
+    describe_engine,
+    driver_connection,
+    engines_from_settings,
+    require_columns,
+    table_info,
 )
-from propagator.services.sync import SyncContext, reconcile
-from propagator.settings import Settings, normalize_database_url
+from propagator.services.reconcile import Databases, run_reconcile
+from propagator.settings import Settings
 
 __all__ = [
+    "RECONCILE_CONNECTIONS",
     "DatabaseMappingService",
     "FieldMapping",
     "FieldUpdateSummary",
@@ -72,53 +68,7 @@ __all__ = [
 
 Row = Mapping[str, Any]
 LogCallback = Callable[[str], None]
-Connection = psycopg.Connection[tuple[Any, ...]]
 _DEFAULT_MAPPINGS: tuple[FieldMapping, ...] = (FieldMapping("fab_order", "fab_order"),)
-
-
-def create_engine(url: str, **options: Any) -> Engine:
-    """A SQLAlchemy engine on the psycopg 3 driver, from any PostgreSQL URL spelling.
-
-    ``postgres://`` (as Heroku-style providers hand out) and ``postgresql://``
-    become ``postgresql+psycopg://``; the password is registered for redaction.
-    """
-    for secret in secrets_of_url(url):
-        register_secret(secret)
-    try:
-        plain = normalize_database_url(url)
-    except ValueError as error:
-        raise ConfigurationError(f"invalid database URL: {error}") from None
-    return sqlalchemy.create_engine(
-        "postgresql+psycopg" + plain.removeprefix("postgresql"), **options
-    )
-
-
-# Connections a reconcile holds on each engine at once: one describing the table, one
-# for the checksum snapshot, one for each of the two batches converging together.
-RECONCILE_CONNECTIONS = 4
-
-
-def engines_from_settings(settings: Settings | None = None) -> tuple[Engine, Engine]:
-    """Production and sandbox engines from ``PRODUCTION_DATABASE_URL`` / ``SANDBOX_DATABASE_URL``.
-
-    Each engine keeps a pool of ``pool_size`` connections (``PROPAGATOR_POOL_SIZE``),
-    checked before use so a restarted server costs a reconnect, not an error.
-    A reconcile holds up to ``RECONCILE_CONNECTIONS`` of them at once; a smaller
-    pool may open the rest for the time it needs them, so it never waits on itself.
-    """
-    if settings is None:
-        from propagator.settings import load_settings
-
-        settings = load_settings()
-    options = {
-        "pool_size": settings.pool_size,
-        "max_overflow": max(0, RECONCILE_CONNECTIONS - settings.pool_size),
-        "pool_pre_ping": True,
-    }
-    return (
-        create_engine(settings.production_url(), **options),
-        create_engine(settings.sandbox_url(), **options),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,59 +83,6 @@ class FieldUpdateSummary:
     @property
     def failed(self) -> int:
         return len(self.failures)
-
-
-def _describe_engine(engine: Engine) -> str:
-    return redact(engine.url.render_as_string(hide_password=True))
-
-
-@contextmanager
-def _driver_connection(engine: Engine) -> Iterator[Connection]:
-    """The engine's psycopg connection, returned to its pool (rolled back) afterwards."""
-    try:
-        raw = engine.raw_connection()
-    except (sqlalchemy.exc.DBAPIError, psycopg.Error) as error:
-        cause = getattr(error, "orig", None) or error
-        lines = str(cause).strip().splitlines()
-        reason = redact(lines[0] if lines else type(cause).__name__)
-        raise DatabaseUnavailableError(
-            f"cannot connect to the database at {_describe_engine(engine)}: {reason}"
-        ) from None
-    try:
-        connection = raw.driver_connection
-        if not isinstance(connection, psycopg.Connection):
-            raise ConfigurationError(
-                f"the engine for {_describe_engine(engine)} does not use the psycopg 3 driver; "
-                "create it with a postgresql+psycopg:// URL (propagator.services."
-                "database_mapping.create_engine does this)"
-            )
-        yield connection
-    finally:
-        raw.close()
-
-
-def _table_info(conn: Connection, table: str, engine: Engine, side: Side) -> TableInfo:
-    """The table's columns, with errors naming the table and the database (not a side)."""
-    try:
-        name = parse_qualified_name(table)
-    except ValueError as error:
-        raise ConfigurationError(str(error)) from None
-    try:
-        return describe_table(conn, name, side)
-    except SchemaError:
-        raise SchemaError(
-            f"table {name} does not exist in the database at {_describe_engine(engine)}"
-        ) from None
-
-
-def _require_columns(info: TableInfo, columns: Iterable[str], engine: Engine) -> None:
-    missing = [column for column in dict.fromkeys(columns) if column not in info.columns]
-    if missing:
-        names = ", ".join(repr(column) for column in missing)
-        raise SchemaError(
-            f"column {names} does not exist in table {info.name} "
-            f"of the database at {_describe_engine(engine)}"
-        )
 
 
 def _as_mapping(row: Any) -> Row:
@@ -241,9 +138,9 @@ class DatabaseMappingService:
                 validate_filter(where)
             except ValueError as error:
                 raise ConfigurationError(f"fetch_jobs: where {error}") from None
-        with _driver_connection(engine) as conn:
-            info = _table_info(conn, table, engine, "production")
-            _require_columns(info, columns, engine)
+        with driver_connection(engine) as conn:
+            info = table_info(conn, table, engine, "production")
+            require_columns(info, columns, engine)
             query = sql.SQL("SELECT {columns} FROM {table}").format(
                 columns=sql.SQL(", ").join(sql.Identifier(column) for column in columns),
                 table=table_identifier(info.name),
@@ -354,9 +251,9 @@ class DatabaseMappingService:
             )
         updated: set[Key] = set()
         failures: list[RowFailure] = []
-        with _driver_connection(engine) as conn:
-            info = _table_info(conn, table, engine, "sandbox")
-            _require_columns(info, (*keys, *(f for fields in groups for f in fields)), engine)
+        with driver_connection(engine) as conn:
+            info = table_info(conn, table, engine, "sandbox")
+            require_columns(info, (*keys, *(f for fields in groups for f in fields)), engine)
             try:
                 # One transaction for everything; each batch inside is a savepoint, so a
                 # refused row is bisected out without losing the rest.
@@ -388,10 +285,10 @@ class DatabaseMappingService:
     ) -> dict[str, Any] | None:
         """The row with this ``(job, release)`` as a dict (all columns by default), or None."""
         key_columns = DEFAULT_KEY_COLUMNS
-        with _driver_connection(engine) as conn:
-            info = _table_info(conn, table, engine, "production")
+        with driver_connection(engine) as conn:
+            info = table_info(conn, table, engine, "production")
             wanted = tuple(columns) if columns is not None else tuple(info.columns)
-            _require_columns(info, (*key_columns, *wanted), engine)
+            require_columns(info, (*key_columns, *wanted), engine)
             rows = read_by_keys(conn, info, key_columns, wanted, [(job, release)])
         if len(rows) > 1:
             raise PermanentError(
@@ -423,9 +320,9 @@ class DatabaseMappingService:
         if overlap:
             raise ConfigurationError(f"key columns cannot be updated: {sorted(overlap)}")
         key: Key = (job, release)
-        with _driver_connection(engine) as conn:
-            info = _table_info(conn, table, engine, "sandbox")
-            _require_columns(info, (*key_columns, *fields), engine)
+        with driver_connection(engine) as conn:
+            info = table_info(conn, table, engine, "sandbox")
+            require_columns(info, (*key_columns, *fields), engine)
             current = read_by_keys(conn, info, key_columns, fields, [key])
             if not current:
                 raise PermanentError(f"no row in {info.name} has the key {format_key(key)}")
@@ -464,48 +361,35 @@ def map_production_fab_order_to_sandbox(
     """
     settings = settings or _seed_settings()
     say = log_callback or (lambda line: None)
-    spec = settings.mapping_spec
-    with ExitStack() as stack:
 
-        def open_connection(side: Literal["production", "sandbox"]) -> Connection:
-            engine = production_engine if side == "production" else sandbox_engine
-            return stack.enter_context(_driver_connection(engine))
+    def planned(result: JobMappingResult) -> None:
+        for change in result.changes:
+            say(_change_line(result, change, dry_run=True))
 
-        context = SyncContext.prepare(
-            open_connection("production"),
-            open_connection("sandbox"),
-            spec,
-            settings.production_table_name,
-            settings.sandbox_table_name,
-            production_filter=settings.production_filter,
-            batch_size=settings.batch_size,
-        )
-        report = ReconcileReport(
-            dry_run=dry_run,
-            production=f"{context.production.name} @ {_describe_engine(production_engine)}",
-            sandbox=f"{context.sandbox.name} @ {_describe_engine(sandbox_engine)}",
-            fields=spec.target_columns,
-            limit=settings.report_limit,
-        )
-
-        def planned(result: JobMappingResult) -> None:
+    def applied(_: Connection, results: Sequence[JobMappingResult], __: str) -> None:
+        for result in results:
             for change in result.changes:
-                say(_change_line(result, change, dry_run=True))
+                say(_change_line(result, change, dry_run=False))
 
-        def applied(_: Connection, results: Sequence[JobMappingResult], __: str) -> None:
-            for result in results:
-                for change in result.changes:
-                    say(_change_line(result, change, dry_run=False))
-
-        reconcile(
-            context,
-            open_connection,
-            report,
-            apply=not dry_run,
-            source="manual",
-            on_applied=None if dry_run or log_callback is None else applied,
-            on_difference=planned if dry_run and log_callback is not None else None,
-        )
+    report = run_reconcile(
+        settings,
+        apply=not dry_run,
+        source="manual",
+        on_applied=None if dry_run or log_callback is None else applied,
+        method="auto",
+        on_difference=planned if dry_run and log_callback is not None else None,
+        databases=_engine_databases(production_engine, sandbox_engine),
+    )
     for failure in report.statistics.failures:
         say(_failure_line(failure))
     return report.statistics
+
+
+def _engine_databases(production_engine: Engine, sandbox_engine: Engine) -> Databases:
+    """The engines' pools as a reconcile's databases (each connection given back after)."""
+    engines = {"production": production_engine, "sandbox": sandbox_engine}
+    return Databases(
+        lambda side: driver_connection(engines[side]),
+        describe_engine(production_engine),
+        describe_engine(sandbox_engine),
+    )

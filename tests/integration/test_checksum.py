@@ -12,90 +12,16 @@ from typing import Any, Literal
 import psycopg
 import pytest
 
-from propagator.adapters.postgres import connect, stream_rows
-from propagator.core.identifiers import parse_qualified_name
+from propagator.adapters.postgres import stream_rows
 from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, MappingSpec
 from propagator.core.plan import JobMappingResult, merge_compare
 from propagator.core.report import ReconcileReport
 from propagator.errors import ConfigurationError
-from propagator.services import checksum as checksum_service
 from propagator.services.checksum import reconcile_checksum
-from propagator.services.sync import ReconcileMethod, SyncContext, reconcile
+from propagator.services.checksum_snapshot import Snapshot
+from propagator.services.sync import reconcile
 from tests.helpers import Database, DatabasePair, run_cli, wait_until
-
-Side = Literal["production", "sandbox"]
-FAB_ORDER = MappingSpec(DEFAULT_KEY_COLUMNS, (FieldMapping("fab_order", "fab_order"),))
-
-
-class Runner:
-    """Runs reconciles of one production/sandbox pair and closes what they opened."""
-
-    def __init__(
-        self,
-        production: Database,
-        sandbox: Database,
-        spec: MappingSpec = FAB_ORDER,
-        *,
-        production_table: str = "public.jobs",
-        sandbox_table: str = "public.jobs",
-        production_filter: str | None = None,
-    ) -> None:
-        self.urls = {"production": production.url, "sandbox": sandbox.url}
-        self.opened: list[psycopg.Connection[tuple[Any, ...]]] = []
-        self.context = SyncContext.prepare(
-            self.open("production"),
-            self.open("sandbox"),
-            spec,
-            parse_qualified_name(production_table),
-            parse_qualified_name(sandbox_table),
-            production_filter=production_filter,
-            batch_size=50,
-        )
-
-    def open(self, side: Side) -> psycopg.Connection[tuple[Any, ...]]:
-        conn = connect(self.urls[side], side)
-        self.opened.append(conn)
-        return conn
-
-    def report(self, *, apply: bool = False) -> ReconcileReport:
-        return ReconcileReport(
-            dry_run=not apply,
-            production="production",
-            sandbox="sandbox",
-            fields=self.context.spec.target_columns,
-            limit=10_000,
-        )
-
-    def run(
-        self, method: ReconcileMethod, *, apply: bool = False, **options: Any
-    ) -> tuple[ReconcileReport, list[JobMappingResult]]:
-        report = self.report(apply=apply)
-        found: list[JobMappingResult] = []
-        if options:
-            done = reconcile_checksum(
-                self.context,
-                self.open,
-                report,
-                apply=apply,
-                on_difference=found.append,
-                strict=True,
-                **options,
-            )
-            assert done
-        else:
-            reconcile(
-                self.context,
-                self.open,
-                report,
-                apply=apply,
-                method=method,
-                on_difference=found.append,
-            )
-        return report, found
-
-    def close(self) -> None:
-        for conn in self.opened:
-            conn.close()
+from tests.integration.checksum_support import Runner, comparable
 
 
 @pytest.fixture
@@ -104,21 +30,6 @@ def runner(databases: DatabasePair) -> Iterator[Runner]:
     runner = Runner(databases.production, databases.sandbox)
     yield runner
     runner.close()
-
-
-def comparable(report: ReconcileReport, found: Sequence[JobMappingResult]) -> dict[str, Any]:
-    """What must be identical between the two methods: statistics, plan, samples."""
-    figures = report.statistics.to_dict()
-    figures.pop("duration_seconds")
-    return {
-        "statistics": figures,
-        "plan": [
-            (r.key, r.status, [(c.field, repr(c.old), repr(c.new)) for c in r.changes])
-            for r in found
-        ],
-        "not_found_in_sandbox": report.not_found_examples,
-        "failures": [(f.key, f.error) for f in report.statistics.failures],
-    }
 
 
 def assert_same_as_stream(runner: Runner, **options: Any) -> ReconcileReport:
@@ -503,14 +414,14 @@ def test_scattered_differences_are_refined_and_read_sparingly(
     databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 50 = 7")
     databases.production.execute("DELETE FROM jobs WHERE job = 1999")
     read = {"production": 0, "sandbox": 0}
-    original = checksum_service._Snapshot.rows
+    original = Snapshot.rows
 
     def counting(self: Any, query: Any) -> Iterator[tuple[Any, ...]]:
         for row in original(self, query):
             read[self.side] += 1
             yield row
 
-    monkeypatch.setattr(checksum_service._Snapshot, "rows", counting)
+    monkeypatch.setattr(Snapshot, "rows", counting)
     report = assert_same_as_stream(runner, segments=32, fine_segments=2048, refine_above=0.0)
     assert report.statistics.rows_with_differences == 40
     assert report.statistics.matched == 1999  # every row present on both sides

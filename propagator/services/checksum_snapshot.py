@@ -1,0 +1,122 @@
+"""One side of a checksum reconcile, read from a single ``REPEATABLE READ READ ONLY`` snapshot.
+
+Every pass on one side (digests, a finer pass, the rows of differing segments)
+runs in the same transaction, so the passes agree with each other whatever
+changes meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from propagator.adapters.connections import Connection, translate_error
+from propagator.adapters.tables import TableInfo, table_identifier
+from propagator.errors import PermanentError, Side
+from propagator.sql import load_sql
+
+__all__ = ["ServerFacts", "Snapshot"]
+
+_FETCH_SIZE = 10_000
+_REFINE_WORK_MEM = "32MB"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFacts:
+    """What one server says about itself and the table, read as its snapshot begins."""
+
+    version: int
+    encoding: str
+    estimated_rows: float
+    keys_unique: bool
+    builtin_probe: list[tuple[Any, ...]] | None
+    md5_probe: list[tuple[Any, ...]] | None
+
+
+class Snapshot:
+    """One side read from a single ``REPEATABLE READ READ ONLY`` transaction."""
+
+    def __init__(self, conn: Connection, table: TableInfo) -> None:
+        self.conn = conn
+        self.table = table
+        self.side: Side = table.side
+
+    def begin(self, key_columns: tuple[str, ...]) -> ServerFacts:
+        conn = self.conn
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute("SET LOCAL extra_float_digits = 1")
+            facts = conn.execute(
+                load_sql("checksum/server_facts.sql"),
+                {
+                    "table": table_identifier(self.table.name).as_string(conn),
+                    "keys": list(key_columns),
+                },
+            ).fetchone()
+        except psycopg.Error as error:
+            raise translate_error(error, self.side, f"inspecting {self.table.name}") from None
+        if facts is None:
+            raise PermanentError(f"the {self.side} table {self.table.name} disappeared")
+        return ServerFacts(
+            int(facts[0]),
+            str(facts[1]),
+            float(facts[2]),
+            bool(facts[3]),
+            self._probe("checksum/hash_probe.sql"),
+            self._probe("checksum/md5_probe.sql"),
+        )
+
+    def _probe(self, name: str) -> list[tuple[Any, ...]] | None:
+        """The probe's rows, or None when this server cannot run it (in a savepoint)."""
+        try:
+            with self.conn.transaction():
+                return self.conn.execute(load_sql(name)).fetchall()
+        except psycopg.Error:
+            return None
+
+    def digests(self, query: sql.Composed) -> tuple[int, bytes]:
+        try:
+            # The planner cannot know a masked hash has few distinct values and may
+            # sort the whole table to group it; the hash aggregate needs a few MB.
+            self.conn.execute("SET LOCAL enable_sort = off")
+            with self.conn.cursor(binary=True) as cursor:
+                found = cursor.execute(query).fetchone()
+            self.conn.execute("SET LOCAL enable_sort = on")
+        except psycopg.Error as error:
+            raise translate_error(error, self.side, f"checksumming {self.table.name}") from None
+        if found is None:
+            raise PermanentError(f"checksumming {self.table.name} returned nothing")
+        return int(found[0]), bytes(found[1] or b"")
+
+    def allow_fine_pass_memory(self) -> None:
+        """Raise this transaction's work_mem (never lower it): the finer pass's hash table fits."""
+        try:
+            self.conn.execute(
+                "SELECT set_config('work_mem', %s, true) "
+                "WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes(%s)",
+                (_REFINE_WORK_MEM, _REFINE_WORK_MEM),
+            )
+        except psycopg.Error as error:
+            raise translate_error(error, self.side, f"checksumming {self.table.name}") from None
+
+    def rows(self, query: sql.Composed) -> Iterator[tuple[Any, ...]]:
+        try:
+            with self.conn.cursor(name=f"propagator_checksum_{self.side}") as cursor:
+                cursor.itersize = _FETCH_SIZE
+                cursor.execute(query)
+                while batch := cursor.fetchmany(_FETCH_SIZE):
+                    yield from batch
+        except psycopg.Error as error:
+            raise translate_error(error, self.side, f"reading {self.table.name}") from None
+
+    def end(self) -> None:
+        if not self.conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.rollback()
