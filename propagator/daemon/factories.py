@@ -1,0 +1,62 @@
+"""The real parts the daemon is built from; tests hand the supervisor fakes instead."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from propagator.adapters.connections import url_for
+from propagator.adapters.leader import LeaderLock, lock_id_for
+from propagator.adapters.listener import Listener
+from propagator.daemon.capture import CaptureSource
+from propagator.daemon.leadership import LeaderLockPort
+from propagator.daemon.writers import SandboxWriter, Writer
+from propagator.services.history import History
+from propagator.settings import Settings
+
+__all__ = [
+    "CaptureFactory",
+    "LockFactory",
+    "WriterFactory",
+    "advisory_lock",
+    "notify_capture",
+    "sandbox_writer",
+]
+
+CaptureFactory = Callable[[Settings, str], CaptureSource]
+"""(settings, instance id) -> the source of change notifications."""
+LockFactory = Callable[[Settings, str], LeaderLockPort]
+"""(settings, instance id) -> the leader lock."""
+WriterFactory = Callable[[Settings, History], Writer]
+"""(settings, history) -> one lane's writer."""
+
+
+def notify_capture(settings: Settings, instance_id: str) -> Listener:
+    """Production triggers' NOTIFYs, heard on a LISTEN connection."""
+    return Listener(
+        url_for(settings, "production"),
+        settings.channel,
+        instance_id=instance_id,
+        key_width=len(settings.key_columns),
+        heartbeat_interval=settings.heartbeat_interval,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        connect_timeout=settings.connect_timeout,
+        application_name=f"propagator listener {instance_id}"[:63],
+    )
+
+
+def advisory_lock(settings: Settings, instance_id: str) -> LeaderLock:
+    """A session advisory lock on the sandbox, by default derived from the table's name."""
+    lock_id = settings.leader_lock_id
+    if lock_id is None:
+        lock_id = lock_id_for(settings.sandbox_table_name)
+    return LeaderLock(
+        url_for(settings, "sandbox"),
+        lock_id,
+        connect_timeout=settings.connect_timeout,
+        probe_timeout=min(settings.heartbeat_timeout, settings.connect_timeout),
+        application_name=f"propagator leader {instance_id}"[:63],
+    )
+
+
+def sandbox_writer(settings: Settings, history: History) -> SandboxWriter:
+    return SandboxWriter(settings, history)

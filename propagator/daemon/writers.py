@@ -1,0 +1,142 @@
+"""The sandbox writers: each holds its own pair of connections, used by one thread at a time.
+
+Writing is synchronous psycopg (run in a thread by the pipeline): converging a
+batch of keys, or a full reconcile, always through ``services`` so every writer
+re-reads production and writes only real differences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+
+from propagator.core.debounce import Batch, DebounceBuffer
+from propagator.core.report import ReconcileReport
+from propagator.daemon.leadership import Fence
+from propagator.daemon.requests import ReconcileSource
+from propagator.observability.logging import get_logger
+from propagator.services.history import History
+from propagator.services.reconcile import run_reconcile
+from propagator.services.sync import BatchResult, SyncContext, SyncSession, converge_keys
+from propagator.settings import Settings
+
+__all__ = ["Lane", "SandboxWriter", "Writer", "WriterFactory"]
+
+_log = get_logger("propagator.daemon")
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+class Writer(Protocol):
+    """What the pipeline needs of a writer; every method runs in a worker thread."""
+
+    def apply(self, batch: Batch, fence: Fence) -> BatchResult: ...
+
+    def reconcile(self, source: ReconcileSource, fence: Fence) -> ReconcileReport: ...
+
+    def connected(self) -> bool: ...
+
+    def cancel(self) -> None:
+        """Cancel a running statement from another thread (its transaction rolls back)."""
+
+    def reset(self) -> None:
+        """Drop the connections; the next call opens new ones."""
+
+
+WriterFactory = Callable[[int], Writer]
+"""Builds the writer of lane ``n``."""
+
+
+@dataclass(slots=True)
+class Lane:
+    """One applier: its share of the buffered keys, its batch in flight, its writer."""
+
+    number: int
+    buffer: DebounceBuffer
+    writer: Writer
+    in_flight: Batch | None = None
+    wake: Any = field(default=None)  # asyncio.Event, created on the running loop
+
+
+def _fenced(fence: Fence) -> Callable[[Connection, Any, Any], None]:
+    def check(conn: Connection, _results: Any, _source: Any) -> None:
+        fence(conn)
+
+    return check
+
+
+class SandboxWriter:
+    """A writer on real connections: production to read, sandbox to write and record history."""
+
+    def __init__(self, settings: Settings, history: History) -> None:
+        self.settings = settings
+        self.history = history
+        self.session: SyncSession | None = None
+        self.context: SyncContext | None = None
+
+    def ensure(self) -> tuple[SyncContext, Connection, Connection]:
+        if self.session is None or self.context is None:
+            session = SyncSession(self.settings, application_name="propagator applier")
+            try:
+                session.open_production()
+                sandbox = session.open_sandbox()
+                self.context = session.prepare()
+                setup = self.history.setup(sandbox)
+                if setup is not None and setup.applied:
+                    _log.info("history_schema_ready", detail=setup.describe())
+            except BaseException:
+                session.close()
+                raise
+            self.session = session
+        assert self.session.production is not None
+        assert self.session.sandbox is not None
+        return self.context, self.session.production, self.session.sandbox
+
+    def apply(self, batch: Batch, fence: Fence) -> BatchResult:
+        context, production, sandbox = self.ensure()
+        return converge_keys(
+            context,
+            production,
+            sandbox,
+            batch.keys,
+            source="event",
+            on_applied=self.history.hook(changed_at=batch.earliest_change, after=_fenced(fence)),
+        )
+
+    def reconcile(self, source: ReconcileSource, fence: Fence) -> ReconcileReport:
+        context, _, _ = self.ensure()
+        return run_reconcile(
+            self.settings,
+            apply=True,
+            source=source,
+            context=context,
+            on_applied=self.history.hook(after=_fenced(fence)),
+        )
+
+    def connected(self) -> bool:
+        session = self.session
+        return bool(
+            session is not None
+            and session.production is not None
+            and not session.production.closed
+            and session.sandbox is not None
+            and not session.sandbox.closed
+        )
+
+    def cancel(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        for conn in (session.production, session.sandbox):
+            if conn is not None and not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.cancel_safe(timeout=2)
+
+    def reset(self) -> None:
+        session, self.session, self.context = self.session, None, None
+        if session is not None:
+            with contextlib.suppress(psycopg.Error):
+                session.close()
