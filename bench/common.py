@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from propagator.adapters.embedded import EmbeddedPostgres
+from propagator.demo.embedded import EmbeddedPostgres
 from propagator.sql import load_sql
 
 __all__ = [

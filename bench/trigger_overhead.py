@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
-from propagator.adapters.embedded import EmbeddedPostgres, binary_dir
+from propagator.demo.embedded import EmbeddedPostgres, binary_dir
 from propagator.services import triggers
 from propagator.settings import load_settings
 

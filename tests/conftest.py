@@ -20,7 +20,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
-from propagator.adapters.embedded import EmbeddedPostgres
+from propagator.demo.embedded import EmbeddedPostgres
 from tests.helpers import JOBS_DDL, Database, DatabasePair
 
 TEMPLATE = "propagator_test_template"

@@ -1,8 +1,9 @@
 """``propagator demo``: the whole product on two throwaway servers, in one command.
 
-Only the arguments live here; the session (servers, daemon, live view) is in
-``demo_session`` and loaded when the demo runs, so other commands never pay
-for importing it.
+Only the arguments live here; the session (servers, daemon, live view) is the
+``propagator.demo`` package, imported when the demo runs, so other commands
+never pay for importing it. Its packages come with the ``demo`` extra; without
+them the demo ends with one line naming the install command (exit 2).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from propagator.cli import demo_session
+    from propagator.demo import require_extra
 
-    return demo_session.run(args)
+    require_extra()
+    from propagator.cli.reconcile import execute
+    from propagator.demo import session
+
+    return session.run(args, reconcile=execute)

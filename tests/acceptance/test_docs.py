@@ -33,10 +33,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from propagator.cli import build_parser
+from propagator.demo.data import build_demo_data, load_demo_data
 from propagator.observability.http import HttpServer
 from propagator.observability.metrics import Metrics
 from propagator.observability.pages import add_web_routes
-from propagator.services.demo import build_demo_data, load_demo_data
 from propagator.settings import Settings, env_name, load_settings
 from tests.helpers import DatabasePair, run_cli
 

