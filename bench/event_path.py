@@ -38,7 +38,6 @@ production afterwards.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
 import re
@@ -58,11 +57,12 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import load_jobs, machine_description, servers
-from propagator.adapters.embedded import EmbeddedPostgres
-from propagator.daemon import Daemon, tune_garbage_collection
+from propagator.daemon import tune_garbage_collection
+from propagator.demo.embedded import EmbeddedPostgres
 from propagator.observability.logging import configure_logging
 from propagator.services import triggers
 from propagator.settings import Settings, load_settings
+from propagator.testing import DaemonRunner
 
 SCRIPT = """\\set id random(1, {rows})
 UPDATE jobs SET fab_order = fab_order + 1 WHERE id = :id;
@@ -112,39 +112,18 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-class DaemonThread:
-    """The daemon on its own event loop; every observed batch lag is kept."""
+def keep_batch_lags(runner: DaemonRunner) -> list[float]:
+    """Every batch lag the daemon observes from now on, appended to the returned list."""
+    lags: list[float] = []
+    observe = runner.daemon.metrics.observe_lag
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.lags: list[float] = []
-        observe = daemon.metrics.observe_lag
+    def keep(change_epoch_seconds: float, now: float | None = None) -> float:
+        lag = observe(change_epoch_seconds, now)
+        lags.append(lag)
+        return lag
 
-        def keep(change_epoch_seconds: float, now: float | None = None) -> float:
-            lag = observe(change_epoch_seconds, now)
-            self.lags.append(lag)
-            return lag
-
-        daemon.metrics.observe_lag = keep  # type: ignore[method-assign]
-        self.thread = threading.Thread(target=lambda: asyncio.run(daemon.run()), daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        self.daemon.started.wait(30)
-        deadline = time.monotonic() + 120
-        while not (self.daemon.role == "leader" and self.daemon.catchup_done):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the daemon did not become a caught-up leader")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.daemon.request_stop()
-        self.thread.join(60)
-
-
-def counter(daemon: Daemon, name: str, **labels: str) -> float:
-    value = daemon.metrics.registry.get_sample_value(name, labels or None)
-    return value or 0.0
+    runner.daemon.metrics.observe_lag = keep  # type: ignore[method-assign]
+    return lags
 
 
 class Probe:
@@ -222,15 +201,18 @@ def daemon_run(
     probe_value: int,
 ) -> DaemonRun:
     production_url = production.url()
-    running = DaemonThread(Daemon(settings, handle_signals=False))
-    running.start()  # the catch-up converges what the runs without the daemon changed
+    running = DaemonRunner(settings)
+    batch_lag_log = keep_batch_lags(running)
+    running.start(timeout=30)
+    # The catch-up converges what the runs without the daemon changed.
+    running.wait_caught_up(timeout=120)
     daemon = running.daemon
     with psycopg.connect(sandbox_url, autocommit=True) as conn:
         conn.execute("TRUNCATE bench_probe_seen")
-    rows_before = counter(daemon, "propagator_rows_applied_total", source="event")
-    batches_before = counter(daemon, "propagator_batches_applied_total", source="event")
-    received_before = counter(daemon, "propagator_notifications_received_total")
-    lags_before = len(running.lags)
+    rows_before = running.metric("propagator_rows_applied_total", source="event")
+    batches_before = running.metric("propagator_batches_applied_total", source="event")
+    received_before = running.metric("propagator_notifications_received_total")
+    lags_before = len(batch_lag_log)
     probe = Probe(production_url, args.probe_interval)
     cpu_started = time.process_time()
     started = time.monotonic()
@@ -248,10 +230,10 @@ def daemon_run(
         time.sleep(0.02)
     converged = time.monotonic()
     cpu = time.process_time() - cpu_started
-    rows = counter(daemon, "propagator_rows_applied_total", source="event") - rows_before
-    batches = counter(daemon, "propagator_batches_applied_total", source="event") - batches_before
-    received = counter(daemon, "propagator_notifications_received_total") - received_before
-    batch_lags = running.lags[lags_before:]
+    rows = running.metric("propagator_rows_applied_total", source="event") - rows_before
+    batches = running.metric("propagator_batches_applied_total", source="event") - batches_before
+    received = running.metric("propagator_notifications_received_total") - received_before
+    batch_lags = batch_lag_log[lags_before:]
     running.stop()
     with psycopg.connect(sandbox_url) as conn:
         seen = [(int(v), float(t)) for v, t in conn.execute("SELECT * FROM bench_probe_seen")]
