@@ -109,3 +109,12 @@ def run_cli(
         input=input,
         check=False,
     )
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """This environment without any propagator setting, plus ``extra``: only what a test sets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROPAGATOR_")}
+    env.pop("PRODUCTION_DATABASE_URL", None)
+    env.pop("SANDBOX_DATABASE_URL", None)
+    env.update(extra)
+    return env

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from propagator.adapters.embedded import free_port
 from propagator.cli import build_parser
+from propagator.demo.embedded import free_port
 from tests.helpers import DatabasePair, run_cli
 
 SECRET = "Pa55-never%2Fshown"  # percent-encoded in the URL; the server sees "Pa55-never/shown"

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from propagator.adapters.embedded import free_port
+from propagator.demo.embedded import free_port
 from propagator.errors import ExitCode
 from tests.helpers import DatabasePair, run_cli
 

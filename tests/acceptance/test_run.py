@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from propagator.adapters.embedded import free_port
+from propagator.demo.embedded import free_port
 from tests.helpers import DatabasePair, run_cli, wait_until
-from tests.integration.test_daemon import (
+from tests.integration.support import (
     converged,
     daemon_settings,
     differences,

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from propagator.adapters.embedded import free_port
+from propagator.demo.embedded import free_port
 from tests.helpers import DatabasePair, wait_until
 
 __all__ = [

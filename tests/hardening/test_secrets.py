@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from propagator.adapters.embedded import free_port
+from propagator.demo.embedded import free_port
 from propagator.errors import ConfigurationError
 from propagator.settings import load_settings
 from tests.hardening.support import daemon_process, pair_env, seed_equal

@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from propagator.adapters.embedded import free_port
+from propagator.demo.embedded import free_port
 from tests.helpers import JOBS_DDL, DatabasePair, run_cli
 
 pytestmark = pytest.mark.slow  # starts its own TLS-enabled PostgreSQL server

@@ -19,7 +19,7 @@ from propagator.core.payload import Change, parse_notification
 from propagator.services import triggers
 from propagator.settings import load_settings
 from tests.helpers import DatabasePair
-from tests.integration.test_triggers import Listener
+from tests.integration.trigger_support import Listener
 
 KEYS = ["a", "j", "b", "n", "f", "t"]
 ODD_KEYS_TABLE = """

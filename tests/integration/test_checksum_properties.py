@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from propagator.core.mapping import FieldMapping, MappingSpec
 from tests.helpers import Database, DatabasePair
-from tests.integration.test_checksum import Runner, comparable
+from tests.integration.checksum_support import Runner, comparable
 
 KEY_LAYOUTS = {
     "integer": ("integer",),

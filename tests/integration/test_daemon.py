@@ -2,126 +2,38 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
-import psycopg
 import pytest
 
-from propagator.core.report import ReconcileReport
-from propagator.daemon import Daemon
-from propagator.services.sync import SyncSession, reconcile
-from propagator.services.triggers import install
-from propagator.settings import Settings, load_settings
+from propagator.testing import DaemonRunner
 from tests.helpers import DatabasePair, wait_until
-
-FAST = {
-    "http_port": 0,
-    "reconcile_interval": "0",
-    "heartbeat_interval": "500ms",
-    "heartbeat_timeout": "3s",
-    "retry_initial": "50ms",
-    "retry_max": "1s",
-    "standby_poll_interval": "200ms",
-    "permanent_retry_interval": "2s",
-    "shutdown_timeout": "15s",
-    "connect_timeout": "3s",
-}
-
-
-def daemon_settings(databases: DatabasePair, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "production_database_url": databases.production.url,
-        "sandbox_database_url": databases.sandbox.url,
-        **FAST,
-        **overrides,
-    }
-    return load_settings(**values)
-
-
-def install_triggers(databases: DatabasePair, settings: Settings) -> None:
-    with psycopg.connect(databases.production.url, autocommit=True) as conn:
-        install(conn, settings)
-
-
-def seed(databases: DatabasePair, count: int, *, sandbox_value: Any = 0) -> None:
-    """``count`` jobs on both sides: production fab_order = job, sandbox ``sandbox_value``."""
-    databases.production.insert_jobs((i, "A", i) for i in range(1, count + 1))
-    databases.sandbox.insert_jobs((i, "A", sandbox_value) for i in range(1, count + 1))
-
-
-def converged(databases: DatabasePair) -> bool:
-    return databases.production.fab_orders() == databases.sandbox.fab_orders()
-
-
-def differences(settings: Settings) -> int:
-    """What a separate dry-run reconcile finds (the proof a test trusts)."""
-    with SyncSession(settings, application_name="test check") as session:
-        context = session.prepare()
-        report = ReconcileReport(True, "production", "sandbox", context.spec.target_columns)
-        reconcile(context, lambda side: session.connect(side), report, apply=False)
-    return report.differences
-
-
-class DaemonThread:
-    """A daemon on its own event loop in a thread, as the tests drive it."""
-
-    def __init__(self, settings: Settings, instance_id: str | None = None) -> None:
-        self.daemon = Daemon(settings, instance_id=instance_id, handle_signals=False)
-        self.exit_code: int | None = None
-        self.thread = threading.Thread(target=self._main, name="daemon-under-test", daemon=True)
-
-    def _main(self) -> None:
-        self.exit_code = asyncio.run(self.daemon.run())
-
-    def start(self) -> DaemonThread:
-        self.thread.start()
-        assert self.daemon.started.wait(30), "the daemon did not start"
-        return self
-
-    def stop(self, timeout: float = 60) -> int | None:
-        self.daemon.request_stop()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the daemon did not stop"
-        return self.exit_code
-
-    def metric(self, name: str, **labels: str) -> float:
-        value = self.daemon.metrics.registry.get_sample_value(name, labels or None)
-        return 0.0 if value is None else value
-
-    def wait_caught_up(self, timeout: float = 30) -> None:
-        wait_until(
-            lambda: self.daemon.role == "leader" and self.daemon.catchup_done,
-            timeout=timeout,
-            what="leadership and a finished catch-up",
-        )
-
-    def __enter__(self) -> DaemonThread:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        if self.thread.is_alive():
-            self.stop()
+from tests.integration.support import (
+    converged,
+    daemon_settings,
+    differences,
+    install_triggers,
+    seed,
+)
 
 
 @pytest.fixture
-def running(databases: DatabasePair) -> Iterator[DaemonThread]:
+def running(databases: DatabasePair) -> Iterator[DaemonRunner]:
     """Triggers installed, 200 matching rows, and a caught-up daemon."""
     settings = daemon_settings(databases)
     install_triggers(databases, settings)
     seed(databases, 200, sandbox_value=None)
     databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    with DaemonThread(settings) as running:
+    with DaemonRunner(settings) as running:
         running.wait_caught_up()
         yield running
 
 
 def test_mapped_update_propagates_and_unmapped_update_sends_nothing(
-    databases: DatabasePair, running: DaemonThread
+    databases: DatabasePair, running: DaemonRunner
 ) -> None:
     """An UPDATE of fab_order reaches the sandbox; an UPDATE of an unmapped column is silent."""
     received = running.metric("propagator_notifications_received_total")
@@ -143,7 +55,7 @@ def test_mapped_update_propagates_and_unmapped_update_sends_nothing(
     assert running.daemon.readiness() == (True, [])
 
 
-def test_burst_on_one_row_is_coalesced(databases: DatabasePair, running: DaemonThread) -> None:
+def test_burst_on_one_row_is_coalesced(databases: DatabasePair, running: DaemonRunner) -> None:
     """Many updates of one row inside the debounce window become few re-reads, last value wins."""
     with databases.production.connect() as conn:
         for value in range(1, 41):
@@ -161,7 +73,7 @@ def test_changes_made_while_stopped_are_caught_up(databases: DatabasePair, metho
     settings = daemon_settings(databases, reconcile_method=method)
     install_triggers(databases, settings)
     seed(databases, 500)
-    with DaemonThread(settings) as running:
+    with DaemonRunner(settings) as running:
         running.wait_caught_up()
         wait_until(lambda: converged(databases), what="convergence")
         last = running.daemon.last_reconcile
@@ -175,7 +87,7 @@ def test_changes_made_while_stopped_are_caught_up(databases: DatabasePair, metho
 
 
 def test_malformed_notifications_are_counted_and_never_stop_the_listener(
-    databases: DatabasePair, running: DaemonThread
+    databases: DatabasePair, running: DaemonRunner
 ) -> None:
     """Garbage on the channel is counted by reason; the next real change still propagates."""
     garbage = {
@@ -198,7 +110,7 @@ def test_malformed_notifications_are_counted_and_never_stop_the_listener(
 
 
 def test_key_from_a_payload_is_reread_never_trusted(
-    databases: DatabasePair, running: DaemonThread
+    databases: DatabasePair, running: DaemonRunner
 ) -> None:
     """A forged or stale notification only causes a re-read: production's value is written."""
     databases.sandbox.execute("UPDATE jobs SET fab_order = -1 WHERE job = 11")
@@ -213,7 +125,7 @@ def test_key_from_a_payload_is_reread_never_trusted(
 
 
 def test_resync_notification_runs_a_full_reconcile(
-    databases: DatabasePair, running: DaemonThread
+    databases: DatabasePair, running: DaemonRunner
 ) -> None:
     """A resync payload makes the daemon converge every row, not just listed keys."""
     databases.sandbox.execute("UPDATE jobs SET fab_order = 0 WHERE job % 10 = 0")
@@ -238,7 +150,7 @@ def test_graceful_stop_applies_the_pending_batch(databases: DatabasePair) -> Non
     install_triggers(databases, settings)
     seed(databases, 50, sandbox_value=None)
     databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    running = DaemonThread(settings).start()
+    running = DaemonRunner(settings).start()
     running.wait_caught_up()
     databases.production.execute("UPDATE jobs SET fab_order = fab_order + 1000 WHERE job <= 5")
     wait_until(lambda: len(running.daemon.buffer) == 5, what="keys waiting in the buffer")
@@ -264,7 +176,7 @@ def test_ten_thousand_concurrent_updates_end_equal(databases: DatabasePair) -> N
                     (chooser.randint(1, 10**6), chooser.randint(1, 2000)),
                 )
 
-    with DaemonThread(settings) as running:
+    with DaemonRunner(settings) as running:
         running.wait_caught_up()
         started = time.monotonic()
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
@@ -289,7 +201,7 @@ def test_one_update_of_a_hundred_thousand_rows_propagates(databases: DatabasePai
     )
     databases.production.execute(fill, (100_000,))
     databases.sandbox.execute(fill, (100_000,))
-    with DaemonThread(settings) as running:
+    with DaemonRunner(settings) as running:
         running.wait_caught_up(timeout=60)
         databases.production.execute("UPDATE jobs SET fab_order = fab_order + job")
         wait_until(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -10,10 +9,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from propagator.testing import DaemonRunner
 from tests.conftest import Server
 from tests.helpers import DatabasePair, wait_until
-from tests.integration.test_daemon import (
-    DaemonThread,
+from tests.integration.support import (
     converged,
     daemon_settings,
     differences,
@@ -79,8 +78,8 @@ def embedded(server: Server) -> Server:
 
 
 @contextlib.contextmanager
-def daemon_for(databases: DatabasePair, **overrides: str) -> Iterator[DaemonThread]:
-    with DaemonThread(daemon_settings(databases, **overrides)) as running:
+def daemon_for(databases: DatabasePair, **overrides: str) -> Iterator[DaemonRunner]:
+    with DaemonRunner(daemon_settings(databases, **overrides)) as running:
         running.wait_caught_up()
         yield running
     assert running.exit_code == 0
@@ -169,7 +168,7 @@ def test_dropped_sandbox_column_is_reported_and_retried_without_crashing(
             lambda: running.metric("propagator_retries_total", cause="permanent") >= 1,
             what="a permanent-error retry",
         )
-        assert running.thread.is_alive()
+        assert running.alive
         assert "fab_order" in (running.daemon.last_error or "")
         prepared.sandbox.execute("ALTER TABLE jobs RENAME COLUMN fab_order_moved TO fab_order")
         wait_until(
@@ -182,8 +181,8 @@ def test_dropped_sandbox_column_is_reported_and_retried_without_crashing(
 def test_two_daemons_elect_one_writer_and_fail_over(prepared: DatabasePair) -> None:
     """Of two replicas exactly one leads; when its lock session dies the other takes over."""
     settings = daemon_settings(prepared)
-    first = DaemonThread(settings, instance_id="replica-a").start()
-    second = DaemonThread(settings, instance_id="replica-b").start()
+    first = DaemonRunner(settings, instance_id="replica-a").start()
+    second = DaemonRunner(settings, instance_id="replica-b").start()
     try:
         wait_until(
             lambda: {first.daemon.role, second.daemon.role} == {"leader", "standby"},
@@ -205,7 +204,7 @@ def test_two_daemons_elect_one_writer_and_fail_over(prepared: DatabasePair) -> N
         assert standby.metric("propagator_leader") == 1
     finally:
         for replica in (first, second):
-            if replica.thread.is_alive():
+            if replica.alive:
                 replica.stop()
 
 
@@ -218,14 +217,13 @@ def test_listener_that_stops_hearing_its_heartbeat_is_replaced(
         old_pid = daemon.listener.backend_pid
         conn = daemon.listener._conn
         assert conn is not None
-        assert daemon._loop is not None
 
         async def stop_hearing() -> None:
             # The socket stays healthy but no notification reaches this session any more.
             with contextlib.suppress(psycopg.Error):
                 await conn.execute("UNLISTEN *")
 
-        asyncio.run_coroutine_threadsafe(stop_hearing(), daemon._loop).result(10)
+        running.run_coroutine(stop_hearing, timeout=10)
         wait_until(
             lambda: daemon.listener.backend_pid not in (None, old_pid),
             what="a replaced listener connection",

@@ -11,9 +11,9 @@ import pytest
 from propagator.adapters.postgres import read_by_keys
 from propagator.errors import PermanentError
 from propagator.services.sync import SyncSession, converge_keys
+from propagator.testing import DaemonRunner
 from tests.helpers import DatabasePair, wait_until
-from tests.integration.test_daemon import (
-    DaemonThread,
+from tests.integration.support import (
     converged,
     daemon_settings,
     install_triggers,
@@ -114,7 +114,7 @@ def test_a_steady_stream_is_followed_without_waiting_for_max_delay(
                 value += 1
                 conn.execute("UPDATE jobs SET fab_order = %s WHERE job = %s", (value, value % 20))
 
-    with DaemonThread(settings) as running:
+    with DaemonRunner(settings) as running:
         running.wait_caught_up()
         writer = threading.Thread(target=stream)
         writer.start()

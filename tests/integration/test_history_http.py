@@ -14,9 +14,10 @@ from propagator.core.plan import FieldChange, JobMappingResult, MatchStatus
 from propagator.observability.pages import add_web_routes
 from propagator.services import history as history_service
 from propagator.services.history import History, HistoryReader
+from propagator.testing import DaemonRunner
 from tests.helpers import DatabasePair, wait_until
-from tests.integration.test_daemon import DaemonThread, daemon_settings, install_triggers, seed
-from tests.integration.test_http import Running, request, serving
+from tests.integration.http_support import Running, request, serving
+from tests.integration.support import daemon_settings, install_triggers, seed
 
 TOKEN = "reconcile-token-7f3a9c"
 
@@ -111,19 +112,19 @@ def test_history_routes_without_history(databases: DatabasePair) -> None:
 
 
 @pytest.fixture
-def guarded_daemon(databases: DatabasePair) -> Iterator[DaemonThread]:
+def guarded_daemon(databases: DatabasePair) -> Iterator[DaemonRunner]:
     """A caught-up daemon with an API token, triggers installed and 20 rows in sync."""
     settings = daemon_settings(databases, api_token=TOKEN)
     install_triggers(databases, settings)
     seed(databases, 20, sandbox_value=None)
     databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    with DaemonThread(settings) as running:
+    with DaemonRunner(settings) as running:
         running.wait_caught_up()
         yield running
 
 
 def test_daemon_records_events_and_reconciles_on_authorized_request(
-    databases: DatabasePair, guarded_daemon: DaemonThread, capfd: pytest.CaptureFixture[str]
+    databases: DatabasePair, guarded_daemon: DaemonRunner, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Events land in history with their change time; POST /reconcile needs the exact token."""
     daemon = guarded_daemon.daemon
@@ -179,7 +180,7 @@ def test_reconcile_is_refused_when_no_token_is_configured(databases: DatabasePai
     """Without api_token, POST /reconcile answers 403 whatever the request carries."""
     settings = daemon_settings(databases)
     seed(databases, 3)
-    with DaemonThread(settings) as running:
+    with DaemonRunner(settings) as running:
         running.wait_caught_up()
         assert running.daemon.http is not None
         port = running.daemon.http.port
@@ -210,9 +211,9 @@ def test_a_standby_refuses_to_reconcile_and_the_leader_prunes_history(
             ]
             history_service.record(conn, "propagator", old, "reconcile")
         conn.execute("UPDATE propagator.sync_history SET applied_at = now() - interval '2 days'")
-    with DaemonThread(settings, instance_id="leader") as leader:
+    with DaemonRunner(settings, instance_id="leader") as leader:
         leader.wait_caught_up()
-        with DaemonThread(settings, instance_id="standby") as standby:
+        with DaemonRunner(settings, instance_id="standby") as standby:
             wait_until(lambda: standby.daemon.role == "standby", what="the standby role")
             assert standby.daemon.http is not None
             refused = request(

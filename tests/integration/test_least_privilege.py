@@ -24,7 +24,7 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from propagator.adapters.embedded import binary_dir, free_port
+from propagator.demo.embedded import binary_dir, free_port
 from tests.conftest import Server
 from tests.helpers import Database, DatabasePair, run_cli, wait_until
 

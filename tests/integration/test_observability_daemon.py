@@ -2,111 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import json
 import re
 import shutil
 import subprocess
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 
-from propagator.daemon import Daemon
-from propagator.services.triggers import install
-from propagator.settings import Settings, load_settings
-from tests.helpers import DatabasePair, run_cli, wait_until
-from tests.integration.test_observability_status import cli_env
-
-QUICK = {
-    "http_port": 0,
-    "reconcile_interval": "0",
-    "heartbeat_interval": "500ms",
-    "heartbeat_timeout": "3s",
-    "retry_initial": "50ms",
-    "retry_max": "1s",
-    "standby_poll_interval": "200ms",
-    "shutdown_timeout": "15s",
-    "connect_timeout": "3s",
-}
-
-
-def observed_settings(databases: DatabasePair, **overrides: Any) -> Settings:
-    return load_settings(
-        production_database_url=databases.production.url,
-        sandbox_database_url=databases.sandbox.url,
-        **{**QUICK, **overrides},
-    )
-
-
-class RunningDaemon:
-    """A daemon in a thread of its own, reached only through its HTTP endpoint."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.daemon = Daemon(settings, handle_signals=False)
-        self.exit_code: int | None = None
-        self._thread = threading.Thread(target=self._main, name="observed-daemon", daemon=True)
-
-    def _main(self) -> None:
-        self.exit_code = asyncio.run(self.daemon.run())
-
-    @property
-    def port(self) -> int:
-        assert self.daemon.http is not None
-        return self.daemon.http.port
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self.daemon.started.wait(30), "the daemon did not start"
-        wait_until(lambda: self.daemon.http is not None, timeout=10, what="the HTTP endpoint")
-
-    def stop(self) -> None:
-        self.daemon.request_stop()
-        self._thread.join(60)
-        assert not self._thread.is_alive(), "the daemon did not stop"
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        status, body = self.get("/metrics")
-        assert status == 200
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): float(sample.value)
-            for family in text_string_to_metric_families(body.decode())
-            for sample in family.samples
-        }
-
-
-def sample(
-    scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
-    return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-@contextmanager
-def running_daemon(settings: Settings) -> Iterator[RunningDaemon]:
-    daemon = RunningDaemon(settings)
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-
-
-def install_triggers(databases: DatabasePair, settings: Settings) -> None:
-    with psycopg.connect(databases.production.url, autocommit=True) as conn:
-        install(conn, settings)
+from tests.helpers import DatabasePair, cli_env, run_cli, wait_until
+from tests.integration.support import (
+    Scrape,
+    install_triggers,
+    observed_settings,
+    running_daemon,
+    sample,
+)
 
 
 def test_metrics_move_and_readyz_turns_ready_after_catch_up(databases: DatabasePair) -> None:
@@ -151,7 +61,7 @@ def test_metrics_move_and_readyz_turns_ready_after_catch_up(databases: DatabaseP
                 "UPDATE jobs SET fab_order = fab_order + 1000 WHERE job <= 10"
             )
 
-            def moved() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            def moved() -> Scrape | None:
                 now = daemon.scrape()
                 applied = sample(now, "propagator_rows_applied_total", source="event")
                 return now if applied >= 10 else None

@@ -19,7 +19,7 @@ import yaml
 
 from propagator.observability.metrics import Metrics
 from tests.helpers import DatabasePair, wait_until
-from tests.integration.test_observability_daemon import (
+from tests.integration.support import (
     install_triggers,
     observed_settings,
     running_daemon,

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 
 from propagator.errors import ExitCode
 from propagator.observability.http import Request, Response
-from tests.helpers import run_cli
-from tests.integration.test_http import serving
+from tests.helpers import cli_env, run_cli
+from tests.integration.http_support import serving
 
 SECRET = "status-cli-secret"
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROPAGATOR_")}
-    env.pop("PRODUCTION_DATABASE_URL", None)
-    env.pop("SANDBOX_DATABASE_URL", None)
-    env.update(extra)
-    return env
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from propagator.adapters.embedded import free_port
+from propagator.demo.embedded import free_port
 from tests.conftest import Server
 from tests.helpers import Database, DatabasePair, run_cli
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from propagator.testing import DaemonRunner
 from tests.helpers import DatabasePair, wait_until
-from tests.integration.test_daemon import DaemonThread, daemon_settings, install_triggers, seed
-from tests.integration.test_http import request
+from tests.integration.http_support import request
+from tests.integration.support import daemon_settings, install_triggers, seed
 
 TOKEN = "page-token-5d1e8b"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -55,19 +56,19 @@ def text_of(dom: str, element_id: str) -> str:
 
 
 @pytest.fixture
-def daemon(databases: DatabasePair) -> Iterator[DaemonThread]:
+def daemon(databases: DatabasePair) -> Iterator[DaemonRunner]:
     """A caught-up leader with a token, mirroring fab_order and paint_color, 10 rows in sync."""
     settings = daemon_settings(databases, api_token=TOKEN, field_mappings="fab_order,paint_color")
     install_triggers(databases, settings)
     seed(databases, 10)
     databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    with DaemonThread(settings) as running:
+    with DaemonRunner(settings) as running:
         running.wait_caught_up()
         yield running
 
 
 def test_status_page_shows_role_lag_and_a_production_change(
-    databases: DatabasePair, daemon: DaemonThread, tmp_path: Path
+    databases: DatabasePair, daemon: DaemonRunner, tmp_path: Path
 ) -> None:
     """Chromium shows leader, the measured lag and a production change in the recent list."""
     assert daemon.daemon.http is not None
@@ -106,7 +107,7 @@ def test_status_page_shows_role_lag_and_a_production_change(
     assert TOKEN not in dom
 
 
-def test_status_page_is_self_contained(databases: DatabasePair, daemon: DaemonThread) -> None:
+def test_status_page_is_self_contained(databases: DatabasePair, daemon: DaemonRunner) -> None:
     """No external resources, a strict CSP, and the same page served to a plain HTTP client."""
     assert daemon.daemon.http is not None
     answer = request(daemon.daemon.http.port, "GET", "/")

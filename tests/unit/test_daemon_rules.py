@@ -10,7 +10,6 @@ import pytest
 
 from propagator.daemon import Daemon
 from propagator.errors import ActionRefusedError, Refusal
-
 from tests.unit.daemon_fakes import build_daemon, eventually, fast_settings
 
 

@@ -93,6 +93,42 @@ def test_core_purity_contract_catches_a_violation(
     assert f"propagator.core is not allowed to import {forbidden}" in output
 
 
+@pytest.mark.parametrize(
+    ("module", "violation", "broken"),
+    [
+        (
+            "adapters/reads.py",
+            "import propagator.daemon\n",
+            "propagator.adapters is not allowed to import propagator.daemon",
+        ),
+        (
+            "services/converge.py",
+            "import propagator.observability.http\n",
+            "propagator.services is not allowed to import propagator.observability",
+        ),
+        (
+            "daemon/requests.py",
+            "import propagator.daemon.pipeline\n",
+            "No cycles are allowed in propagator.daemon",
+        ),
+    ],
+)
+def test_layer_and_cycle_contracts_catch_a_violation(
+    tmp_path: Path, module: str, violation: str, broken: str
+) -> None:
+    """An import upwards, between independent parts, or closing a cycle breaks a contract."""
+    shutil.copytree(
+        ROOT / "propagator", tmp_path / "propagator", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(PYPROJECT, tmp_path / "pyproject.toml")
+    target = tmp_path / "propagator" / module
+    target.write_text(target.read_text(encoding="utf-8") + violation, encoding="utf-8")
+    result = _run_lint_imports(tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert broken in output
+
+
 def test_installed_version_is_the_package_version() -> None:
     """pyproject.toml takes its version from propagator.__version__: the two never drift."""
     from importlib.metadata import version
