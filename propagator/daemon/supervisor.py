@@ -176,6 +176,11 @@ class Daemon:
         return None if summary is None else summary.as_dict()
 
     @property
+    def last_lag(self) -> float | None:
+        """Seconds from the earliest production change of the last batch to its commit."""
+        return self.state.last_lag
+
+    @property
     def last_error(self) -> str | None:
         return self.state.last_error
 
