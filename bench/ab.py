@@ -1,11 +1,12 @@
 """Run one benchmark script on an older commit and on this tree, alternately, in one invocation.
 
-    python bench/ab.py --old e07fcf3 --rounds 3 -- event_path.py --rows 100000 --duration 20
-    python bench/ab.py --old e07fcf3 --rounds 2 -- reconcile.py --rows 1000000 --diff 0,1% --runs 3
+    python bench/ab.py --old e07fcf3 --rounds 3 event_path.py --rows 100000 --duration 20
+    python bench/ab.py --old e07fcf3 --new HEAD --rounds 2 reconcile.py --rows 1000000 --runs 3
 
-A refactor must not move the figures. The older commit is exported with
-``git archive`` into a temporary folder and each round runs the script of
-each tree (the older first in odd rounds, this tree first in even ones) as a
+A refactor must not move the figures. The older commit (and ``--new``, else
+this working tree) is exported with ``git archive`` into a temporary folder and
+each round runs the script of each tree (the older first in odd rounds, the
+newer first in even ones) as a
 child process whose ``propagator`` is that tree's. The figures every run prints
 are collected and their medians printed side by side with the ratio this/older.
 """
@@ -93,6 +94,7 @@ def run(tree: Path, script: str, arguments: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--old", required=True, help="the older commit (any git revision)")
+    parser.add_argument("--new", help="the newer commit (default: this working tree)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("script", choices=sorted(EXTRACTORS))
     parser.add_argument("arguments", nargs=argparse.REMAINDER)
@@ -103,7 +105,11 @@ def main() -> int:
         "new": defaultdict(list),
     }
     with tempfile.TemporaryDirectory(prefix="propagator-ab-") as folder:
-        trees = {"old": export(args.old, Path(folder)), "new": REPO}
+        folders = (Path(folder) / "old", Path(folder) / "new")
+        trees = {
+            "old": export(args.old, folders[0]),
+            "new": export(args.new, folders[1]) if args.new else REPO,
+        }
         for round_number in range(1, args.rounds + 1):
             order = ("old", "new") if round_number % 2 else ("new", "old")
             for which in order:
@@ -118,7 +124,8 @@ def main() -> int:
         check=True,
     ).stdout.strip()
     print(f"{args.script} {' '.join(args.arguments)}: medians of {args.rounds} rounds")
-    print(f"| figure | {old} | this tree | this / {old} |\n|---|---:|---:|---:|")
+    new = args.new or "this tree"
+    print(f"| figure | {old} | {new} | {new} / {old} |\n|---|---:|---:|---:|")
     for name, values in collected["old"].items():
         before = statistics.median(values)
         after = statistics.median(collected["new"].get(name, [float("nan")]))
