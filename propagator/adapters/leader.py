@@ -27,20 +27,13 @@ from propagator.adapters.listener import (
 from propagator.adapters.postgres import translate_error
 from propagator.core.identifiers import QualifiedName
 from propagator.errors import DatabaseUnavailableError, PropagatorError
+from propagator.sql import load_sql
 
 T = TypeVar("T")
 
 __all__ = ["LeaderLock", "LeadershipLostError", "assert_lock_held", "lock_id_for"]
 
-_HELD = """
-SELECT EXISTS (
-    SELECT 1 FROM pg_catalog.pg_locks
-    WHERE locktype = 'advisory' AND granted AND pid = %(pid)s
-      AND database = (SELECT oid FROM pg_catalog.pg_database
-                      WHERE datname = pg_catalog.current_database())
-      AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = %(lock)s
-)
-"""
+_HELD = load_sql("leader/lock_held.sql")
 
 
 class LeadershipLostError(PropagatorError):

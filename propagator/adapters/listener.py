@@ -29,6 +29,7 @@ from propagator.core.payload import (
 )
 from propagator.core.redact import mask_url, redact
 from propagator.errors import DatabaseUnavailableError, Side
+from propagator.sql import load_sql
 
 __all__ = [
     "BACKEND_START_SQL",
@@ -80,10 +81,7 @@ async def open_async_connection(
 BACKEND_START_SQL = (
     "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()"
 )
-_END_ORPHAN_SQL = (
-    "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
-    "WHERE pid = %s AND backend_start = %s"
-)
+_END_ORPHAN_SQL = load_sql("catalog/end_orphaned_session.sql")
 
 
 async def end_orphaned_session(conn: AsyncConnection, orphan: tuple[int, Any]) -> None:

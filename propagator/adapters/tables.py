@@ -17,6 +17,7 @@ from propagator.adapters.connections import Connection, translate_error
 from propagator.core.identifiers import QualifiedName
 from propagator.core.mapping import MappingSpec
 from propagator.errors import SchemaError, Side
+from propagator.sql import load_sql
 
 __all__ = [
     "ColumnInfo",
@@ -63,20 +64,9 @@ def table_identifier(name: QualifiedName) -> sql.Identifier:
     return sql.Identifier(*name.parts())
 
 
-_DESCRIBE = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory
-FROM pg_catalog.pg_attribute a
-JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
+_DESCRIBE = load_sql("catalog/describe_table.sql")
 
-_FIND_TABLE = """
-SELECT c.oid FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relname = %(name)s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-  AND (n.nspname = %(schema)s OR (%(schema)s IS NULL AND pg_catalog.pg_table_is_visible(c.oid)))
-"""
+_FIND_TABLE = load_sql("catalog/find_table.sql")
 
 
 def describe_table(conn: Connection, name: QualifiedName, side: Side) -> TableInfo:
