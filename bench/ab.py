@@ -125,12 +125,16 @@ def main() -> int:
     ).stdout.strip()
     print(f"{args.script} {' '.join(args.arguments)}: medians of {args.rounds} rounds")
     new = args.new or "this tree"
-    print(f"| figure | {old} | {new} | {new} / {old} |\n|---|---:|---:|---:|")
+    print(
+        f"| figure | {old} | {new} | {new} / {old} | {old} each round | {new} each round |\n"
+        "|---|---:|---:|---:|---|---|"
+    )
     for name, values in collected["old"].items():
         before = statistics.median(values)
         after = statistics.median(collected["new"].get(name, [float("nan")]))
         ratio = f"{after / before:.2f}" if before else "-"
-        print(f"| {name} | {before:,.2f} | {after:,.2f} | {ratio} |")
+        each = [", ".join(f"{v:,.6g}" for v in collected[w].get(name, [])) for w in ("old", "new")]
+        print(f"| {name} | {before:,.2f} | {after:,.2f} | {ratio} | {each[0]} | {each[1]} |")
     return 0
 
 

@@ -26,7 +26,7 @@ from propagator.daemon.writers import Lane, Writer
 from propagator.errors import PermanentError
 from propagator.observability.logging import get_logger
 from propagator.observability.metrics import Metrics
-from propagator.services.sync import BatchResult
+from propagator.services.converge import BatchResult
 
 __all__ = ["WriteJobs"]
 

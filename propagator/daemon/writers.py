@@ -19,9 +19,11 @@ from propagator.core.report import ReconcileReport
 from propagator.daemon.leadership import Fence
 from propagator.daemon.requests import ReconcileSource
 from propagator.observability.logging import get_logger
+from propagator.services.context import SyncContext
+from propagator.services.converge import BatchResult, converge_keys
 from propagator.services.history import History
 from propagator.services.reconcile import run_reconcile
-from propagator.services.sync import BatchResult, SyncContext, SyncSession, converge_keys
+from propagator.services.sync import SyncSession
 from propagator.settings import Settings
 
 __all__ = ["Lane", "SandboxWriter", "Writer", "WriterFactory"]

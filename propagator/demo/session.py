@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from propagator.adapters.postgres import connect
+from propagator.adapters.connections import open_connection
 from propagator.core.report import RULE, ReconcileReport, render_text
 from propagator.demo.changes import ChangeStream, Propagation
 from propagator.demo.data import DemoData, build_demo_data, load_demo_data
@@ -145,7 +145,7 @@ class _Demo:
         )
 
         self.step(5, "Installing the production triggers: `propagator triggers install`")
-        with connect(production_url, "production", application_name="propagator demo") as conn:
+        with open_connection(settings, "production", "demo") as conn:
             triggers.install(conn, settings)
         self.say(f"✓ on public.jobs, notifying channel {settings.channel} when fab_order changes")
 

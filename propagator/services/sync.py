@@ -1,10 +1,10 @@
 """Syncing in one import: a session on both databases and the paths that write the sandbox.
 
 ``SyncSession`` holds one command's (or the daemon's) connections and checked
-context. The rest is gathered here from the modules that do the work:
-``services.converge`` (``converge_keys``, the one path every writer goes
-through), ``services.streaming`` (``compare_streams``), ``services.reconcile``
-(``reconcile``, ``run_reconcile``) and ``services.context`` (``SyncContext``).
+context. The paths that write are gathered here from ``services.converge``
+(``converge_keys``, the one path every writer goes through) and
+``services.context`` (``SyncContext``). The reconcile is ``services.reconcile``:
+not imported here, so commands that do not compare tables never load it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from propagator.services.context import (
     SyncContext,
 )
 from propagator.services.converge import BatchResult, converge_differences, converge_keys
-from propagator.services.reconcile import ReconcileMethod, reconcile, run_reconcile
-from propagator.services.streaming import compare_streams
 from propagator.settings import Settings
 
 __all__ = [
@@ -31,15 +29,11 @@ __all__ = [
     "BatchResult",
     "Connection",
     "ProgressCallback",
-    "ReconcileMethod",
     "Source",
     "SyncContext",
     "SyncSession",
-    "compare_streams",
     "converge_differences",
     "converge_keys",
-    "reconcile",
-    "run_reconcile",
 ]
 
 

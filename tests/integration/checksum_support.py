@@ -13,7 +13,8 @@ from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, MappingSp
 from propagator.core.plan import JobMappingResult
 from propagator.core.report import ReconcileReport
 from propagator.services.checksum import reconcile_checksum
-from propagator.services.sync import ReconcileMethod, SyncContext, reconcile
+from propagator.services.context import SyncContext
+from propagator.services.reconcile import ReconcileMethod, reconcile
 from tests.helpers import Database
 
 __all__ = ["FAB_ORDER", "Runner", "Side", "comparable"]

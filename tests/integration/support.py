@@ -16,7 +16,8 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from propagator.core.report import ReconcileReport
-from propagator.services.sync import SyncSession, reconcile
+from propagator.services.reconcile import reconcile
+from propagator.services.sync import SyncSession
 from propagator.services.triggers import install
 from propagator.settings import Settings, load_settings
 from propagator.testing import DaemonRunner

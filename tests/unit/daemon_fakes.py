@@ -22,8 +22,8 @@ from propagator.core.report import ReconcileReport
 from propagator.daemon import Daemon
 from propagator.errors import DatabaseUnavailableError
 from propagator.observability.metrics import Metrics
+from propagator.services.converge import BatchResult
 from propagator.services.history import History
-from propagator.services.sync import BatchResult
 from propagator.settings import Settings
 
 __all__ = [

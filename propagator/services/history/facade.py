@@ -13,11 +13,11 @@ from typing import Any
 
 from propagator.adapters.connections import Connection
 from propagator.errors import ConfigurationError
+from propagator.services.context import AppliedHook
 from propagator.services.history.queries import HistoryPage, HistoryQuery, query
 from propagator.services.history.recording import recording_hook
 from propagator.services.history.retention import PRUNE_INTERVAL, PruneResult, PruneSchedule, prune
 from propagator.services.history.schema import SetupResult, require_current, setup
-from propagator.services.sync import AppliedHook
 from propagator.settings import Settings
 
 __all__ = ["History"]

@@ -21,8 +21,8 @@ from propagator.adapters.connections import Connection
 from propagator.adapters.postgres import with_parameters
 from propagator.core.mapping import format_key
 from propagator.core.plan import JobMappingResult
+from propagator.services.context import AppliedHook, Source
 from propagator.services.history.schema import HISTORY_SOURCES, schema_statement
-from propagator.services.sync import AppliedHook, Source
 
 __all__ = ["json_text", "record", "recording_hook"]
 

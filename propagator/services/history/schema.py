@@ -19,7 +19,7 @@ from psycopg import sql
 from propagator.adapters.connections import Connection
 from propagator.adapters.postgres import translate_error, with_parameters
 from propagator.errors import SchemaError
-from propagator.services.sync import Source
+from propagator.services.context import Source
 from propagator.sql import load_sql
 
 __all__ = [
