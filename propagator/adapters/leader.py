@@ -33,8 +33,6 @@ T = TypeVar("T")
 
 __all__ = ["LeaderLock", "LeadershipLostError", "assert_lock_held", "lock_id_for"]
 
-_HELD = load_sql("leader/lock_held.sql")
-
 
 class LeadershipLostError(PropagatorError):
     """This process no longer holds the leader lock, so it must not write."""
@@ -48,7 +46,7 @@ def lock_id_for(sandbox_table: QualifiedName) -> int:
 
 def assert_lock_held(conn: psycopg.Connection[tuple[Any, ...]], lock_id: int, pid: int) -> None:
     """Inside a write transaction: fail (and so roll back) unless session ``pid`` holds the lock."""
-    row = conn.execute(_HELD, {"pid": pid, "lock": lock_id}).fetchone()
+    row = conn.execute(load_sql("leader/lock_held.sql"), {"pid": pid, "lock": lock_id}).fetchone()
     if not row or not row[0]:
         raise LeadershipLostError(
             f"the leader lock {lock_id} is no longer held by this process; not writing"

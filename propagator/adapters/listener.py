@@ -81,7 +81,6 @@ async def open_async_connection(
 BACKEND_START_SQL = (
     "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()"
 )
-_END_ORPHAN_SQL = load_sql("catalog/end_orphaned_session.sql")
 
 
 async def end_orphaned_session(conn: AsyncConnection, orphan: tuple[int, Any]) -> None:
@@ -91,7 +90,7 @@ async def end_orphaned_session(conn: AsyncConnection, orphan: tuple[int, Any]) -
     touched. Failing to end it (no permission) only delays its cleanup.
     """
     with contextlib.suppress(psycopg.Error):
-        await conn.execute(_END_ORPHAN_SQL, orphan)
+        await conn.execute(load_sql("catalog/end_orphaned_session.sql"), orphan)
 
 
 class Listener:

@@ -64,21 +64,20 @@ def table_identifier(name: QualifiedName) -> sql.Identifier:
     return sql.Identifier(*name.parts())
 
 
-_DESCRIBE = load_sql("catalog/describe_table.sql")
-
-_FIND_TABLE = load_sql("catalog/find_table.sql")
-
-
 def describe_table(conn: Connection, name: QualifiedName, side: Side) -> TableInfo:
     """Columns and types of a table, or a ``SchemaError`` naming what is missing."""
     try:
         with conn.transaction():
-            row = conn.execute(_FIND_TABLE, {"name": name.name, "schema": name.schema}).fetchone()
+            row = conn.execute(
+                load_sql("catalog/find_table.sql"), {"name": name.name, "schema": name.schema}
+            ).fetchone()
             if row is None:
                 raise SchemaError(f"the {side} table {name} does not exist")
             columns = {
                 column: ColumnInfo(column, type_sql, category)
-                for column, type_sql, category in conn.execute(_DESCRIBE, (row[0],))
+                for column, type_sql, category in conn.execute(
+                    load_sql("catalog/describe_table.sql"), (row[0],)
+                )
             }
     except psycopg.Error as error:
         raise translate_error(error, side, f"reading the definition of {name}") from None
