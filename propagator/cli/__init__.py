@@ -12,50 +12,32 @@ import gc
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from importlib import import_module
 from types import ModuleType
 
+from propagator.cli.arguments import build_parser
 from propagator.core.redact import redact
 from propagator.errors import ExitCode, PropagatorError
-from propagator.version import __version__
 
 __all__ = ["build_parser", "entry_point", "main"]
 
 _INTERNAL_ERROR = 70
 
 
-def _commands() -> list[ModuleType]:
-    from propagator.cli import check, demo, history, reconcile, run, setup, status, triggers
-
-    return [reconcile, check, status, run, triggers, setup, history, demo]
-
-
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="TOML file with settings (environment variables override it)",
-    )
-    parser = argparse.ArgumentParser(
-        prog="propagator",
-        description="Mirror chosen columns of a production PostgreSQL table into a sandbox.",
-    )
-    parser.add_argument("--version", action="version", version=f"propagator {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    registry: dict[str, ModuleType] = {}
-    for module in _commands():
-        name = module.register(subparsers, common)
-        registry[name] = module
-    return parser, registry
+def _subcommand(name: str) -> ModuleType:
+    """The module that runs ``name``: imported only now, with what it needs."""
+    return import_module(f"propagator.cli.{name}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, registry = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    return _run(_subcommand(args.command), args)
+
+
+def _run(subcommand: ModuleType, args: argparse.Namespace) -> int:
+    """Run a parsed command under the one error policy: a line and an exit code."""
     try:
-        code: int = registry[args.command].run(args)
+        code: int = subcommand.run(args)
     except PropagatorError as error:
         print(f"propagator: error: {error}", file=sys.stderr)
         return error.exit_code
@@ -80,14 +62,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry_point() -> int:
     """``main`` as its own process: the ``propagator`` command and ``python -m propagator``.
 
-    What the imports build lives as long as the process: no collection runs
-    while they build it (~12 ms), and frozen out of the collector's sight it
-    costs no collection pass later and the interpreter's exit no longer walks
-    it (a one-shot command ends ~55 ms sooner, measured). Only a process of its
-    own may do that: frozen objects are never collected.
+    Only the chosen subcommand's module is imported, after its arguments parse:
+    ``--version``, ``--help`` and a usage error load no driver. What the imports
+    build lives as long as the process: no collection runs while they build it
+    (~12 ms), and frozen out of the collector's sight it costs no collection pass
+    later and the interpreter's exit no longer walks it (a one-shot command ends
+    ~55 ms sooner, measured). Only a process of its own may do that: frozen
+    objects are never collected.
     """
     gc.disable()
-    _commands()
-    gc.freeze()
-    gc.enable()
-    return main()
+    try:
+        args = build_parser().parse_args()  # --version and --help end here, before any driver
+        subcommand = _subcommand(args.command)
+    finally:
+        gc.freeze()
+        gc.enable()
+    return _run(subcommand, args)

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from propagator.errors import ExitCode
 from propagator.services.sync import SyncSession
 from propagator.settings import load_settings
 
-__all__ = ["register", "run"]
-
-
-def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
-    parser = subparsers.add_parser(
-        "check",
-        parents=[common],
-        help="validate settings, connect to both databases and check the mapped columns",
-    )
-    parser.add_argument("--show-settings", action="store_true", help="print effective settings")
-    return "check"
+__all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:

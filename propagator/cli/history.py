@@ -10,12 +10,9 @@ import argparse
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from propagator.errors import ExitCode
 from propagator.services.history import (
-    DEFAULT_LIMIT,
-    HISTORY_SOURCES,
     History,
     HistoryEntry,
     HistoryPage,
@@ -24,32 +21,9 @@ from propagator.services.history import (
 from propagator.services.sync import SyncSession
 from propagator.settings import load_settings
 
-__all__ = ["register", "render_table", "run"]
+__all__ = ["render_table", "run"]
 
 _VALUE_WIDTH = 24
-
-
-def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
-    parser = subparsers.add_parser(
-        "history",
-        parents=[common],
-        help="show the changes propagator applied to the sandbox, newest first",
-        description=(
-            "Read the sync history from the sandbox. Times are ISO 8601 "
-            "(2024-05-01T10:00, local time without an offset) or an age (30m, 1h, 7d)."
-        ),
-    )
-    parser.add_argument("--key", metavar="KEY", help="one row: 10001-A or '[10001, \"A\"]'")
-    parser.add_argument("--field", metavar="COLUMN", help="only changes of this sandbox column")
-    parser.add_argument("--source", choices=HISTORY_SOURCES, help="only changes from this source")
-    parser.add_argument("--since", metavar="TIME", help="applied at or after TIME")
-    parser.add_argument("--until", metavar="TIME", help="applied at or before TIME")
-    parser.add_argument(
-        "--limit", metavar="N", default=str(DEFAULT_LIMIT), help=f"at most N rows ({DEFAULT_LIMIT})"
-    )
-    parser.add_argument("--before", metavar="ID", help="only entries older than this id (paging)")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
-    return "history"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,37 +15,7 @@ from propagator.settings import Settings, load_settings
 if TYPE_CHECKING:
     from propagator.services.reconcile import ReconcileMethod
 
-__all__ = ["register", "run"]
-
-
-def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
-    parser = subparsers.add_parser(
-        "reconcile",
-        parents=[common],
-        help="compare production and sandbox in full and (with --apply) fix every difference",
-        description=(
-            "Compare the mapped columns of every production row with the sandbox. Dry run by "
-            "default: prints the plan and writes nothing. Exit codes: 0 ok, 1 differences found "
-            "(with --check), 2 configuration error, 3 database unreachable, 4 rows rejected."
-        ),
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--apply", action="store_true", help="write the differences to the sandbox")
-    mode.add_argument("--dry-run", action="store_true", help="only report (the default)")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 when differences exist (for cron and CI)"
-    )
-    parser.add_argument(
-        "--limit", type=int, metavar="N", help="changes listed per field (default: report_limit)"
-    )
-    parser.add_argument(
-        "--method",
-        choices=("auto", "checksum", "stream"),
-        help="compare by segment checksums or by streaming both tables "
-        "(default: reconcile_method, which is auto: checksum where it applies)",
-    )
-    return "reconcile"
+__all__ = ["run"]
 
 
 class _Printer:

@@ -3,27 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from propagator.settings import load_settings
 
-__all__ = ["register", "run"]
-
-
-def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
-    subparsers.add_parser(
-        "run",
-        parents=[common],
-        help="run the daemon: listen for production changes and converge the sandbox",
-        description=(
-            "Listen for change notifications from the production triggers, debounce them and "
-            "converge the sandbox, with a catch-up reconcile on every (re)connect and a periodic "
-            "full reconcile. Serves /metrics, /healthz, /readyz and /status. Stops gracefully on "
-            "SIGTERM or SIGINT. Exit codes: 0 graceful stop, 1 a daemon task failed, "
-            "2 configuration error."
-        ),
-    )
-    return "run"
+__all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:

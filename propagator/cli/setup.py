@@ -16,21 +16,7 @@ from propagator.services.history import History, migrations
 from propagator.services.sync import SyncSession
 from propagator.settings import load_settings
 
-__all__ = ["register", "run"]
-
-
-def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
-    parser = subparsers.add_parser(
-        "setup",
-        parents=[common],
-        help="create or upgrade the sync history schema in the sandbox (safe to re-run)",
-        description=(
-            "Create the history schema (history_schema, default 'propagator') in the sandbox "
-            "database and apply its pending migrations. Does nothing when history is disabled."
-        ),
-    )
-    parser.add_argument("--format", choices=("text", "json"), default="text")
-    return "setup"
+__all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:

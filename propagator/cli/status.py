@@ -19,31 +19,13 @@ from propagator.core.redact import redact, redact_data
 from propagator.errors import ConfigurationError, ExitCode, TransientError
 from propagator.settings import Settings, load_settings
 
-__all__ = ["default_url", "fetch_status", "register", "render_status", "run"]
+__all__ = ["default_url", "fetch_status", "render_status", "run"]
 
 _WILDCARD_HOSTS: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
 
 
 class DaemonUnreachableError(TransientError):
     """No propagator daemon answered at the URL."""
-
-
-def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
-    parser = subparsers.add_parser(
-        "status",
-        parents=[common],
-        help="show the state of a running daemon (from its HTTP endpoint)",
-    )
-    parser.add_argument(
-        "--url",
-        metavar="URL",
-        help="daemon address, e.g. http://127.0.0.1:9753 (default: from http_host/http_port)",
-    )
-    parser.add_argument("--format", choices=["text", "json"], default="text", help="output form")
-    parser.add_argument(
-        "--timeout", type=float, default=5.0, metavar="SECONDS", help="give up after this long"
-    )
-    return "status"
 
 
 def default_url(settings: Settings) -> str:
@@ -91,7 +73,9 @@ def fetch_status(base_url: str, *, timeout: float = 5.0, token: str | None = Non
     url = _endpoint(base_url, "/status")
     status, payload = _get(url, timeout, token)
     if status in (401, 403):
-        raise ConfigurationError(f"{url} refused the request (HTTP {status}): check api_token")
+        raise ConfigurationError(
+            f"{url} refused the request (HTTP {status}): check api_token or read_token"
+        )
     if status != 200:
         raise DaemonUnreachableError(f"{url} answered HTTP {status}: {payload}")
     return payload
@@ -161,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise ConfigurationError("--timeout must be a positive number of seconds")
     base = args.url or default_url(settings)
-    token = settings.api_token.get_secret_value() if settings.api_token else None
+    secret = settings.read_token or settings.api_token
+    token = secret.get_secret_value() if secret else None
     payload = fetch_status(base, timeout=args.timeout, token=token)
     if args.format == "json":
         print(json.dumps(redact_data(payload), indent=2))

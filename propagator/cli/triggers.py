@@ -4,56 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from propagator.adapters.connections import Connection, open_connection
 from propagator.errors import ConfigurationError, ExitCode
 from propagator.services import triggers
 from propagator.settings import Settings, load_settings
 
-__all__ = ["register", "run"]
-
-
-def register(subparsers: Any, common: argparse.ArgumentParser) -> str:
-    parser = subparsers.add_parser(
-        "triggers",
-        parents=[common],
-        help="install, inspect or remove the change triggers on the production table",
-        description=(
-            "Manage the statement-level triggers that NOTIFY the daemon of changed keys. "
-            "Exit codes: 0 ok, 1 not current (status --check), 2 configuration or "
-            "permission error, 3 database unreachable."
-        ),
-    )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser(
-        "install",
-        parents=[common],
-        help="install or upgrade the triggers (idempotent, one transaction)",
-    )
-    actions.add_parser("uninstall", parents=[common], help="remove the triggers and their function")
-    status = actions.add_parser(
-        "status", parents=[common], help="show what is installed and whether it is current"
-    )
-    status.add_argument("--format", choices=("text", "json"), default="text")
-    status.add_argument(
-        "--check", action="store_true", help="exit 1 unless the current version is installed"
-    )
-    show = actions.add_parser(
-        "sql",
-        parents=[common],
-        help="print the install SQL for a DBA to review or apply (runs nothing)",
-    )
-    show.add_argument("--uninstall", action="store_true", help="print the removal SQL instead")
-    show.add_argument(
-        "--compare-as-jsonb",
-        action="append",
-        default=[],
-        metavar="COLUMN",
-        help="a watched column whose type has no '=' (json, point, xml): compare it as jsonb; "
-        "repeat for several (install finds them itself; the script refuses to run without)",
-    )
-    return "triggers"
+__all__ = ["run"]
 
 
 def _open(settings: Settings, action: str) -> Connection:

@@ -16,6 +16,7 @@ from propagator.adapters.tables import TableInfo, check_mapping, describe_table
 from propagator.core.identifiers import QualifiedName
 from propagator.core.mapping import MappingSpec
 from propagator.core.plan import JobMappingResult
+from propagator.core.vocabulary import Source
 from propagator.settings import Settings
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "SyncContext",
 ]
 
-Source = Literal["event", "catchup", "reconcile", "manual"]
 AppliedHook = Callable[[Connection, Sequence[JobMappingResult], Source], None]
 ProgressCallback = Callable[[int], None]
 ConnectionOpener = Callable[[Literal["production", "sandbox"]], Connection]

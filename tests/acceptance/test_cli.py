@@ -60,7 +60,7 @@ def _command_paths(
                 yield from _command_paths(subparser, path)
 
 
-COMMANDS = list(_command_paths(build_parser()[0], ()))
+COMMANDS = list(_command_paths(build_parser(), ()))
 
 
 def test_the_core_commands_are_registered() -> None:

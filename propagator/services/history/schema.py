@@ -11,15 +11,15 @@ import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Final, get_args
+from typing import Final
 
 import psycopg
 from psycopg import sql
 
 from propagator.adapters.connections import Connection
 from propagator.adapters.postgres import translate_error, with_parameters
+from propagator.core.vocabulary import SOURCES
 from propagator.errors import SchemaError
-from propagator.services.context import Source
 from propagator.sql import load_sql
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 HISTORY_TABLE: Final = "sync_history"
-HISTORY_SOURCES: Final[tuple[str, ...]] = get_args(Source)
+HISTORY_SOURCES: Final[tuple[str, ...]] = SOURCES
 """The sources a history row can have, as the table's CHECK constraint lists them."""
 
 _MIGRATION_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
