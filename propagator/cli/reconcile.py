@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from propagator.core.report import RULE, ReconcileReport, render_json, render_text
 from propagator.errors import DatabaseUnavailableError, ExitCode
 from propagator.services.history import History
+from propagator.services.reconcile import ReconcileMethod, run_reconcile
 from propagator.services.sync import SyncSession
 from propagator.settings import Settings, load_settings
-
-if TYPE_CHECKING:
-    from propagator.services.reconcile import ReconcileMethod
 
 __all__ = ["run"]
 
@@ -72,9 +70,6 @@ def execute(
     method: ReconcileMethod | None = None,
 ) -> ReconcileReport:
     """Run one reconcile, printing the seed's progress lines when ``text``."""
-    # Loaded here: the compare machinery is not needed by the other subcommands.
-    from propagator.services.reconcile import run_reconcile
-
     say = _Printer(text)
     say(RULE)
     say("MAP PRODUCTION → SANDBOX")
