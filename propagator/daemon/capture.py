@@ -97,6 +97,8 @@ class CaptureLoop:
                 self.metrics.record_retry("production_unavailable")
                 self._on_lost(str(error))
                 _log.warning("listener_lost", error=str(error))
+        if self.source.connected:
+            await self._take_last_words()
         await self.source.close()
         self.metrics.listener_connected.set(0)
         _log.info("listener_stopped")
@@ -118,6 +120,15 @@ class CaptureLoop:
             if not self._stopping():
                 await self.source.keepalive()
                 self.sample()
+
+    async def _take_last_words(self) -> None:
+        """On a stop, hand over what production already said, so it is drained before exit."""
+        try:
+            received = await self.source.receive(timeout=0)
+        except TransientError:
+            return
+        if received:
+            self._on_captured(received)
 
     def sample(self) -> None:
         """Export the source's health: heartbeat age and notification queue usage."""

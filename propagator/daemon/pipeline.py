@@ -230,6 +230,12 @@ class Pipeline:
             batches += 1
         _log.info("drain_finished", batches=batches, applier=lane.number)
 
+    async def drain_late_keys(self) -> None:
+        """After the lanes stopped: apply what the capture source handed over last."""
+        if len(self.buffer) and self.leadership.is_leader:
+            for lane in self.lanes:
+                await self.drain(lane)
+
     # Reconcile on request (POST /reconcile), serialized with every other write by lane 0.
 
     async def reconcile_now(self) -> dict[str, Any]:

@@ -45,8 +45,10 @@ class TaskSet:
         timeout: timedelta,
         cancel_writes: Callable[[], None],
         pending_keys: Callable[[], int],
-    ) -> None:
-        """Let the tasks finish (the lanes drain), then cancel what overstays."""
+    ) -> bool:
+        """Let the tasks finish (the lanes drain), then cancel what overstays; whether all
+        finished in time."""
+        in_time = True
         pending = {t for t in self.tasks if not t.done()}
         if pending:
             _, late = await asyncio.wait(pending, timeout=timeout.total_seconds())
@@ -57,6 +59,7 @@ class TaskSet:
                     pending_keys=pending_keys(),
                 )
                 cancel_writes()
+                in_time = False
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late, timeout=5)
@@ -64,6 +67,7 @@ class TaskSet:
             failed = task.done() and not task.cancelled() and task.exception() is not None
             if failed and self.state.crashed is None:
                 self._record_crash(task)
+        return in_time
 
     def _record_crash(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():

@@ -282,9 +282,11 @@ class Daemon:
         self.started.set()
         await tasks.wait_first()
         self.pipeline.poke()
-        await tasks.shutdown(
+        in_time = await tasks.shutdown(
             self.settings.shutdown_timeout, self._cancel_writes, lambda: len(self.buffer)
         )
+        if in_time and not self.state.crashed:
+            await self.pipeline.drain_late_keys()
         await self._close()
         self._install_signal_handlers(False)
         if self.state.crashed:

@@ -74,6 +74,7 @@ class FakeCapture:
         self.connects = 0
         self._pending: list[Notification | MalformedNotification] = []
         self._dropped = False
+        self.unread = False  # pushed items wait unread until a final read (timeout 0)
 
     def push(self, *items: Notification | MalformedNotification) -> None:
         self._pending.extend(items)
@@ -95,8 +96,10 @@ class FakeCapture:
 
     async def receive(self, timeout: float) -> Sequence[Notification | MalformedNotification]:
         deadline = time.monotonic() + min(timeout, 0.02)
-        while not self._pending and time.monotonic() < deadline:
+        while (not self._pending or self.unread) and time.monotonic() < deadline:
             await asyncio.sleep(0.002)
+        if self.unread and timeout > 0:
+            return []
         items, self._pending = self._pending, []
         return items
 

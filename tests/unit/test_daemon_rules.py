@@ -202,3 +202,16 @@ def test_a_stop_drains_what_is_buffered() -> None:
 
     assert _run(scenario, daemon) == 0
     assert recorder.applied_keys() == {(1, "A"), (2, "B"), (3, "C")}
+
+
+def test_a_change_notified_just_before_a_stop_is_applied_before_exit() -> None:
+    """What production said before the stop but the loop had not read yet is still applied."""
+    daemon, capture, _lock, recorder = build_daemon()
+
+    async def scenario(daemon: Daemon) -> None:
+        await eventually(lambda: daemon.catchup_done, "the catch-up")
+        capture.unread = True
+        capture.change((9, "Z"))
+
+    assert _run(scenario, daemon) == 0
+    assert recorder.applied_keys() == {(9, "Z")}
