@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 from propagator.daemon.status import DaemonState
 from propagator.observability.logging import get_logger
 
-__all__ = ["TaskSet"]
+__all__ = ["StopSignals", "TaskSet"]
 
 _log = get_logger("propagator.daemon")
 
@@ -79,3 +81,33 @@ class TaskSet:
         else:
             self.state.crashed = f"task {task.get_name()} ended unexpectedly"
             _log.error("task_crashed", task=task.get_name(), error="ended unexpectedly")
+
+
+class StopSignals:
+    """SIGTERM and SIGINT ask for a graceful stop; a repeated signal is only logged.
+
+    Installed only in the main thread (an embedding caller's thread has no signals).
+    """
+
+    def __init__(self, stop: asyncio.Event, wake: Callable[[], None], *, enabled: bool) -> None:
+        self.stop = stop
+        self.wake = wake
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.enabled:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def remove(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.enabled:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.stop.is_set():
+            _log.warning("signal_repeated", signal=signal.Signals(signum).name)
+            return
+        _log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        self.stop.set()
+        self.wake()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import threading
 import uuid
@@ -35,7 +34,7 @@ from propagator.daemon.leadership import Leadership
 from propagator.daemon.pipeline import ManualWaiter, Pipeline
 from propagator.daemon.requests import ReconcileRequests
 from propagator.daemon.retry import Retrier
-from propagator.daemon.shutdown import TaskSet
+from propagator.daemon.shutdown import StopSignals, TaskSet
 from propagator.daemon.status import DaemonState, Role
 from propagator.daemon.web import start_http
 from propagator.daemon.writers import Lane
@@ -257,7 +256,8 @@ class Daemon:
         for lane in self.lanes:
             lane.wake = asyncio.Event()
         bind_context(instance=self.instance_id)
-        self._install_signal_handlers(True)
+        signals = StopSignals(self._stop, self.pipeline.poke, enabled=self.handle_signals)
+        signals.install(self._loop)
         settings = self.settings
         _log.info(
             "daemon_starting",
@@ -288,7 +288,7 @@ class Daemon:
         if in_time and not self.state.crashed:
             await self.pipeline.drain_late_keys()
         await self._close()
-        self._install_signal_handlers(False)
+        signals.remove(self._loop)
         if self.state.crashed:
             _log.error("daemon_stopped", reason=self.state.crashed)
             return CRASHED
@@ -312,24 +312,6 @@ class Daemon:
         if self.history.enabled:
             pruner = HistoryPruner(self.settings, self.history, lambda: self.is_leader)
             tasks.start("history_pruner", pruner.run(stopping, sleep))
-
-    def _install_signal_handlers(self, install: bool) -> None:
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            return
-        assert self._loop is not None
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            if install:
-                self._loop.add_signal_handler(signum, self._on_signal, signum)
-            else:
-                self._loop.remove_signal_handler(signum)
-
-    def _on_signal(self, signum: int) -> None:
-        if self._stop.is_set():
-            _log.warning("signal_repeated", signal=signal.Signals(signum).name)
-            return
-        _log.info("shutdown_requested", signal=signal.Signals(signum).name)
-        self._stop.set()
-        self.pipeline.poke()
 
     def _cancel_writes(self) -> None:
         for lane in self.lanes:
