@@ -6,118 +6,60 @@ connection (``Connection: close``), bounded header and body sizes, a deadline on
 reading the request and on writing the answer, and every handler failure turned
 into a 500: a garbage request or a slow client can never hurt the daemon's loop.
 
+Hostile clients are expected. A connection must send its first byte within
+``first_byte_timeout`` and its whole request within ``request_timeout``; when
+the connection limits (in total, per client address) are reached, the oldest
+connection still waiting for its request makes room (``limits``), so idle and
+slow-loris connections cannot starve the probes. Every request's ``Host`` must
+name this endpoint (``hostcheck``), and every answer carries
+``X-Content-Type-Options: nosniff``.
+
 Routes live in a table keyed by path; ``add_route`` extends it (``GET`` routes
-answer ``HEAD`` too), so later endpoints need no change to the server itself.
+answer ``HEAD`` too) and ``guard`` wraps one (for tokens), so later endpoints
+need no change to the server itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
 
 from propagator.core.redact import redact
+from propagator.observability.auth import Handler, bearer_protected
+from propagator.observability.hostcheck import HostCheck, host_of
+from propagator.observability.limits import ConnectionLimits, Slot
 from propagator.observability.logging import get_logger, redact_data
 from propagator.observability.metrics import METRICS_CONTENT_TYPE, Metrics
+from propagator.observability.wire import (
+    BadRequest,
+    Head,
+    Request,
+    Response,
+    parse_content_length,
+    parse_head,
+    parse_query,
+)
 
 __all__ = ["Handler", "HttpServer", "Request", "Response", "bearer_protected"]
 
 _log = get_logger(__name__)
 
-_JSON: Final = "application/json"
-_TEXT: Final = "text/plain; charset=utf-8"
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One parsed request; header names are lower-case."""
-
-    method: str
-    path: str
-    query: Mapping[str, list[str]]
-    headers: Mapping[str, str]
-    body: bytes = b""
-    peer: str = ""
-
-    def query_value(self, name: str, default: str | None = None) -> str | None:
-        values = self.query.get(name)
-        return values[-1] if values else default
-
-    def bearer_token(self) -> str | None:
-        """The token of an ``Authorization: Bearer …`` header, if any."""
-        scheme, _, token = self.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return token.strip() or None
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """An answer; ``Content-Length`` and ``Connection: close`` are added when sent."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = _TEXT
-    headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-
-    @classmethod
-    def json(
-        cls, payload: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()
-    ) -> Response:
-        body = json.dumps(payload, default=str, separators=(",", ":")).encode() + b"\n"
-        return cls(status, body, _JSON, headers)
-
-    @classmethod
-    def text(cls, text: str, status: int = 200, content_type: str = _TEXT) -> Response:
-        return cls(status, text.encode(), content_type)
-
-    @classmethod
-    def html(cls, html: str, status: int = 200) -> Response:
-        return cls(status, html.encode(), "text/html; charset=utf-8")
-
-    @classmethod
-    def error(
-        cls, status: int, message: str, *, headers: tuple[tuple[str, str], ...] = (), **extra: Any
-    ) -> Response:
-        return cls.json({"error": message, **extra}, status, headers)
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def bearer_protected(token: Callable[[], str | None], handler: Handler) -> Handler:
-    """Wrap ``handler`` so it runs only with ``Authorization: Bearer <token>``.
-
-    ``token`` is read per request (settings may change); when it returns None the
-    route is refused outright: an unconfigured token never means an open door.
-    """
-
-    async def guarded(request: Request) -> Response:
-        expected = token()
-        if not expected:
-            return Response.error(403, "this endpoint needs api_token to be configured")
-        given = request.bearer_token() or ""
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return Response.error(
-                401, "missing or wrong bearer token", headers=(("WWW-Authenticate", "Bearer"),)
-            )
-        return await handler(request)
-
-    return guarded
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+# What a refused request counts as in propagator_http_refused_total.
+_REFUSED_BY_STATUS: Final = {
+    400: "bad_request",
+    411: "bad_request",
+    413: "bad_request",
+    431: "bad_request",
+    401: "unauthorized",
+    403: "unauthorized",
+    408: "timeout",
+    421: "host",
+}
 
 
 class HttpServer:
@@ -133,9 +75,12 @@ class HttpServer:
         liveness: Callable[[], bool],
         *,
         request_timeout: float = 10.0,
+        first_byte_timeout: float = 3.0,
         max_header_bytes: int = 16 * 1024,
         max_body_bytes: int = 1024 * 1024,
-        max_connections: int = 64,
+        max_connections: int = 256,
+        max_connections_per_client: int = 32,
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -144,9 +89,15 @@ class HttpServer:
         self._readiness = readiness
         self._liveness = liveness
         self.request_timeout = request_timeout
+        self.first_byte_timeout = min(first_byte_timeout, request_timeout)
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
-        self.max_connections = max_connections
+        self.limits = ConnectionLimits(
+            max_connections,
+            max_connections_per_client,
+            on_evict=lambda: metrics.record_http_refused("evicted"),
+        )
+        self.host_check = HostCheck(host, allowed_hosts)
         self._server: asyncio.Server | None = None
         self._bound_port: int | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -166,6 +117,14 @@ class HttpServer:
         if not path.startswith("/"):
             raise ValueError(f"route path must start with '/': {path!r}")
         self._routes.setdefault(path, {})[method] = handler
+
+    def guard(self, path: str, wrap: Callable[[Handler], Handler]) -> None:
+        """Wrap every handler of ``path`` (already routed) with ``wrap``, e.g. a token check."""
+        methods = self._routes.get(path)
+        if methods is None:
+            raise ValueError(f"no route {path!r} to guard")
+        for method, handler in methods.items():
+            methods[method] = wrap(handler)
 
     def routes(self) -> dict[str, tuple[str, ...]]:
         """Every path with the methods it answers (for documentation and tests)."""
@@ -228,13 +187,24 @@ class HttpServer:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        slot = self.limits.admit(client, writer.transport.abort)
         try:
-            await self._serve_connection(reader, writer)
+            if slot is None:
+                self.metrics.record_http_refused("busy")
+                async with asyncio.timeout(self.first_byte_timeout):
+                    await self._write(writer, Response.error(503, "too many connections"))
+                await self._discard_input(reader, writer)
+            else:
+                await self._serve_connection(reader, writer, slot)
         except (ConnectionError, asyncio.CancelledError, TimeoutError):
             pass
         except Exception as error:  # a bug in here must never reach the event loop
             _log.error("http_connection_failed", error=error)
         finally:
+            if slot is not None:
+                self.limits.release(slot)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), timeout=1.0)
@@ -242,81 +212,95 @@ class HttpServer:
                 self._connections.discard(task)
 
     async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: Slot
     ) -> None:
         peer = writer.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+        local = writer.get_extra_info("sockname")
+        local_address = str(local[0]) if isinstance(local, tuple) and local else ""
         head_only = False
-        if len(self._connections) > self.max_connections:
-            response = Response.error(503, "too many connections")
+        unread = True
+        try:
+            request = await self._receive(reader, peer_text, local_address)
+        except BadRequest as error:
+            response = Response.error(error.status, error.message)
+        except TimeoutError:
+            response = Response.error(408, "request not received in time")
+        except asyncio.IncompleteReadError:
+            return  # the client went away before finishing its request
         else:
-            try:
-                async with asyncio.timeout(self.request_timeout):
-                    request = await self._read_request(reader, peer_text)
-            except _BadRequest as error:
-                response = Response.error(error.status, error.message)
-            except TimeoutError:
-                response = Response.error(408, "request not received in time")
-            except asyncio.IncompleteReadError:
-                return  # the client went away before finishing its request
-            else:
-                head_only = request.method == "HEAD"
-                response = await self._dispatch(request)
+            unread = False
+            self.limits.serving(slot)
+            head_only = request.method == "HEAD"
+            response = await self._dispatch(request)
+        refused = _REFUSED_BY_STATUS.get(response.status)
+        if refused is not None:
+            self.metrics.record_http_refused(refused)
         async with asyncio.timeout(self.request_timeout):
             await self._write(writer, response, head_only=head_only)
+        if unread:
+            await self._discard_input(reader, writer)
 
-    async def _read_request(self, reader: asyncio.StreamReader, peer: str) -> Request:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            raise _BadRequest(431, "request header too large") from None
-        except ValueError:  # the buffer limit hit before the separator was seen
-            raise _BadRequest(431, "request header too large") from None
-        try:
-            text = head.decode("latin-1")
-        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-            raise _BadRequest(400, "undecodable request") from None
-        request_line, *header_lines = text[:-4].split("\r\n")
-        parts = request_line.split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise _BadRequest(400, "malformed request line")
-        method, target, _version = parts
-        if not method.isascii() or not method.isalpha() or not method.isupper():
-            raise _BadRequest(400, "malformed method")
-        headers: dict[str, str] = {}
-        for line in header_lines:
-            name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip():
-                raise _BadRequest(400, "malformed header line")
-            headers[name.lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise _BadRequest(411, "chunked bodies are not accepted; send Content-Length")
-        body = b""
-        length_text = headers.get("content-length", "0") or "0"
-        if not length_text.isdigit():
-            raise _BadRequest(400, "malformed Content-Length")
-        length = int(length_text)
-        if length > self.max_body_bytes:
-            raise _BadRequest(413, "request body too large")
-        if length:
-            body = await reader.readexactly(length)
-        parts_of_target = urlsplit(target)
-        path = parts_of_target.path or "/"
-        if not path.startswith("/"):
-            raise _BadRequest(400, "malformed request target")
+    async def _discard_input(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Half-close, then briefly read what the client sent and nobody read.
+
+        Closing a socket with unread input resets the connection, and the client may
+        lose the answer written just before; a tenth of a second is all it gets.
+        """
+        with contextlib.suppress(Exception):
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(0.1):
+                await reader.read(self.max_header_bytes)
+
+    async def _receive(
+        self, reader: asyncio.StreamReader, peer: str, local_address: str
+    ) -> Request:
+        """The whole request: first byte soon, all of it within the request timeout."""
+        async with asyncio.timeout(self.request_timeout):
+            async with asyncio.timeout(self.first_byte_timeout):
+                first = await reader.readexactly(1)
+            try:
+                head = first + await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.LimitOverrunError, ValueError):
+                raise BadRequest(431, "request header too large") from None
+            if len(head) > self.max_header_bytes:
+                raise BadRequest(431, "request header too large")
+            parsed = parse_head(head)
+            self._check_host(parsed, local_address)
+            query = parse_query(parsed.query)
+            length = parse_content_length(parsed.headers, self.max_body_bytes)
+            body = await reader.readexactly(length) if length else b""
         return Request(
-            method=method,
-            path=path,
-            query=parse_qs(parts_of_target.query, keep_blank_values=True),
-            headers=headers,
+            method=parsed.method,
+            path=parsed.path,
+            query=query,
+            headers=parsed.headers,
             body=body,
             peer=peer,
         )
 
+    def _check_host(self, head: Head, local_address: str) -> None:
+        """400 for a missing (HTTP/1.1) or malformed Host, 421 for one naming another site."""
+        value = head.target_host if head.target_host is not None else head.headers.get("host")
+        if value is None:
+            if head.version == "HTTP/1.1":
+                raise BadRequest(400, "missing Host header")
+            return  # HTTP/1.0 without Host: not a browser
+        if head.target_host is not None and ":" in value:
+            value = f"[{value}]"
+        host = host_of(value)
+        if host is None:
+            raise BadRequest(400, "malformed Host header")
+        if not self.host_check.allows(host, local_address):
+            raise BadRequest(421, "this endpoint does not answer to that Host (http_allowed_hosts)")
+
     async def _dispatch(self, request: Request) -> Response:
         methods = self._routes.get(request.path)
         if methods is None:
-            return Response.error(404, "not found", path=request.path)
+            return Response.error(404, "not found", path=request.path[:200])
         handler = methods.get(request.method)
         if handler is None and request.method == "HEAD":
             handler = methods.get("GET")
@@ -332,7 +316,7 @@ class HttpServer:
             return Response.error(500, "internal error")
 
     async def _write(
-        self, writer: asyncio.StreamWriter, response: Response, *, head_only: bool
+        self, writer: asyncio.StreamWriter, response: Response, *, head_only: bool = False
     ) -> None:
         reason = _reason(response.status)
         lines = [
@@ -341,6 +325,7 @@ class HttpServer:
             f"Content-Length: {len(response.body)}",
             "Connection: close",
             "Cache-Control: no-store",
+            "X-Content-Type-Options: nosniff",
             *(f"{name}: {value}" for name, value in response.headers),
         ]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))

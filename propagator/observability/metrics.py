@@ -30,6 +30,7 @@ from propagator.version import __version__
 __all__ = [
     "APPLY_SOURCES",
     "DATABASES",
+    "HTTP_REFUSALS",
     "LAG_BUCKETS",
     "MALFORMED_REASONS",
     "METRICS_CONTENT_TYPE",
@@ -48,6 +49,8 @@ RECONCILE_RESULTS: Final = ("success", "failure")
 DATABASES: Final = ("production", "sandbox")
 RETRY_CAUSES: Final = ("production_unavailable", "sandbox_unavailable", "transient", "permanent")
 MALFORMED_REASONS: Final = ("invalid_json", "unknown_version", "bad_keys", "oversized", "other")
+#: Why the HTTP endpoint refused a request or dropped a connection.
+HTTP_REFUSALS: Final = ("bad_request", "host", "unauthorized", "timeout", "busy", "evicted")
 
 #: Propagation lag spans a debounce window (tens of ms) to an outage catch-up (a minute).
 LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -225,6 +228,11 @@ class Metrics:
             "loop_last_tick_timestamp_seconds",
             "Unix time the daemon's event loop last turned (liveness).",
         )
+        self.http_refused = self._counter(
+            "http_refused",
+            "HTTP requests refused or connections dropped by the endpoint, by reason.",
+            ["reason"],
+        )
 
     def _create_series(self) -> None:
         for reason in MALFORMED_REASONS:
@@ -241,6 +249,8 @@ class Metrics:
             self.database_connected.labels(database=database).set(0)
         for cause in RETRY_CAUSES:
             self.retries.labels(cause=cause)
+        for reason in HTTP_REFUSALS:
+            self.http_refused.labels(reason=reason)
 
     # Helpers: one call per fact, so callers cannot forget a companion metric.
 
@@ -283,6 +293,9 @@ class Metrics:
         self.notifications_malformed.labels(
             reason=reason if reason in MALFORMED_REASONS else "other"
         ).inc()
+
+    def record_http_refused(self, reason: str) -> None:
+        self.http_refused.labels(reason=_checked(reason, HTTP_REFUSALS, "reason")).inc()
 
     def record_retry(self, cause: str) -> None:
         self.retries.labels(cause=_checked(cause, RETRY_CAUSES, "cause")).inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from typing import Any
 from propagator.observability.http import HttpServer
 from propagator.observability.metrics import Metrics
 
-__all__ = ["Answer", "Probe", "Running", "request", "serving"]
+__all__ = ["Answer", "Probe", "Running", "raw", "request", "serving", "status_line"]
 
 
 @dataclass
@@ -113,3 +114,17 @@ def request(
         )
     finally:
         conn.close()
+
+
+def raw(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send bytes as they are and read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_line(response: bytes) -> str:
+    return response.split(b"\r\n", 1)[0].decode()

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from propagator.core.redact import register_secret
 from propagator.observability.http import Request, Response, bearer_protected
 from tests.helpers import wait_until
-from tests.integration.http_support import Running, request, serving
+from tests.integration.http_support import Running, raw, request, serving, status_line
 
 SECRET = "http-status-secret"
 
@@ -28,20 +28,6 @@ def running() -> Iterator[Running]:
 def impatient() -> Iterator[Running]:
     with serving(request_timeout=0.5) as server:
         yield server
-
-
-def raw(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
-    """Send bytes as they are and read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def status_line(response: bytes) -> str:
-    return response.split(b"\r\n", 1)[0].decode()
 
 
 def test_metrics_route_serves_parseable_prometheus_text(running: Running) -> None:
@@ -139,7 +125,7 @@ def test_unknown_path_is_404_and_wrong_method_is_405(running: Running) -> None:
 def test_head_answers_headers_with_the_get_length_and_no_body(running: Running) -> None:
     """HEAD on a GET route sends the headers of the GET answer and no body."""
     get = request(running.port, "GET", "/healthz")
-    response = raw(running.port, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = raw(running.port, b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     head, _, body = response.partition(b"\r\n\r\n")
     assert status_line(response) == "HTTP/1.1 200 OK"
     assert f"Content-Length: {len(get.body)}".encode() in head
@@ -161,11 +147,13 @@ def test_query_string_does_not_change_routing(running: Running) -> None:
         (b"GET /healthz\r\n\r\n", "400"),
         (b"GET /healthz SPDY/3\r\n\r\n", "400"),
         (b"get /healthz HTTP/1.1\r\n\r\n", "400"),
-        (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", "400"),
-        (b"GET /healthz HTTP/1.1\r\nContent-Length: -4\r\n\r\n", "400"),
-        (b"POST /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "411"),
-        (b"POST /healthz HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", "413"),
+        (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nno colon here\r\n\r\n", "400"),
+        (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: -4\r\n\r\n", "400"),
+        (b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n", "411"),
+        (b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\n\r\n", "413"),
         (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", "431"),
+        (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: \xb2\r\n\r\n", "400"),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", "400"),
     ],
 )
 def test_garbage_requests_get_a_clear_4xx(running: Running, data: bytes, expected: str) -> None:

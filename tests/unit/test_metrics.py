@@ -14,6 +14,7 @@ from propagator import __version__
 from propagator.observability.metrics import (
     APPLY_SOURCES,
     DATABASES,
+    HTTP_REFUSALS,
     LAG_BUCKETS,
     MALFORMED_REASONS,
     RETRY_CAUSES,
@@ -44,6 +45,7 @@ CONTRACT: dict[str, tuple[str, str]] = {
     # An Info is a constant-1 gauge in the Prometheus text format.
     "build_info": ("propagator_build_info", "gauge"),
     "last_loop_timestamp": ("propagator_loop_last_tick_timestamp_seconds", "gauge"),
+    "http_refused": ("propagator_http_refused", "counter"),
 }
 
 
@@ -104,6 +106,8 @@ def test_labelled_series_exist_at_zero_before_any_event() -> None:
         assert value(metrics, "propagator_retries_total", cause=cause) == 0
     for database in DATABASES:
         assert value(metrics, "propagator_database_connected", database=database) == 0
+    for reason in HTTP_REFUSALS:
+        assert value(metrics, "propagator_http_refused_total", reason=reason) == 0
 
 
 def test_build_info_carries_the_version() -> None:
@@ -228,3 +232,13 @@ def test_promtool_accepts_the_exposition() -> None:
     problems = (result.stdout + result.stderr).decode()
     assert result.returncode == 0, problems
     assert problems.strip() == "", problems
+
+
+def test_http_refusals_count_by_a_bounded_reason() -> None:
+    """record_http_refused counts a known reason and refuses an unknown one."""
+    metrics = Metrics()
+    metrics.record_http_refused("evicted")
+    metrics.record_http_refused("evicted")
+    assert value(metrics, "propagator_http_refused_total", reason="evicted") == 2
+    with pytest.raises(ValueError, match="reason"):
+        metrics.record_http_refused("/some/path")
