@@ -39,7 +39,8 @@ __all__ = [
     "parse_field_mapping",
 ]
 
-_DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
+_DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$", re.ASCII)
+_HOST_PATTERN = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*|\[?[0-9a-f:.]+\]?", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ACCEPTED_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
 
@@ -52,7 +53,10 @@ def parse_duration(value: Any) -> Any:
         match = _DURATION.match(value)
         if match:
             seconds = float(match.group("value")) * _UNIT_SECONDS[match.group("unit")]
-            return timedelta(seconds=seconds)
+            try:
+                return timedelta(seconds=seconds)
+            except OverflowError:
+                raise ValueError(f"duration {value.strip()!r} is too long") from None
     return value  # timedelta or ISO 8601: pydantic decides
 
 
@@ -169,7 +173,12 @@ class Settings(BaseSettings):
     # HTTP endpoint and logs.
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=9753, ge=0, le=65535)
+    http_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    http_max_connections: int = Field(default=256, ge=1, le=10_000)
+    http_max_client_connections: int = Field(default=32, ge=1, le=10_000)
+    http_read_protection: bool = False
     api_token: SecretStr | None = None
+    read_token: SecretStr | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -286,7 +295,19 @@ class Settings(BaseSettings):
             return None
         return None if value is None else validate_filter(value)
 
-    @field_validator("api_token", mode="before")
+    @field_validator("http_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        value = _split_list(value)
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            hosts = tuple(str(v).strip().lower() for v in value)
+            for host in hosts:
+                if not _HOST_PATTERN.fullmatch(host):
+                    raise ValueError(f"{host!r} is not a host name, .domain, address or *")
+            return hosts
+        return value
+
+    @field_validator("api_token", "read_token", mode="before")
     @classmethod
     def _token(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -370,4 +391,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     except ValueError as error:  # rules across both settings name both variables
         names = f"{env_name('key_columns')}/{env_name('field_mappings')}"
         raise ConfigurationError(f"invalid setting {names}: {error}") from None
+    if settings.http_read_protection and not (settings.read_token or settings.api_token):
+        raise ConfigurationError(
+            f"invalid setting {env_name('http_read_protection')}: needs "
+            f"{env_name('read_token')} or {env_name('api_token')}"
+        )
     return settings

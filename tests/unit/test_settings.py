@@ -184,11 +184,26 @@ def test_empty_database_url_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_describe_hides_the_api_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The HTTP API token never appears in the shown settings, and is masked in text."""
+    """The HTTP API and read tokens never appear in the shown settings, and are masked in text."""
     monkeypatch.setenv("PROPAGATOR_API_TOKEN", "tok-9f8e7d")
+    monkeypatch.setenv("PROPAGATOR_READ_TOKEN", "read-1c2b3a")
     settings = load_settings()
     assert settings.describe()["api_token"] == "***"
+    assert settings.describe()["read_token"] == "***"
     assert "tok-9f8e7d" not in str(ConfigurationError("bad token tok-9f8e7d"))
+    assert "read-1c2b3a" not in str(ConfigurationError("bad token read-1c2b3a"))
+
+
+def test_read_protection_with_either_token_and_allowed_hosts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read protection starts with the read or the API token; host names are a list."""
+    monkeypatch.setenv("PROPAGATOR_HTTP_READ_PROTECTION", "true")
+    monkeypatch.setenv("PROPAGATOR_API_TOKEN", "tok-only-api")
+    monkeypatch.setenv("PROPAGATOR_HTTP_ALLOWED_HOSTS", "Propagator, .svc.cluster.local,*")
+    settings = load_settings()
+    assert settings.http_read_protection is True
+    assert settings.http_allowed_hosts == ("propagator", ".svc.cluster.local", "*")
 
 
 # --- field mappings and keys ----------------------------------------------------------------
@@ -329,6 +344,11 @@ def test_negative_durations_are_refused(
         ("PRODUCTION_DATABASE_URL", "mysql://u@h/db", "not scheme mysql"),
         ("SANDBOX_DATABASE_URL", "postgresql:///db", "has no host"),
         ("SANDBOX_DATABASE_URL", "just-a-host", "not scheme (none)"),
+        ("PROPAGATOR_HTTP_ALLOWED_HOSTS", "ok.example, evil host", "not a host name"),
+        ("PROPAGATOR_HTTP_MAX_CONNECTIONS", "0", "greater than or equal to 1"),
+        ("PROPAGATOR_HTTP_MAX_CLIENT_CONNECTIONS", "lots", "valid integer"),
+        ("PROPAGATOR_HTTP_READ_PROTECTION", "true", "needs PROPAGATOR_READ_TOKEN"),
+        ("PROPAGATOR_HISTORY_RETENTION", "9" * 400 + "d", "too long"),
     ],
 )
 def test_bad_setting_names_its_variable(variable: str, value: str, reason: str) -> None:
@@ -434,6 +454,9 @@ def test_every_setting_is_read_from_its_variable(
         "log_format": "json",
         "log_level": "debug",
         "api_token": "tok-abc123",
+        "read_token": "tok-read-456",
+        "http_allowed_hosts": "propagator.example",
+        "http_read_protection": "true",
         "leader_lock_id": "42",
         "http_host": "::1",
         "channel": "other_channel",
@@ -443,4 +466,6 @@ def test_every_setting_is_read_from_its_variable(
     value = special.get(field) or samples[annotation]
     default = load_settings().describe()[field]
     monkeypatch.setenv(env_name(field), value)
+    if field == "http_read_protection":  # it needs a token to be accepted at all
+        monkeypatch.setenv(env_name("read_token"), "tok-read-456")
     assert load_settings().describe()[field] != default
