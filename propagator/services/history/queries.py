@@ -22,6 +22,7 @@ from psycopg import sql
 from propagator.adapters.connections import Connection
 from propagator.adapters.postgres import translate_error, with_parameters
 from propagator.core.mapping import format_key
+from propagator.core.vocabulary import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT
 from propagator.errors import ConfigurationError, SchemaError
 from propagator.services.history.schema import HISTORY_SOURCES, not_set_up
 from propagator.settings import parse_duration
@@ -38,8 +39,13 @@ __all__ = [
     "query",
 ]
 
-DEFAULT_LIMIT: Final = 50
-MAX_LIMIT: Final = 10_000
+DEFAULT_LIMIT: Final = HISTORY_DEFAULT_LIMIT
+MAX_LIMIT: Final = HISTORY_MAX_LIMIT
+MAX_KEY_CHARS: Final = 1000
+MAX_NUMBER_DIGITS: Final = 18
+"""Whole-number parameters (limit, before) longer than this are refused before ``int``."""
+MAX_AGE: Final = timedelta(days=36_525)
+_TOO_LONG: Final = MAX_AGE + timedelta(days=1)
 
 
 def parse_key(text: str) -> str:
@@ -47,7 +53,11 @@ def parse_key(text: str) -> str:
     text = text.strip()
     if not text:
         raise ConfigurationError("--key needs a value such as 10001-A or '[10001, \"A\"]'")
+    if len(text) > MAX_KEY_CHARS:
+        raise ConfigurationError(f"--key is longer than {MAX_KEY_CHARS} characters")
     if text.startswith("["):
+        if _nesting(text) > 1:
+            raise ConfigurationError(f"--key {text!r} must be a flat JSON array of key values")
         try:
             parts = json.loads(text, parse_float=Decimal)
         except ValueError:
@@ -62,12 +72,37 @@ def parse_key(text: str) -> str:
     return text
 
 
+def _nesting(text: str) -> int:
+    """The deepest ``[``/``{`` nesting of JSON text, strings skipped (no recursion needed)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def parse_time(text: str, *, now: datetime | None = None, what: str = "time") -> datetime:
-    """ISO 8601 (``2024-05-01T10:00``; local time without an offset) or an age (``1h``, ``7d``)."""
+    """ISO 8601 (``2024-05-01T10:00``; local time without an offset) or an age (``1h``, ``7d``).
+
+    Ages reach back at most ``MAX_AGE`` (a century), times lie in the years 1900 to 9998.
+    """
     text = text.strip()
     now = now or datetime.now(UTC)
-    age = parse_duration(text)
+    try:
+        age = parse_duration(text)
+    except ValueError:
+        age = _TOO_LONG
     if isinstance(age, timedelta):
+        if age > MAX_AGE:
+            raise ConfigurationError(f"{what} {text!r} reaches back more than 100 years")
         return now - age
     try:
         moment = datetime.fromisoformat(text)
@@ -75,6 +110,8 @@ def parse_time(text: str, *, now: datetime | None = None, what: str = "time") ->
         raise ConfigurationError(
             f"{what} {text!r} is neither an ISO time (2024-05-01T10:00) nor an age (30m, 1h, 2d)"
         ) from None
+    if not 1900 <= moment.year <= 9998:
+        raise ConfigurationError(f"{what} {text!r} is outside the years 1900 to 9998")
     if moment.tzinfo is None:
         moment = moment.astimezone()  # a person's wall-clock time
     return moment
@@ -118,8 +155,8 @@ class HistoryQuery:
             value = text(name)
             if value is None:
                 return None
-            if not value.isdigit():
-                raise ConfigurationError(f"{name} must be a whole number, not {value!r}")
+            if not (value.isascii() and value.isdigit()) or len(value) > MAX_NUMBER_DIGITS:
+                raise ConfigurationError(f"{name} must be a whole number, not {value[:40]!r}")
             return int(value)
 
         key, since, until, limit = text("key"), text("since"), text("until"), number("limit")
