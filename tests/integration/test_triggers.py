@@ -129,26 +129,42 @@ def test_payloads_stay_small_for_many_keys(databases: DatabasePair, installed: L
     assert len(payloads) <= math.ceil(key_bytes / 7500) + 1
 
 
+def key_bytes(keys: list[list[Any]]) -> int:
+    """Room the keys take in payloads, as the trigger counts it (JSON text and a comma)."""
+    return sum(len(json.dumps(k).encode()) + 1 for k in keys)
+
+
 @pytest.mark.slow
-def test_a_hundred_thousand_row_update_stays_within_the_notify_limit(
+def test_a_hundred_thousand_row_update_sends_one_resync_and_a_fitting_one_its_keys(
     databases: DatabasePair, installed: Listener
 ) -> None:
-    """One UPDATE of 100,000 rows sends every key in chunks or one resync, never per row."""
+    """100,000 keys overflow the payload budget: one resync; 80 % of the budget: every key."""
     rows = [(n, f"r{n}", n) for n in range(100_000)]
     databases.production.insert_jobs(rows)
     installed.payloads()
+    budget = triggers.RESYNC_PAYLOADS * triggers.KEY_BYTES_PER_PAYLOAD
+    everything = [[job, release] for job, release, _ in rows]
+    assert key_bytes(everything) > 2 * budget  # no way to list them: a resync is the answer
     databases.production.execute("UPDATE jobs SET fab_order = fab_order + 1")
+    (resync,) = installed.documents()
+    assert resync.get("resync") is True
+    assert not resync.get("k")
+
+    # The largest statement that clearly fits is listed key by key, in full payloads.
+    fitting, used = 0, 0
+    while used + key_bytes(everything[fitting : fitting + 1]) < 0.8 * budget:
+        used += key_bytes(everything[fitting : fitting + 1])
+        fitting += 1
+    databases.production.execute(
+        "UPDATE jobs SET fab_order = fab_order + 1 WHERE job < %s", [fitting]
+    )
     payloads = installed.payloads()
-    assert payloads
-    assert all(len(p.encode()) < 8000 for p in payloads)
     documents = [json.loads(p) for p in payloads]
-    if any(d.get("resync") is True for d in documents):
-        assert len(payloads) == 1
-        return
+    assert not any(d.get("resync") for d in documents), "a statement that fits was not listed"
     keys = [key for d in documents for key in d["k"]]
-    assert sorted(keys) == sorted([job, release] for job, release, _ in rows)
-    key_bytes = sum(len(json.dumps(k).encode()) + 1 for k in keys)
-    assert len(payloads) <= math.ceil(key_bytes / 7500) + 1
+    assert sorted(keys) == sorted(everything[:fitting])
+    assert all(len(p.encode()) < 8000 for p in payloads)
+    assert len(payloads) <= math.ceil(key_bytes(keys) / 7500) + 1
 
 
 def test_payloads_parse_as_v1_for_the_daemon(databases: DatabasePair, installed: Listener) -> None:
