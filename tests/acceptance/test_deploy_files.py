@@ -280,6 +280,10 @@ def test_example_settings_are_accepted_by_the_settings_parser(
     assert kubernetes.http_host == "0.0.0.0"  # noqa: S104 (inside the pod)
     assert kubernetes.http_port == HTTP_PORT
     assert kubernetes.history_enabled is False
+    # Reachable beyond loopback: reads need the Secret's token; Service names pass the Host check.
+    assert kubernetes.http_read_protection is True
+    assert kubernetes.read_token is not None
+    assert "propagator" in kubernetes.http_allowed_hosts
     assert kubernetes.shutdown_timeout < timedelta(seconds=grace)
 
     systemd = _settings_from(_systemd_environment_file(SYSTEMD / "propagator.env"), monkeypatch)
