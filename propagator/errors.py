@@ -17,10 +17,12 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
     "ExitCode",
+    "NonUniqueKeyError",
     "PermanentError",
     "PropagatorError",
     "Refusal",
     "SchemaError",
+    "SettingsMismatchError",
     "Side",
     "TransientError",
 ]
@@ -62,6 +64,18 @@ class PermanentError(PropagatorError):
 
 class SchemaError(PermanentError):
     """A table or a mapped/key column is missing or unusable on one side."""
+
+
+class SettingsMismatchError(ConfigurationError, PermanentError):
+    """The settings do not fit the databases: keys that are not unique, a filter that fails.
+
+    A command refuses with exit 2; the daemon reports it and retries slowly, as any
+    permanent error (someone may fix the table or the settings meanwhile).
+    """
+
+
+class NonUniqueKeyError(SettingsMismatchError):
+    """The key columns do not identify one row on a side, so the row to write is ambiguous."""
 
 
 class TransientError(PropagatorError):

@@ -96,11 +96,29 @@ class DatabasePair:
         return env
 
 
+INTERNAL_ERROR = 70  # propagator's exit code for a bug, never for something a user caused
+
+
+def refuse_internal_error(code: int | None, output: str, *, allowed: bool = False) -> None:
+    """Fail the test when a ``propagator`` process exited 70, unless the test provokes a bug."""
+    if code == INTERNAL_ERROR and not allowed:
+        tail = output[-2000:]
+        raise AssertionError(f"propagator exited {INTERNAL_ERROR} (internal error): {tail}")
+
+
 def run_cli(
-    args: Sequence[str], env: Mapping[str, str], *, timeout: float = 120, input: str | None = None
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    timeout: float = 120,
+    input: str | None = None,
+    allow_internal_error: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m propagator`` as a user would, capturing its output."""
-    return subprocess.run(
+    """Run ``python -m propagator`` as a user would, capturing its output.
+
+    An exit 70 (internal error) fails the test unless ``allow_internal_error``.
+    """
+    result = subprocess.run(
         [sys.executable, "-m", "propagator", *args],
         env=dict(env),
         capture_output=True,
@@ -109,6 +127,8 @@ def run_cli(
         input=input,
         check=False,
     )
+    refuse_internal_error(result.returncode, result.stderr, allowed=allow_internal_error)
+    return result
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from propagator.settings import load_settings
+from propagator.errors import PermanentError, SettingsMismatchError, TransientError
+from propagator.services.sync import SyncSession
+from propagator.services.typefit import refuse_impossible
+from propagator.settings import Settings, load_settings
 
 __all__ = ["run"]
 
@@ -13,9 +16,27 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     settings.production_url()  # a missing URL is a configuration error, before anything starts
     settings.sandbox_url()
+    _refuse_settings_that_do_not_fit(settings)
     # Imported here: every other subcommand would otherwise pay for loading the daemon.
     from propagator.daemon import run_daemon
     from propagator.observability.logging import configure_logging
 
     configure_logging(settings)
     return run_daemon(settings)
+
+
+def _refuse_settings_that_do_not_fit(settings: Settings) -> None:
+    """Refuse keys that are not unique, a filter that fails or a mapping no value can cross,
+    when both databases answer.
+
+    A database that does not answer yet is no reason to refuse: the daemon starts
+    and retries. Any other problem (a missing table) is left to the daemon too,
+    which reports it and retries slowly, as it always has.
+    """
+    with SyncSession(settings, purpose="run") as session:
+        try:
+            refuse_impossible(session.prepare())
+        except SettingsMismatchError:
+            raise
+        except (TransientError, PermanentError):
+            return

@@ -22,6 +22,7 @@ from propagator.observability.logging import get_logger
 from propagator.services.context import SyncContext
 from propagator.services.converge import BatchResult, converge_keys
 from propagator.services.history import History
+from propagator.services.preflight import preflight
 from propagator.services.reconcile import run_reconcile
 from propagator.services.sync import SyncSession
 from propagator.settings import Settings
@@ -109,7 +110,16 @@ class SandboxWriter:
         )
 
     def reconcile(self, source: ReconcileSource, fence: Fence) -> ReconcileReport:
-        context, _, _ = self.ensure()
+        context, production, sandbox = self.ensure()
+        # Proved again: after a refused batch the keys may have stopped being unique.
+        preflight(
+            production,
+            sandbox,
+            context.production,
+            context.sandbox,
+            context.spec.key_columns,
+            context.production_filter,
+        )
         return run_reconcile(
             self.settings,
             apply=True,

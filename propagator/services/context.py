@@ -17,12 +17,14 @@ from propagator.core.identifiers import QualifiedName
 from propagator.core.mapping import MappingSpec
 from propagator.core.plan import JobMappingResult
 from propagator.core.vocabulary import Source
+from propagator.services.preflight import KeyProof, preflight
 from propagator.settings import Settings
 
 __all__ = [
     "AppliedHook",
     "Connection",
     "ConnectionOpener",
+    "KeyProof",
     "ProgressCallback",
     "Source",
     "SyncContext",
@@ -35,13 +37,18 @@ ConnectionOpener = Callable[[Literal["production", "sandbox"]], Connection]
 
 @dataclass(frozen=True, slots=True)
 class SyncContext:
-    """The mapping and both tables' definitions, checked against each other once."""
+    """The mapping and both tables' definitions, checked against each other once.
+
+    ``key_proofs`` say how the key columns were proved unique on each side
+    (production, then sandbox); preparing refuses keys that are not.
+    """
 
     spec: MappingSpec
     production: TableInfo
     sandbox: TableInfo
     production_filter: str | None = None
     batch_size: int = 1000
+    key_proofs: tuple[KeyProof, ...] = ()
 
     @classmethod
     def prepare(
@@ -58,7 +65,10 @@ class SyncContext:
         production = describe_table(production_conn, production_table, "production")
         sandbox = describe_table(sandbox_conn, sandbox_table, "sandbox")
         check_mapping(production, sandbox, spec)
-        return cls(spec, production, sandbox, production_filter, batch_size)
+        proofs = preflight(
+            production_conn, sandbox_conn, production, sandbox, spec.key_columns, production_filter
+        )
+        return cls(spec, production, sandbox, production_filter, batch_size, proofs)
 
     @classmethod
     def from_settings(

@@ -38,8 +38,9 @@ from propagator.core.plan import (
     plan_against_lookup,
 )
 from propagator.core.report import show_value
+from propagator.core.uniqueness import non_unique_message
 from propagator.core.values import values_equal
-from propagator.errors import ConfigurationError, PermanentError, SchemaError
+from propagator.errors import ConfigurationError, NonUniqueKeyError, PermanentError, SchemaError
 from propagator.services.engines import (
     RECONCILE_CONNECTIONS,
     create_engine,
@@ -49,6 +50,7 @@ from propagator.services.engines import (
     require_columns,
     table_info,
 )
+from propagator.services.preflight import prove_unique
 from propagator.services.reconcile import Databases, run_reconcile
 from propagator.settings import Settings
 
@@ -113,6 +115,8 @@ def _change_line(result: JobMappingResult, change: FieldChange, dry_run: bool) -
 
 
 def _failure_line(failure: RowFailure) -> str:
+    if failure.kind == "unfit":
+        return f"Job {format_key(failure.key)} not written: {failure.error}"
     return f"Job {format_key(failure.key)} rejected by the sandbox: {failure.error}"
 
 
@@ -157,11 +161,11 @@ class DatabaseMappingService:
 
     @staticmethod
     def create_job_lookup(
-        rows: Iterable[Any], key_columns: Sequence[str] = DEFAULT_KEY_COLUMNS
+        rows: Iterable[Any], key_columns: Sequence[str] = DEFAULT_KEY_COLUMNS, side: str = "given"
     ) -> dict[Key, Row]:
         """Index rows by their key tuple; rows with a NULL key part cannot match and are left out.
 
-        Two rows with one key make the target ambiguous, so that is an error.
+        Two rows with one key make the target ambiguous: ``NonUniqueKeyError``.
         """
         lookup: dict[Key, Row] = {}
         for row in rows:
@@ -170,9 +174,7 @@ class DatabaseMappingService:
             if any(part is None for part in key):
                 continue
             if key in lookup:
-                raise PermanentError(
-                    f"duplicate key {format_key(key)} in the rows; keys must be unique"
-                )
+                raise NonUniqueKeyError(non_unique_message(f"the {side} rows", key_columns, key))
             lookup[key] = mapping
         return lookup
 
@@ -190,7 +192,9 @@ class DatabaseMappingService:
         """
         spec = MappingSpec.build(key_columns, field_mappings or _DEFAULT_MAPPINGS)
         width = len(spec.key_columns)
-        sandbox_lookup = DatabaseMappingService.create_job_lookup(sandbox_rows, spec.key_columns)
+        sandbox_lookup = DatabaseMappingService.create_job_lookup(
+            sandbox_rows, spec.key_columns, "sandbox"
+        )
         sandbox_values = {
             key: _pick(row, spec.target_columns, "sandbox rows")
             for key, row in sandbox_lookup.items()
@@ -204,7 +208,8 @@ class DatabaseMappingService:
             if any(part is None for part in key):
                 continue
             if key in seen:
-                raise PermanentError(f"duplicate key {format_key(key)} in the production rows")
+                where = "the production rows"
+                raise NonUniqueKeyError(non_unique_message(where, spec.key_columns, key))
             seen.add(key)
             production.append(values)
         statistics = MappingStatistics()
@@ -254,9 +259,9 @@ class DatabaseMappingService:
         with driver_connection(engine) as conn:
             info = table_info(conn, table, engine, "sandbox")
             require_columns(info, (*keys, *(f for fields in groups for f in fields)), engine)
+            prove_unique(conn, info, keys)  # an ambiguous key would update several rows
             try:
-                # One transaction for everything; each batch inside is a savepoint, so a
-                # refused row is bisected out without losing the rest.
+                # One transaction; each batch a savepoint, so a refused row is bisected out.
                 with conn.transaction():
                     for fields, rows in groups.items():
                         outcome = apply_values(conn, info, keys, fields, rows)

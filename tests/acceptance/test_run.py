@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from propagator.demo.embedded import free_port
-from tests.helpers import DatabasePair, run_cli, wait_until
+from tests.helpers import DatabasePair, refuse_internal_error, run_cli, wait_until
 from tests.integration.support import (
     converged,
     daemon_settings,
@@ -92,6 +92,7 @@ class DaemonProcess:
         self._reader.join(5)
         if self.process.stdout is not None:
             self.process.stdout.close()
+        refuse_internal_error(code, self.output())
         return code
 
     def output(self) -> str:

@@ -22,7 +22,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from propagator.demo.embedded import free_port
-from tests.helpers import DatabasePair, wait_until
+from tests.helpers import DatabasePair, refuse_internal_error, wait_until
 
 __all__ = [
     "FAST_ENV",
@@ -241,7 +241,9 @@ class DaemonProcess:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
+        code = self.process.wait(timeout=timeout)
+        refuse_internal_error(code, self.log_path.read_text(errors="replace"))
+        return code
 
     def kill(self) -> None:
         """SIGKILL: no drain, no cleanup, as a crash or an OOM kill would do."""
