@@ -7,6 +7,7 @@ import json
 
 from propagator.errors import ExitCode
 from propagator.services.sync import SyncSession
+from propagator.services.typefit import check_mappings
 from propagator.settings import load_settings
 
 __all__ = ["run"]
@@ -22,9 +23,15 @@ def run(args: argparse.Namespace) -> int:
         session.open_sandbox()
         print(f"✓ sandbox: {session.describe_sandbox()}")
         context = session.prepare()
-    print(f"✓ key columns: {', '.join(context.spec.key_columns)}")
-    for mapping in context.spec.field_mappings:
-        source = context.production.columns[mapping.source].type_sql
-        target = context.sandbox.columns[mapping.target].type_sql
-        print(f"✓ mapping {mapping.describe()}: {source} → {target}")
+    proofs = "; ".join(proof.describe() for proof in context.key_proofs)
+    print(f"✓ key columns: {', '.join(context.spec.key_columns)} ({proofs})")
+    # A mapping no value can cross is a settings error (2); values that a narrowing
+    # sandbox column cannot hold are rows a reconcile would not write (4, as there).
+    checks = check_mappings(settings, context)
+    for mapping_check in checks:
+        print(mapping_check.line())
+    if any(mapping_check.impossible for mapping_check in checks):
+        return ExitCode.USAGE
+    if any(mapping_check.misfits for mapping_check in checks):
+        return ExitCode.ROWS_FAILED
     return ExitCode.OK

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from propagator.core.mapping import FieldMapping, Key, MappingSpec, format_key
+from propagator.core.typefit import FitCheck
 from propagator.core.values import values_equal
 
 __all__ = [
     "DuplicateKeyError",
     "FieldChange",
+    "FitChecks",
     "JobMappingResult",
     "MappingStatistics",
     "MatchStatus",
@@ -28,6 +30,12 @@ __all__ = [
     "plan_against_lookup",
     "plan_row",
 ]
+
+
+FitChecks = Sequence[FitCheck | None] | None
+"""Per field mapping, whether the sandbox column can hold a new value (None: it always can)."""
+
+_FAILURE_SAMPLE = 10_000  # failures kept by key; ``failed`` counts them all
 
 
 class StreamOrderError(ValueError):
@@ -67,7 +75,8 @@ class JobMappingResult:
     key: Key
     status: MatchStatus
     changes: tuple[FieldChange, ...] = ()
-    error: str | None = None  # a transform could not convert the production value
+    error: str | None = None  # a transform could not convert the value, or it does not fit
+    misfits: tuple[FieldChange, ...] = ()  # new values the sandbox column cannot hold
 
     @property
     def matched(self) -> bool:
@@ -115,13 +124,22 @@ class MappingStatistics:
     rows_with_differences: int = 0
     updated: int = 0
     failed: int = 0
+    unfit: int = 0  # rows not written: a new value the sandbox column cannot hold
     duration_seconds: float = 0.0
     failures: list[RowFailure] = field(default_factory=list)
 
+    def fail(self, failure: RowFailure) -> None:
+        """Count a row not applied; the first ``_FAILURE_SAMPLE`` are kept by key."""
+        self.failed += 1
+        if len(self.failures) < _FAILURE_SAMPLE:
+            self.failures.append(failure)
+
     def record(self, result: JobMappingResult) -> None:
-        if result.error is not None:
-            self.failed += 1
-            self.failures.append(RowFailure(result.key, result.error, "transform"))
+        if result.misfits:
+            self.unfit += 1
+            self.fail(RowFailure(result.key, result.error or "", "unfit"))
+        elif result.error is not None:
+            self.fail(RowFailure(result.key, result.error, "transform"))
         if result.status is MatchStatus.MATCHED:
             self.matched += 1
             if result.changes:
@@ -147,6 +165,7 @@ class MappingStatistics:
             "differences": dict(self.differences),
             "updated": self.updated,
             "failed": self.failed,
+            "unfit": self.unfit,
             "duration_seconds": round(self.duration_seconds, 6),
         }
 
@@ -156,21 +175,34 @@ def plan_row(
     production_values: Sequence[Any],
     sandbox_values: Sequence[Any],
     field_mappings: Sequence[FieldMapping],
+    checks: FitChecks = None,
 ) -> JobMappingResult:
     """Compare one matched row; values are given in mapping order on both sides.
 
     A transform that cannot convert a production value (``'abc'`` to decimal)
-    makes this one row a failure to report, never the whole run.
+    makes this one row a failure to report, never the whole run; so does a new
+    value its sandbox column cannot hold (``checks``, from ``core.typefit``):
+    such a row is not written at all, so it is never half-written.
     """
     changes: list[FieldChange] = []
-    for mapping, raw, old in zip(field_mappings, production_values, sandbox_values, strict=True):
+    misfits: list[tuple[FieldChange, str]] = []
+    fit_checks = checks or (None,) * len(field_mappings)
+    for mapping, raw, old, fits in zip(
+        field_mappings, production_values, sandbox_values, fit_checks, strict=True
+    ):
         try:
             new = mapping.apply(raw)
         except Exception as error:  # any user or named transform may raise anything
             reason = f"transform {mapping.transform_name} cannot convert {mapping.source} {raw!r}"
             return JobMappingResult(key, MatchStatus.MATCHED, (), f"{reason}: {error}")
         if not values_equal(new, old):
-            changes.append(FieldChange(mapping.target, old, new))
+            if fits is None or fits(new):
+                changes.append(FieldChange(mapping.target, old, new))
+            else:
+                misfits.append((FieldChange(mapping.target, old, new), fits.target.sql))
+    if misfits:
+        reason = "; ".join(f"{m.field} {m.new} does not fit {kind}" for m, kind in misfits)
+        return JobMappingResult(key, MatchStatus.MATCHED, (), reason, tuple(m for m, _ in misfits))
     return JobMappingResult(key, MatchStatus.MATCHED, tuple(changes))
 
 
@@ -195,6 +227,7 @@ def merge_compare(
     sandbox_rows: Iterable[Sequence[Any]],
     spec: MappingSpec,
     statistics: MappingStatistics,
+    checks: FitChecks = None,
 ) -> Iterator[JobMappingResult]:
     """Merge two key-ordered streams and yield every key that is not simply in sync.
 
@@ -221,7 +254,7 @@ def merge_compare(
         else:
             statistics.production_rows += 1
             statistics.sandbox_rows += 1
-            result = plan_row(prod_item[0], prod_item[1], sand_item[1], mappings)
+            result = plan_row(prod_item[0], prod_item[1], sand_item[1], mappings, checks)
             prod_item = next(production, None)
             sand_item = next(sandbox, None)
         statistics.record(result)
@@ -234,6 +267,7 @@ def plan_against_lookup(
     sandbox_lookup: Mapping[Key, Sequence[Any]],
     spec: MappingSpec,
     statistics: MappingStatistics,
+    checks: FitChecks = None,
 ) -> Iterator[JobMappingResult]:
     """Plan rows read by key (the event path, the seed API) against a sandbox lookup."""
     width = len(spec.key_columns)
@@ -244,6 +278,6 @@ def plan_against_lookup(
         if found is None:
             result = JobMappingResult(key, MatchStatus.NOT_FOUND_IN_SANDBOX)
         else:
-            result = plan_row(key, row[width:], found, spec.field_mappings)
+            result = plan_row(key, row[width:], found, spec.field_mappings, checks)
         statistics.record(result)
         yield result

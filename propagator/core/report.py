@@ -38,6 +38,7 @@ class ReconcileReport:
     )
     changed_rows: list[JobMappingResult] = field(default_factory=list)
     not_found_examples: list[Key] = field(default_factory=list)
+    unfit_examples: list[JobMappingResult] = field(default_factory=list)
     fallback_reason: str | None = None
     started_at: datetime | None = None
 
@@ -46,6 +47,10 @@ class ReconcileReport:
         if result.status is MatchStatus.NOT_FOUND_IN_SANDBOX:
             if len(self.not_found_examples) < self.limit:
                 self.not_found_examples.append(result.key)
+            return
+        if result.misfits:
+            if len(self.unfit_examples) < self.limit:
+                self.unfit_examples.append(result)
             return
         if not result.changes:
             return
@@ -152,6 +157,22 @@ def _not_found_examples(report: ReconcileReport) -> list[str]:
     return lines
 
 
+def _unfit_examples(report: ReconcileReport) -> list[str]:
+    """Rows not written because the sandbox column cannot hold a new value: apart from updates."""
+    unfit = report.statistics.unfit
+    if not unfit:
+        return []
+    lines = ["", f"Values the Sandbox Cannot Hold ({unfit}, not written):"]
+    for result in report.unfit_examples:
+        values = ", ".join(
+            f"{c.field} {show_value(c.old)} → {show_value(c.new)}" for c in result.misfits
+        )
+        lines.append(f"  - {result.label}: {values} ({result.error})")
+    if unfit > len(report.unfit_examples):
+        lines.append(f"  ... and {unfit - len(report.unfit_examples)} more")
+    return lines
+
+
 def _applied_rows(report: ReconcileReport) -> list[str]:
     """The sampled rows written (or that would be), then the sampled failures."""
     stats = report.statistics
@@ -169,8 +190,8 @@ def _applied_rows(report: ReconcileReport) -> list[str]:
     for failure in stats.failures[: max(report.limit, 1)]:
         verb = "rejected by the sandbox" if failure.kind == "rejected" else "not applied"
         lines.append(f"  ✗ Job {format_key(failure.key)} {verb}: {failure.error}")
-    if len(stats.failures) > report.limit:
-        lines.append(f"  ... and {len(stats.failures) - report.limit} more rejected")
+    if stats.failed > report.limit:
+        lines.append(f"  ... and {stats.failed - report.limit} more not applied")
     return lines
 
 
@@ -178,6 +199,8 @@ def _outcome(report: ReconcileReport) -> str:
     """The closing verdict: dry run, everything applied, or how many rows failed."""
     stats = report.statistics
     if report.dry_run:
+        if stats.unfit:
+            return f"✗ Dry run: {stats.unfit} rows have a value the sandbox cannot hold"
         return "✓ Dry run completed successfully"
     if report.ok:
         return f"✓ Applied {stats.updated} updates in {stats.duration_seconds:.2f}s"
@@ -194,6 +217,7 @@ def render_text(report: ReconcileReport) -> str:
         *_summary(report),
         *_field_examples(report),
         *_not_found_examples(report),
+        *_unfit_examples(report),
         *_applied_rows(report),
         "",
         _outcome(report),
@@ -226,6 +250,18 @@ def render_json(report: ReconcileReport) -> str:
         "changes_truncated": report.differences > len(report.changed_rows),
         "not_found_in_sandbox": [
             [json_value(part) for part in key] for key in report.not_found_examples
+        ],
+        "unfit": [
+            {
+                "key": [json_value(part) for part in result.key],
+                "label": result.label,
+                "error": result.error,
+                "values": [
+                    {"field": c.field, "old": json_value(c.old), "new": json_value(c.new)}
+                    for c in result.misfits
+                ],
+            }
+            for result in report.unfit_examples
         ],
         "failures": [
             {

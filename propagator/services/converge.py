@@ -30,6 +30,8 @@ from propagator.services.context import (
     Source,
     SyncContext,
 )
+from propagator.services.preflight import require_unique_rows
+from propagator.services.typefit import fit_checks
 
 __all__ = ["BatchResult", "converge_differences", "converge_keys"]
 
@@ -103,6 +105,9 @@ def _read_both(
             sandbox_conn, context.sandbox, spec.key_columns, spec.target_columns, keys
         )
         production_rows = production_read.result()
+    # Keys proved unique when the context was prepared may have stopped being so since.
+    require_unique_rows(production_rows, context.key_width, context.production, spec.key_columns)
+    require_unique_rows(sandbox_rows, context.key_width, context.sandbox, spec.key_columns)
     return production_rows, sandbox_rows
 
 
@@ -120,7 +125,9 @@ def _converge_slice(
     lookup = {tuple(row[:width]): row[width:] for row in sandbox_rows}
     planned = [
         r
-        for r in plan_against_lookup(production_rows, lookup, spec, result.statistics)
+        for r in plan_against_lookup(
+            production_rows, lookup, spec, result.statistics, fit_checks(context)
+        )
         if r.changes
     ]
     # Every field of a planned row is sent (the UPDATE rewrites only those that differ);

@@ -17,7 +17,7 @@ from typing import Literal
 import psycopg
 
 from propagator.adapters.connections import Connection, open_connection
-from propagator.core.plan import JobMappingResult
+from propagator.core.plan import DuplicateKeyError, JobMappingResult
 from propagator.core.redact import mask_url
 from propagator.core.report import ReconcileReport
 from propagator.errors import Side
@@ -29,7 +29,9 @@ from propagator.services.context import (
     Source,
     SyncContext,
 )
+from propagator.services.preflight import non_unique_error
 from propagator.services.streaming import reconcile_stream
+from propagator.services.typefit import refuse_impossible
 from propagator.settings import Settings
 
 __all__ = ["Databases", "ReconcileMethod", "reconcile", "run_reconcile"]
@@ -110,17 +112,21 @@ def run_reconcile(
             fields=context.spec.target_columns,
             limit=settings.report_limit if limit is None else limit,
         )
-        return reconcile(
-            context,
-            connect,
-            report,
-            apply=apply,
-            source=source,
-            on_applied=on_applied,
-            progress=progress,
-            on_difference=on_difference,
-            method=method or settings.reconcile_method,
-        )
+        try:
+            return reconcile(
+                context,
+                connect,
+                report,
+                apply=apply,
+                source=source,
+                on_applied=on_applied,
+                progress=progress,
+                on_difference=on_difference,
+                method=method or settings.reconcile_method,
+            )
+        except DuplicateKeyError as error:  # a duplicate that appeared since the context was proved
+            table = context.production if error.side == "production" else context.sandbox
+            raise non_unique_error(table, context.spec.key_columns, error.key) from None
 
 
 def reconcile(
@@ -144,8 +150,10 @@ def reconcile(
     compare (``services.checksum``), which streams only segments whose digests
     differ, and falls back to streaming both tables (``report.fallback_reason``
     says why) where it cannot compare exactly; "checksum" refuses to fall back;
-    "stream" never tries.
+    "stream" never tries. A mapping whose sandbox column can never hold its
+    values is refused first (``SettingsMismatchError``), before anything is read.
     """
+    refuse_impossible(context)
     if method != "stream" and reconcile_checksum(
         context,
         open_connection,

@@ -18,7 +18,7 @@ from typing import Any
 
 from propagator.adapters.reads import prefetch, stream_rows
 from propagator.core.mapping import MappingSpec
-from propagator.core.plan import JobMappingResult, MappingStatistics, merge_compare
+from propagator.core.plan import FitChecks, JobMappingResult, MappingStatistics, merge_compare
 from propagator.core.report import ReconcileReport
 from propagator.services.context import (
     AppliedHook,
@@ -28,6 +28,7 @@ from propagator.services.context import (
     SyncContext,
 )
 from propagator.services.converge import converge_differences
+from propagator.services.typefit import fit_checks
 
 __all__ = ["compare_streams", "reconcile_stream"]
 
@@ -139,10 +140,10 @@ def compare_streams(
     and counted as matched, and only the rest goes through ``merge_compare``,
     which stays the judge of every difference. Memory is bounded by the window.
     """
-    spec = context.spec
+    spec, checks = context.spec, fit_checks(context)  # checks: None unless a column narrows
     if not _raw_rows_comparable(context):
         yield from merge_compare(
-            _counting(iter(production_rows), progress), sandbox_rows, spec, stats
+            _counting(iter(production_rows), progress), sandbox_rows, spec, stats, checks
         )
         return
     # A key is a tuple, or the bare value for one column: both order and compare alike.
@@ -159,7 +160,7 @@ def compare_streams(
         sandbox_keys = list(map(key_of, sandbox.buffer))
         if not (_ascending(production_keys, emitted) and _ascending(sandbox_keys, emitted)):
             # Out of key order: merge_compare reports it precisely.
-            yield from merge_compare(production.rest(), sandbox.rest(), spec, stats)
+            yield from merge_compare(production.rest(), sandbox.rest(), spec, stats, checks)
             return
         production_cut, sandbox_cut = len(production.buffer), len(sandbox.buffer)
         if not (production.done and sandbox.done):
@@ -167,7 +168,7 @@ def compare_streams(
             production_cut = bisect_left(production_keys, boundary)
             sandbox_cut = bisect_left(sandbox_keys, boundary)
             if production_cut == 0 and sandbox_cut == 0:  # one key fills a window: duplicates
-                yield from merge_compare(production.rest(), sandbox.rest(), spec, stats)
+                yield from merge_compare(production.rest(), sandbox.rest(), spec, stats, checks)
                 return
             emitted = boundary
         yield from _compare_window(
@@ -177,6 +178,7 @@ def compare_streams(
             sandbox.buffer[:sandbox_cut],
             sandbox_keys[:sandbox_cut],
             stats,
+            checks,
         )
         del production.buffer[:production_cut]
         del sandbox.buffer[:sandbox_cut]
@@ -210,6 +212,7 @@ def _compare_window(
     sandbox: list[tuple[Any, ...]],
     sandbox_keys: list[Any],
     stats: MappingStatistics,
+    checks: FitChecks,
 ) -> Iterator[JobMappingResult]:
     checked = all(len(set(keys)) == len(keys) for keys in (production_keys, sandbox_keys))
     if checked and production == sandbox:
@@ -235,4 +238,4 @@ def _compare_window(
     stats.sandbox_rows += same
     stats.matched += same
     if production or sandbox:
-        yield from merge_compare(production, sandbox, spec, stats)
+        yield from merge_compare(production, sandbox, spec, stats, checks)

@@ -172,7 +172,8 @@ def test_rows_missing_in_the_sandbox_are_counted_and_listed(seeded: DatabasePair
 
 
 def test_rows_the_sandbox_rejects_are_isolated(databases: DatabasePair) -> None:
-    """A CHECK violation and a numeric(5,2) overflow are reported by key; the rest applies."""
+    """A CHECK violation and a numeric(5,2) overflow (never sent) are reported by key; the rest
+    applies."""
     databases.production.insert_jobs([(n, "A", 10) for n in range(1, 21)])
     databases.production.execute("UPDATE jobs SET fab_order = 13 WHERE job = 5")
     databases.production.execute("UPDATE jobs SET fab_order = 123456 WHERE job = 15")
@@ -184,8 +185,8 @@ def test_rows_the_sandbox_rejects_are_isolated(databases: DatabasePair) -> None:
     assert result.returncode == 4, result.stderr
     assert "✗ Job 5-A rejected by the sandbox:" in result.stdout
     assert "unlucky" in result.stdout
-    assert "✗ Job 15-A rejected by the sandbox:" in result.stdout
-    assert "✗ Applied 18 updates; 2 rows were rejected by the sandbox" in result.stdout
+    assert "✗ Job 15-A not applied: fab_order 123456.00 does not fit numeric(5,2)" in result.stdout
+    assert "✗ Applied 18 updates; 2 rows could not be applied" in result.stdout
     values = databases.sandbox.fab_orders()
     assert {key for key, value in values.items() if value == 0} == {(5, "A"), (15, "A")}
     assert sum(1 for value in values.values() if value == 10) == 18
@@ -209,7 +210,11 @@ def test_over_long_text_is_rejected_not_truncated(databases: DatabasePair) -> No
     document = report(databases, "--apply", **env)
     assert document["statistics"]["updated"] == 1
     assert [f["label"] for f in document["failures"]] == ["2-B", "3-C"]
-    assert "too long" in document["failures"][0]["error"]
+    assert (
+        document["failures"][0]["error"]
+        == "paint_color ultramarine does not fit character varying(5)"
+    )
+    assert [f["kind"] for f in document["failures"]] == ["unfit", "unfit"]  # never sent
     assert databases.sandbox.fetchall("SELECT job, paint_color, stage FROM jobs ORDER BY job") == [
         (1, "red", "cut"),
         (2, "grey", "cut"),
@@ -262,6 +267,7 @@ def test_json_report_is_one_document_with_exact_figures(seeded: DatabasePair) ->
         "differences": {"fab_order": 2},
         "updated": 0,
         "failed": 0,
+        "unfit": 0,
     }
     assert document["dry_run"] is True
     assert document["changes"] == [

@@ -424,6 +424,7 @@ def test_merge_example_with_every_outcome() -> None:
         "differences": {"fab_order": 1},
         "updated": 1,
         "failed": 0,
+        "unfit": 0,
         "duration_seconds": 1.234568,
     }
 
