@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
+from propagator import map_production_fab_order_to_sandbox
 from propagator.adapters.writes import apply_values
 from propagator.core.typefit import fits
+from propagator.errors import ExitCode, SettingsMismatchError
+from propagator.services.database_mapping import create_engine
 from propagator.services.sync import SyncSession, converge_keys
 from propagator.services.typefit import count_misfits, decisions
 from propagator.settings import load_settings
@@ -154,3 +157,54 @@ def test_the_daemon_never_sends_an_event_row_that_does_not_fit(databases: Databa
         assert running.daemon.status()["last_batch"]["failed"] == 1
     assert databases.sandbox.fab_orders()[(4, "A")] == 55
     assert databases.sandbox.fab_orders()[(3, "A")] == 3
+
+
+def test_the_one_call_api_writes_what_fits_and_reports_the_rest(databases: DatabasePair) -> None:
+    """map_production_fab_order_to_sandbox: fitting values written, misfits reported, not sent."""
+    databases.sandbox.execute("ALTER TABLE jobs ALTER COLUMN fab_order TYPE numeric(6,2)")
+    databases.production.insert_jobs([(1, "A", Decimal("12.50")), (2, "A", Decimal("12345.67"))])
+    databases.sandbox.insert_jobs([(1, "A", 0), (2, "A", 0)])
+    engines = (create_engine(databases.production.url), create_engine(databases.sandbox.url))
+    lines: list[str] = []
+    try:
+        stats = map_production_fab_order_to_sandbox(
+            *engines,
+            dry_run=False,
+            log_callback=lines.append,
+            settings=load_settings(
+                production_database_url=databases.production.url,
+                sandbox_database_url=databases.sandbox.url,
+            ),
+        )
+    finally:
+        for engine in engines:
+            engine.dispose()
+    assert (stats.updated, stats.unfit, stats.failed) == (1, 1, 1)
+    assert databases.sandbox.fab_orders() == {(1, "A"): Decimal("12.50"), (2, "A"): Decimal(0)}
+    assert [line.split(":")[0] for line in lines if "not written" in line] == [
+        "Job 2-A not written"
+    ]
+
+
+def test_the_one_call_api_refuses_an_impossible_pair(databases: DatabasePair) -> None:
+    """text into numeric through the seed's API: a settings error (exit 2), nothing written."""
+    databases.production.insert_jobs([(1, "A", 5, None, "fab")])
+    databases.sandbox.insert_jobs([(1, "A", 0)])
+    engines = (create_engine(databases.production.url), create_engine(databases.sandbox.url))
+    try:
+        with pytest.raises(SettingsMismatchError) as refused:
+            map_production_fab_order_to_sandbox(
+                *engines,
+                dry_run=False,
+                settings=load_settings(
+                    production_database_url=databases.production.url,
+                    sandbox_database_url=databases.sandbox.url,
+                    field_mappings="stage->fab_order",
+                ),
+            )
+    finally:
+        for engine in engines:
+            engine.dispose()
+    assert refused.value.exit_code == ExitCode.USAGE
+    assert "cannot be stored: text values are not numbers" in str(refused.value)
+    assert databases.sandbox.fab_orders() == {(1, "A"): Decimal(0)}
