@@ -79,6 +79,7 @@ class SandboxWriter:
         self.history = history
         self.session: SyncSession | None = None
         self.context: SyncContext | None = None
+        self._proved_now = False  # the context was just prepared: its keys were just proved
 
     def ensure(self) -> tuple[SyncContext, Connection, Connection]:
         if self.session is None or self.context is None:
@@ -87,6 +88,7 @@ class SandboxWriter:
                 session.open_production()
                 sandbox = session.open_sandbox()
                 self.context = session.prepare()
+                self._proved_now = True
                 setup = self.history.setup(sandbox)
                 if setup is not None and setup.applied:
                     _log.info("history_schema_ready", detail=setup.describe())
@@ -111,15 +113,17 @@ class SandboxWriter:
 
     def reconcile(self, source: ReconcileSource, fence: Fence) -> ReconcileReport:
         context, production, sandbox = self.ensure()
-        # Proved again: after a refused batch the keys may have stopped being unique.
-        preflight(
-            production,
-            sandbox,
-            context.production,
-            context.sandbox,
-            context.spec.key_columns,
-            context.production_filter,
-        )
+        if not self._proved_now:
+            # Proved again: after a refused batch the keys may have stopped being unique.
+            preflight(
+                production,
+                sandbox,
+                context.production,
+                context.sandbox,
+                context.spec.key_columns,
+                context.production_filter,
+            )
+        self._proved_now = False
         return run_reconcile(
             self.settings,
             apply=True,
