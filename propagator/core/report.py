@@ -145,16 +145,21 @@ def _field_examples(report: ReconcileReport) -> list[str]:
     return lines
 
 
+def _sampled(heading: str, lines: list[str], total: int) -> list[str]:
+    """A report section: its heading, the sampled lines, and how many more there were."""
+    section = ["", heading, *lines]
+    if total > len(lines):
+        section.append(f"  ... and {total - len(lines)} more")
+    return section
+
+
 def _not_found_examples(report: ReconcileReport) -> list[str]:
     """The sampled keys missing from the sandbox, if any."""
     missing = report.statistics.not_found_in_sandbox
     if not missing:
         return []
-    lines = ["", f"Not Found in Sandbox ({missing}):"]
-    lines += [f"  - {format_key(key)}" for key in report.not_found_examples]
-    if missing > len(report.not_found_examples):
-        lines.append(f"  ... and {missing - len(report.not_found_examples)} more")
-    return lines
+    lines = [f"  - {format_key(key)}" for key in report.not_found_examples]
+    return _sampled(f"Not Found in Sandbox ({missing}):", lines, missing)
 
 
 def _unfit_examples(report: ReconcileReport) -> list[str]:
@@ -162,15 +167,13 @@ def _unfit_examples(report: ReconcileReport) -> list[str]:
     unfit = report.statistics.unfit
     if not unfit:
         return []
-    lines = ["", f"Values the Sandbox Cannot Hold ({unfit}, not written):"]
+    lines = []
     for result in report.unfit_examples:
         values = ", ".join(
             f"{c.field} {show_value(c.old)} → {show_value(c.new)}" for c in result.misfits
         )
         lines.append(f"  - {result.label}: {values} ({result.error})")
-    if unfit > len(report.unfit_examples):
-        lines.append(f"  ... and {unfit - len(report.unfit_examples)} more")
-    return lines
+    return _sampled(f"Values the Sandbox Cannot Hold ({unfit}, not written):", lines, unfit)
 
 
 def _applied_rows(report: ReconcileReport) -> list[str]:
