@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Final
@@ -189,7 +190,9 @@ class HttpServer:
             self._connections.add(task)
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-        slot = self.limits.admit(client, writer.transport.abort)
+        slot = self.limits.admit(
+            client, writer.transport.abort, _request_arrived(reader, writer, self.max_header_bytes)
+        )
         try:
             if slot is None:
                 self.metrics.record_http_refused("busy")
@@ -367,3 +370,30 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
+
+
+def _request_arrived(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int
+) -> Callable[[], bool]:
+    """Whether a connection's whole request head is here but not yet read by its handler.
+
+    Connections accepted in one burst are admitted before any of them is read, so a
+    probe's request may be sitting in the kernel (or in the stream's buffer) while the
+    burst's later arrivals look for slots to evict. Asked only when choosing a victim.
+    """
+    transport_socket = writer.get_extra_info("socket")
+
+    def arrived() -> bool:
+        buffered = bytes(getattr(reader, "_buffer", b""))  # the stream's unread bytes
+        if b"\r\n\r\n" in buffered:
+            return True
+        if transport_socket is None:
+            return False
+        try:
+            with transport_socket.dup() as sock:
+                pending = sock.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        return b"\r\n\r\n" in buffered + pending
+
+    return arrived

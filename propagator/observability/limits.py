@@ -5,8 +5,10 @@ not lock out the probes. Each connection takes a slot when it is accepted and is
 *waiting* until its whole request has arrived. When a limit is reached, the new
 connection takes the place of the oldest waiting one (of the same client, for
 the per-client limit): a prompt client, such as a liveness probe, always gets
-in, and idle or slow-loris connections only ever push each other out. Only when
-every slot is busy serving a request is the newcomer turned away.
+in, and idle or slow-loris connections only ever push each other out. A waiting
+connection whose whole request has already arrived, unread (a probe accepted in
+the same burst as a flood), is not waiting on its client and is passed over.
+Only when no slot can be taken is the newcomer turned away.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ __all__ = ["ConnectionLimits", "Slot"]
 
 @dataclass(eq=False, slots=True)
 class Slot:
-    """One accepted connection; ``close`` aborts it when it is evicted."""
+    """One accepted connection; ``close`` aborts it when it is evicted.
+
+    ``request_arrived`` tells whether the client's whole request is already here,
+    unread: such a connection is never evicted.
+    """
 
     client: str
     close: Callable[[], None]
+    request_arrived: Callable[[], bool] = lambda: False
     waiting: bool = True
     released: bool = False
 
@@ -55,7 +62,12 @@ class ConnectionLimits:
     def clients(self) -> int:
         return len(self._per_client)
 
-    def admit(self, client: str, close: Callable[[], None]) -> Slot | None:
+    def admit(
+        self,
+        client: str,
+        close: Callable[[], None],
+        request_arrived: Callable[[], bool] | None = None,
+    ) -> Slot | None:
         """A slot for a new connection from ``client``, or None when every slot is busy.
 
         A full limit is made room in by evicting the oldest waiting connection
@@ -65,7 +77,9 @@ class ConnectionLimits:
             return None
         if len(self._open) >= self.total and not self._evict(None):
             return None
-        slot = Slot(client, close)
+        slot = (
+            Slot(client, close) if request_arrived is None else Slot(client, close, request_arrived)
+        )
         self._open.add(slot)
         self._waiting[slot] = None
         self._per_client[client] += 1
@@ -89,7 +103,11 @@ class ConnectionLimits:
 
     def _evict(self, client: str | None) -> bool:
         victim = next(
-            (s for s in self._waiting if client is None or s.client == client),
+            (
+                s
+                for s in self._waiting
+                if (client is None or s.client == client) and not s.request_arrived()
+            ),
             None,
         )
         if victim is None:

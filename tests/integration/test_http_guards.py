@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -198,5 +199,40 @@ def test_waiting_connections_make_room_for_a_prompt_client() -> None:
             assert limits.evicted == 3
             assert refused(running, "evicted") == 3
         finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_a_probe_accepted_in_the_same_burst_as_a_flood_is_answered() -> None:
+    """A probe's request already sent is never the one evicted by the connections behind it.
+
+    The server's loop is held while the probe connects and sends its request and ten
+    silent connections from the same address queue behind it, so all eleven are
+    accepted in one burst, before any of them is read: the per-client limit of four
+    makes seven evictions, and none may fall on the probe.
+    """
+    with serving(max_connections=100, max_connections_per_client=4) as running:
+        held, release = threading.Event(), threading.Event()
+
+        def hold_the_loop() -> None:
+            held.set()
+            release.wait(10)
+
+        running.loop.call_soon_threadsafe(hold_the_loop)
+        assert held.wait(5)
+        idle: list[socket.socket] = []
+        probe = socket.create_connection(("127.0.0.1", running.port), timeout=5)
+        try:
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            idle += [socket.create_connection(("127.0.0.1", running.port)) for _ in range(10)]
+            release.set()
+            answer = b""
+            while chunk := probe.recv(65536):
+                answer += chunk
+            assert status_line(answer).startswith("HTTP/1.1 200"), answer[:200]
+            wait_until(lambda: running.server.limits.evicted >= 7, what="the burst's evictions")
+        finally:
+            release.set()
+            probe.close()
             for sock in idle:
                 sock.close()

@@ -203,3 +203,19 @@ def test_the_per_client_limit_evicts_that_clients_own_connections() -> None:
     assert closed == ["flooder-0", "flooder-1", "flooder-2"]
     assert limits.open == 3
     assert limits.clients() == 2
+
+
+def test_a_connection_whose_request_arrived_is_passed_over() -> None:
+    """A waiting slot with its request already here is not evicted; with no other, refuse."""
+    limits = ConnectionLimits(total=100, per_client=2)
+    closed: list[str] = []
+    probe = limits.admit("a", lambda: closed.append("probe"), request_arrived=lambda: True)
+    idle = limits.admit("a", lambda: closed.append("idle"))
+    assert probe is not None
+    assert idle is not None
+    assert limits.admit("a", lambda: closed.append("newcomer")) is not None
+    assert closed == ["idle"]
+    assert limits.admit("a", lambda: None, request_arrived=lambda: True) is not None
+    assert closed == ["idle", "newcomer"]
+    assert limits.admit("a", lambda: None) is None  # both remaining slots hold requests
+    assert limits.open == 2
