@@ -461,6 +461,7 @@ def test_every_setting_is_read_from_its_variable(
         "http_host": "::1",
         "channel": "other_channel",
         "history_schema": "other_schema",
+        "selected_mappings": "default",
     }
     annotation = Settings.model_fields[field].annotation
     value = special.get(field) or samples[annotation]

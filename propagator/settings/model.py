@@ -7,15 +7,13 @@ setting fails at start with one line naming the setting and why.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -29,87 +27,27 @@ from propagator.core.identifiers import QualifiedName, parse_qualified_name, val
 from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, MappingSpec
 from propagator.core.redact import mask_url, register_secret, secrets_of_url
 from propagator.errors import ConfigurationError
+from propagator.settings.values import (
+    HOST_PATTERN,
+    normalize_database_url,
+    parse_duration,
+    parse_field_mapping,
+    split_list,
+)
 
-__all__ = [
-    "Settings",
-    "env_name",
-    "load_settings",
-    "normalize_database_url",
-    "parse_duration",
-    "parse_field_mapping",
-]
+__all__ = ["DEFAULT_MAPPING", "MAPPING_NAME", "Settings"]
 
-_DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$", re.ASCII)
-_HOST_PATTERN = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*|\[?[0-9a-f:.]+\]?", re.ASCII)
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_ACCEPTED_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
+DEFAULT_MAPPING = "default"
+MAPPING_NAME = re.compile(r"[a-z0-9_]{1,40}", re.ASCII)
 
 
-def parse_duration(value: Any) -> Any:
-    """Accept ``250ms``, ``5s``, ``2m``, ``1h``, ``7d``, plain seconds, or a timedelta."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            seconds = float(match.group("value")) * _UNIT_SECONDS[match.group("unit")]
-            try:
-                return timedelta(seconds=seconds)
-            except OverflowError:
-                raise ValueError(f"duration {value.strip()!r} is too long") from None
-    return value  # timedelta or ISO 8601: pydantic decides
+class _TomlWithoutMappings(TomlConfigSettingsSource):
+    """The TOML file's top-level settings; its ``[[mappings]]`` are resolved separately."""
 
-
-def normalize_database_url(url: str) -> str:
-    """``postgres://`` and SQLAlchemy driver URLs become plain ``postgresql://`` for psycopg.
-
-    Query options (``sslmode``, ``sslrootcert``, ``application_name``…) pass through.
-    """
-    url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in _ACCEPTED_SCHEMES:
-        shown = parts.scheme or "(none)"
-        raise ValueError(f"must be a postgresql:// or postgres:// URL, not scheme {shown}")
-    if not parts.hostname and "host=" not in parts.query:
-        raise ValueError("has no host")
-    # Replace only the scheme: urlunsplit would drop the "//" of a URL without a host
-    # part (postgresql:///db?host=/run/postgresql), which libpq then refuses.
-    return "postgresql" + url[len(parts.scheme) :]
-
-
-def parse_field_mapping(item: Any) -> FieldMapping:
-    """``source``, ``source->target``, ``source->target:transform`` or a TOML table."""
-    if isinstance(item, FieldMapping):
-        return item
-    if isinstance(item, Mapping):
-        unknown = set(item) - {"source", "target", "transform"}
-        if unknown or "source" not in item:
-            raise ValueError("a mapping table needs 'source' and may have 'target', 'transform'")
-        source = str(item["source"])
-        return FieldMapping(source, str(item.get("target", source)), item.get("transform"))
-    text = str(item).strip()
-    transform: str | None = None
-    arrow = text.split("->")
-    if len(arrow) > 2:
-        raise ValueError(f"mapping {text!r} has more than one '->'")
-    last = arrow[-1]
-    if ":" in last:
-        last, transform = (part.strip() for part in last.rsplit(":", 1))
-    source = arrow[0].strip() if len(arrow) == 2 else last
-    target = last.strip()
-    return FieldMapping(source, target, transform or None)
-
-
-def _split_list(value: Any) -> Any:
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
-
-
-Duration = Annotated[timedelta, Field()]
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        data.pop("mappings", None)
+        return data
 
 
 class Settings(BaseSettings):
@@ -123,6 +61,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
     toml_file: ClassVar[Path | None] = None
+    _mapping_name: str = PrivateAttr(default=DEFAULT_MAPPING)
 
     # Databases (the seed's names, no prefix).
     production_database_url: SecretStr | None = Field(
@@ -147,6 +86,12 @@ class Settings(BaseSettings):
     production_filter: str | None = None
     # 5000: ~30% more rows/s than 1000 on a 2-core machine (bench/apply_batch_size.py).
     batch_size: int = Field(default=5000, ge=1, le=100_000)
+
+    # Which of the file's [[mappings]] this process serves (empty: all of them).
+    selected_mappings: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        validation_alias=AliasChoices("PROPAGATOR_MAPPINGS", "selected_mappings"),
+    )
 
     # Reconcile.
     reconcile_interval: timedelta = timedelta(minutes=10)
@@ -198,7 +143,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if cls.toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_file))
+            sources.append(_TomlWithoutMappings(settings_cls, toml_file=cls.toml_file))
         return tuple(sources)
 
     @field_validator(
@@ -260,7 +205,7 @@ class Settings(BaseSettings):
     @field_validator("key_columns", mode="before")
     @classmethod
     def _key_columns(cls, value: Any) -> Any:
-        value = _split_list(value)
+        value = split_list(value)
         if isinstance(value, Sequence) and not isinstance(value, str):
             if not value:
                 raise ValueError("at least one key column is required")
@@ -270,7 +215,7 @@ class Settings(BaseSettings):
     @field_validator("field_mappings", mode="before")
     @classmethod
     def _field_mappings(cls, value: Any) -> Any:
-        value = _split_list(value)
+        value = split_list(value)
         if isinstance(value, Sequence) and not isinstance(value, str):
             if not value:
                 raise ValueError("at least one field mapping is required")
@@ -295,14 +240,22 @@ class Settings(BaseSettings):
             return None
         return None if value is None else validate_filter(value)
 
+    @field_validator("selected_mappings", mode="before")
+    @classmethod
+    def _selected(cls, value: Any) -> Any:
+        value = split_list(value)
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            return tuple(dict.fromkeys(str(v).strip() for v in value))
+        return value
+
     @field_validator("http_allowed_hosts", mode="before")
     @classmethod
     def _hosts(cls, value: Any) -> Any:
-        value = _split_list(value)
+        value = split_list(value)
         if isinstance(value, Sequence) and not isinstance(value, str):
             hosts = tuple(str(v).strip().lower() for v in value)
             for host in hosts:
-                if not _HOST_PATTERN.fullmatch(host):
+                if not HOST_PATTERN.fullmatch(host):
                     raise ValueError(f"{host!r} is not a host name, .domain, address or *")
             return hosts
         return value
@@ -316,6 +269,17 @@ class Settings(BaseSettings):
         return value
 
     # Derived values the rest of the program uses.
+    @property
+    def mapping_name(self) -> str:
+        """The name of the mapping these settings describe (``default`` without [[mappings]])."""
+        return self._mapping_name
+
+    def named(self, name: str) -> Settings:
+        """These settings as the mapping called ``name``."""
+        copy = self.model_copy()
+        copy._mapping_name = name
+        return copy
+
     @property
     def production_table_name(self) -> QualifiedName:
         return parse_qualified_name(self.production_table)
@@ -355,45 +319,3 @@ def _require_url(value: SecretStr | None, name: str) -> str:
     if value is None:
         raise ConfigurationError(f"{name} is not set (a postgresql:// URL is required)")
     return value.get_secret_value()
-
-
-def env_name(field: str) -> str:
-    """The environment variable that sets a field."""
-    if field in ("production_database_url", "sandbox_database_url"):
-        return field.upper()
-    return "PROPAGATOR_" + field.upper()
-
-
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings, turning any validation failure into one ``ConfigurationError`` line."""
-    if config_file is not None and not config_file.is_file():
-        raise ConfigurationError(f"config file {config_file} does not exist")
-
-    class _FromFile(Settings):
-        toml_file = config_file
-
-    try:
-        settings = _FromFile(**overrides)
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = [str(part) for part in first["loc"]]
-        field = location[0] if location else "settings"
-        field = {"PRODUCTION_DATABASE_URL": "production_database_url"}.get(field, field)
-        field = {"SANDBOX_DATABASE_URL": "sandbox_database_url"}.get(field, field)
-        reason = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            raise ConfigurationError(f"unknown setting {field!r} in {config_file}") from None
-        raise ConfigurationError(f"invalid setting {env_name(field)}: {reason}") from None
-    except ValueError as error:  # only TOML syntax is left: pydantic errors are caught above
-        raise ConfigurationError(f"config file {config_file} is not valid TOML: {error}") from None
-    try:
-        MappingSpec(settings.key_columns, settings.field_mappings)
-    except ValueError as error:  # rules across both settings name both variables
-        names = f"{env_name('key_columns')}/{env_name('field_mappings')}"
-        raise ConfigurationError(f"invalid setting {names}: {error}") from None
-    if settings.http_read_protection and not (settings.read_token or settings.api_token):
-        raise ConfigurationError(
-            f"invalid setting {env_name('http_read_protection')}: needs "
-            f"{env_name('read_token')} or {env_name('api_token')}"
-        )
-    return settings
