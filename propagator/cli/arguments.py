@@ -234,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="TOML file with settings (environment variables override it)",
     )
+    common.add_argument(
+        "--mapping",
+        action="append",
+        dest="mappings",
+        default=[],
+        metavar="NAME",
+        help="serve only this one of the file's [[mappings]]; repeat for several "
+        "(default: PROPAGATOR_MAPPINGS, else all)",
+    )
     parser = argparse.ArgumentParser(
         prog="propagator",
         description="Mirror chosen columns of a production PostgreSQL table into a sandbox.",

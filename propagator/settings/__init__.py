@@ -7,7 +7,13 @@ setting fails at start with one line naming the setting and why. The file's
 """
 
 from propagator.settings.loading import env_name, load_configuration, load_settings
-from propagator.settings.mappings import MAPPING_KEYS, Configuration, channel_for
+from propagator.settings.mappings import (
+    MAPPING_KEYS,
+    Configuration,
+    WatchedTable,
+    channel_for,
+    watched_tables,
+)
 from propagator.settings.model import DEFAULT_MAPPING, Settings
 from propagator.settings.values import (
     normalize_database_url,
@@ -20,6 +26,7 @@ __all__ = [
     "MAPPING_KEYS",
     "Configuration",
     "Settings",
+    "WatchedTable",
     "channel_for",
     "env_name",
     "load_configuration",
@@ -27,4 +34,5 @@ __all__ = [
     "normalize_database_url",
     "parse_duration",
     "parse_field_mapping",
+    "watched_tables",
 ]

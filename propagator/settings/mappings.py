@@ -28,9 +28,11 @@ from propagator.settings.model import DEFAULT_MAPPING, MAPPING_NAME, Settings
 __all__ = [
     "MAPPING_KEYS",
     "Configuration",
+    "WatchedTable",
     "channel_for",
     "read_mapping_tables",
     "resolve_mappings",
+    "watched_tables",
 ]
 
 MAPPING_KEYS = (
@@ -57,6 +59,7 @@ class Configuration:
     settings: Settings
     mappings: tuple[Settings, ...]
     defined: tuple[str, ...]
+    named: bool = False  # the file has [[mappings]] (else the one mapping is "default")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -105,7 +108,32 @@ def resolve_mappings(
             f"the mappings are: {', '.join(defined)}"
         )
     selected = tuple(m for m in resolved if not chosen or m.mapping_name in chosen)
-    return Configuration(settings, selected, defined)
+    return Configuration(settings, selected, defined, named=bool(tables))
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedTable:
+    """One production table and the mappings that read it: one trigger set, one channel."""
+
+    production_url: str
+    table: QualifiedName
+    channel: str
+    mappings: tuple[Settings, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.mapping_name for m in self.mappings)
+
+
+def watched_tables(mappings: Sequence[Settings]) -> tuple[WatchedTable, ...]:
+    """The production tables the mappings read, in the order first named."""
+    grouped: dict[tuple[str, str], list[Settings]] = {}
+    for mapping in mappings:
+        grouped.setdefault(_production_of(mapping), []).append(mapping)
+    return tuple(
+        WatchedTable(url, group[0].production_table_name, group[0].channel, tuple(group))
+        for (url, _), group in grouped.items()
+    )
 
 
 def _resolve(settings: Settings, table: Mapping[str, Any], number: int) -> Settings:
