@@ -149,9 +149,15 @@ class DaemonRunner:
         return http.url
 
     def metric(self, name: str, /, **labels: str) -> float:
-        """One value from the daemon's Prometheus registry (0 when absent)."""
-        value = self.daemon.metrics.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else float(value)
+        """A value from the daemon's Prometheus registry: the sum over the series carrying
+        ``labels``, whatever their mapping (0 when absent)."""
+        wanted = labels.items()
+        return sum(
+            float(sample.value)
+            for family in self.daemon.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == name and wanted <= sample.labels.items()
+        )
 
     def run_coroutine(
         self, factory: Callable[[], Coroutine[Any, Any, T]], timeout: float = 10.0

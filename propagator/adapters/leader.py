@@ -38,9 +38,23 @@ class LeadershipLostError(PropagatorError):
     """This process no longer holds the leader lock, so it must not write."""
 
 
-def lock_id_for(sandbox_table: QualifiedName) -> int:
-    """A stable 64-bit lock id derived from the sandbox table's name."""
-    digest = hashlib.sha256(f"propagator:{sandbox_table}".encode()).digest()
+def lock_id_for(
+    sandbox_table: QualifiedName, mapping: str = "default", base: int | None = None
+) -> int:
+    """A stable 64-bit lock id derived from the sandbox table's name (and a named mapping's).
+
+    The mapping ``default`` keeps the id it always had; each named mapping has its
+    own, so replicas are active/standby per mapping. ``base`` is a configured id.
+    """
+    if base is not None:
+        if mapping == "default":
+            return base
+        seed = f"propagator:{base}:{mapping}"
+    elif mapping == "default":
+        seed = f"propagator:{sandbox_table}"
+    else:
+        seed = f"propagator:{mapping}:{sandbox_table}"
+    digest = hashlib.sha256(seed.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -94,7 +94,12 @@ async def end_orphaned_session(conn: AsyncConnection, orphan: tuple[int, Any]) -
 
 
 class Listener:
-    """LISTEN on ``channel`` and turn what arrives into parsed notifications."""
+    """LISTEN on ``channel`` (and ``more_channels``) and parse what arrives.
+
+    One connection serves every watched table of a production database: each
+    table has its own channel, and its key width is given per channel.
+    Heartbeats travel on ``channel``.
+    """
 
     def __init__(
         self,
@@ -103,6 +108,7 @@ class Listener:
         *,
         instance_id: str,
         key_width: int,
+        more_channels: Mapping[str, int] | None = None,
         heartbeat_interval: timedelta,
         heartbeat_timeout: timedelta,
         connect_timeout: timedelta = timedelta(seconds=10),
@@ -114,6 +120,7 @@ class Listener:
         self.channel = channel
         self.instance_id = instance_id
         self.key_width = key_width
+        self.key_widths = {channel: key_width, **(more_channels or {})}
         self.heartbeat_interval = heartbeat_interval.total_seconds()
         self.heartbeat_timeout = heartbeat_timeout.total_seconds()
         self.connect_timeout = connect_timeout
@@ -152,7 +159,8 @@ class Listener:
         if orphan is not None:
             await end_orphaned_session(conn, orphan)
         try:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            for channel in self.key_widths:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             started = await (await conn.execute(BACKEND_START_SQL)).fetchone()
         except psycopg.Error as error:
             await conn.close()
@@ -174,20 +182,20 @@ class Listener:
         ``timeout``.
         """
         conn = self._require()
-        payloads: list[str] = []
+        payloads: list[tuple[str, str]] = []
         try:
             async for notify in conn.notifies(timeout=timeout, stop_after=1):
-                payloads.append(notify.payload)
+                payloads.append((notify.channel, notify.payload))
             if payloads and self.gather > 0:
                 await asyncio.sleep(self.gather)
                 async for notify in conn.notifies(timeout=0):
-                    payloads.append(notify.payload)
+                    payloads.append((notify.channel, notify.payload))
         except psycopg.Error as error:
             await self.close()
             raise translate_error(error, "production", "listening for notifications") from None
         received: list[Notification | MalformedNotification] = []
-        for payload in payloads:
-            parsed = self._parse(payload)
+        for channel, payload in payloads:
+            parsed = self._parse(channel, payload)
             if isinstance(parsed, Heartbeat) and parsed.instance_id == self.instance_id:
                 self._last_heartbeat_seen = self._clock()
                 self.heartbeat_round_trip = max(0.0, time.time() - parsed.sent_at)
@@ -195,10 +203,11 @@ class Listener:
             received.append(parsed)
         return received
 
-    def _parse(self, payload: str) -> Notification | MalformedNotification:
+    def _parse(self, channel: str, payload: str) -> Notification | MalformedNotification:
         try:
-            return parse_notification(payload, self.key_width)
+            return parse_notification(payload, self.key_widths.get(channel, 0), channel)
         except MalformedNotification as error:
+            error.channel = channel
             return error
 
     async def keepalive(self) -> None:

@@ -4,25 +4,41 @@ from __future__ import annotations
 
 import argparse
 
-from propagator.errors import PermanentError, SettingsMismatchError, TransientError
+from propagator.errors import (
+    ConfigurationError,
+    PermanentError,
+    SettingsMismatchError,
+    TransientError,
+)
 from propagator.services.sync import SyncSession
 from propagator.services.typefit import refuse_impossible
-from propagator.settings import Settings, load_settings
+from propagator.settings import Settings, load_configuration
 
 __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    settings.production_url()  # a missing URL is a configuration error, before anything starts
-    settings.sandbox_url()
-    _refuse_settings_that_do_not_fit(settings)
+    configuration = load_configuration(args.config, selection=args.mappings)
+    for mapping in configuration.mappings:
+        try:
+            # A missing URL is a configuration error, before anything starts.
+            mapping.production_url()
+            mapping.sandbox_url()
+            _refuse_settings_that_do_not_fit(mapping)
+        except SettingsMismatchError as error:
+            if configuration.named:
+                raise SettingsMismatchError(f"mapping {mapping.mapping_name}: {error}") from None
+            raise
+        except ConfigurationError as error:
+            if configuration.named:
+                raise ConfigurationError(f"mapping {mapping.mapping_name}: {error}") from None
+            raise
     # Imported here: every other subcommand would otherwise pay for loading the daemon.
     from propagator.daemon import run_daemon
     from propagator.observability.logging import configure_logging
 
-    configure_logging(settings)
-    return run_daemon(settings)
+    configure_logging(configuration.settings)
+    return run_daemon(configuration.settings, configuration.mappings)
 
 
 def _refuse_settings_that_do_not_fit(settings: Settings) -> None:

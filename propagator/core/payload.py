@@ -43,6 +43,7 @@ class MalformedNotification(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason: MalformedReason = reason
         self.detail = detail
+        self.channel = ""  # set by the listener that heard it
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class Change:
 
     keys: tuple[Key, ...]
     changed_at: float
+    channel: str = ""  # where it was heard: routes it to the mappings of that table
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class Resync:
     """Too many keys changed in one statement to list: converge everything."""
 
     changed_at: float
+    channel: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +123,8 @@ def _keys(raw: Any, key_width: int) -> tuple[Key, ...]:
 _DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
 
 
-def parse_notification(payload: str, key_width: int) -> Notification:
-    """Parse a v1 payload for a mapping with ``key_width`` key columns."""
+def parse_notification(payload: str, key_width: int, channel: str = "") -> Notification:
+    """Parse a v1 payload heard on ``channel``, for a table with ``key_width`` key columns."""
     try:
         size = len(payload.encode("utf-8", "surrogatepass"))
     except (AttributeError, UnicodeError):
@@ -146,7 +149,7 @@ def parse_notification(payload: str, key_width: int) -> Notification:
             raise MalformedNotification("other", "'hb' must be a short instance id")
         return Heartbeat(instance, changed_at)
     if document.get("resync") is True:
-        return Resync(changed_at)
+        return Resync(changed_at, channel)
     if "k" not in document:
         raise MalformedNotification("other", "payload has neither 'k', 'resync' nor 'hb'")
-    return Change(_keys(document["k"], key_width), changed_at)
+    return Change(_keys(document["k"], key_width), changed_at, channel)

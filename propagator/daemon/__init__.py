@@ -10,6 +10,7 @@ schedules reconciles, prunes history and ticks; ``retry`` backs off.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 import gc
 
 from propagator.daemon.status import Role
@@ -38,7 +39,7 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(*_GC_THRESHOLDS)
 
 
-def run_daemon(settings: Settings) -> int:
-    """Run the daemon on a fresh event loop until it stops; return its exit code."""
+def run_daemon(settings: Settings, mappings: Sequence[Settings] | None = None) -> int:
+    """Run the daemon (for ``mappings``, else the one mapping ``settings``) until it stops."""
     tune_garbage_collection()
-    return asyncio.run(Daemon(settings).run())
+    return asyncio.run(Daemon(settings, mappings=mappings).run())

@@ -16,7 +16,7 @@ from propagator.core.payload import MalformedNotification, Notification
 from propagator.daemon.retry import Retrier, Stopping
 from propagator.errors import TransientError
 from propagator.observability.logging import get_logger
-from propagator.observability.metrics import Metrics
+from propagator.observability.mapping_metrics import CaptureMetrics
 
 __all__ = ["CaptureLoop", "CaptureSource", "Captured"]
 
@@ -59,7 +59,7 @@ class CaptureLoop:
         source: CaptureSource,
         *,
         channel: str,
-        metrics: Metrics,
+        metrics: CaptureMetrics,
         retrier: Retrier,
         stopping: Callable[[], bool],
         on_connected: Callable[[], None],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from propagator.adapters.connections import url_for
 from propagator.adapters.leader import LeaderLock, lock_id_for
@@ -22,21 +22,27 @@ __all__ = [
     "sandbox_writer",
 ]
 
-CaptureFactory = Callable[[Settings, str], CaptureSource]
-"""(settings, instance id) -> the source of change notifications."""
+CaptureFactory = Callable[[Sequence[Settings], str], CaptureSource]
+"""(the mappings reading one production database, instance id) -> its change notifications."""
 LockFactory = Callable[[Settings, str], LeaderLockPort]
 """(settings, instance id) -> the leader lock."""
 WriterFactory = Callable[[Settings, History], Writer]
 """(settings, history) -> one lane's writer."""
 
 
-def notify_capture(settings: Settings, instance_id: str) -> Listener:
-    """Production triggers' NOTIFYs, heard on a LISTEN connection."""
+def notify_capture(mappings: Sequence[Settings], instance_id: str) -> Listener:
+    """Production triggers' NOTIFYs, heard on one LISTEN connection per production database.
+
+    Each watched table has its own channel; heartbeats travel on the first one.
+    """
+    settings = mappings[0]
+    more = {m.channel: len(m.key_columns) for m in mappings if m.channel != settings.channel}
     return Listener(
         url_for(settings, "production"),
         settings.channel,
         instance_id=instance_id,
         key_width=len(settings.key_columns),
+        more_channels=more,
         heartbeat_interval=settings.heartbeat_interval,
         heartbeat_timeout=settings.heartbeat_timeout,
         connect_timeout=settings.connect_timeout,
@@ -46,9 +52,9 @@ def notify_capture(settings: Settings, instance_id: str) -> Listener:
 
 def advisory_lock(settings: Settings, instance_id: str) -> LeaderLock:
     """A session advisory lock on the sandbox, by default derived from the table's name."""
-    lock_id = settings.leader_lock_id
-    if lock_id is None:
-        lock_id = lock_id_for(settings.sandbox_table_name)
+    lock_id = lock_id_for(
+        settings.sandbox_table_name, settings.mapping_name, settings.leader_lock_id
+    )
     return LeaderLock(
         url_for(settings, "sandbox"),
         lock_id,

@@ -27,15 +27,23 @@ class ReconcileSchedule:
     """Asks for a full reconcile every ``reconcile_interval`` while this process leads."""
 
     def __init__(
-        self, interval_seconds: float, is_leader: Callable[[], bool], want: Callable[[str], None]
+        self,
+        interval_seconds: float,
+        is_leader: Callable[[], bool],
+        want: Callable[[str], None],
+        *,
+        first_offset: float = 0.0,
     ) -> None:
         self.interval_seconds = interval_seconds
+        self.first_offset = first_offset  # staggers mappings: not all in the same second
         self._is_leader = is_leader
         self._want = want
 
     async def run(self, stopping: Callable[[], bool], sleep: Sleep) -> None:
+        offset = self.first_offset
         while not stopping():
-            await sleep(self.interval_seconds)
+            await sleep(self.interval_seconds + offset)
+            offset = 0.0
             if self._is_leader() and not stopping():
                 self._want("periodic")
 

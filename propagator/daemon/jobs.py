@@ -25,7 +25,7 @@ from propagator.daemon.status import BatchSummary, DaemonState, ReconcileSummary
 from propagator.daemon.writers import Lane, Writer
 from propagator.errors import PermanentError
 from propagator.observability.logging import get_logger
-from propagator.observability.metrics import Metrics
+from propagator.observability.mapping_metrics import MappingMetrics
 from propagator.services.converge import BatchResult
 
 __all__ = ["WriteJobs"]
@@ -62,7 +62,7 @@ class WriteJobs:
     def __init__(
         self,
         *,
-        metrics: Metrics,
+        metrics: MappingMetrics,
         state: DaemonState,
         retrier: Retrier,
         leadership: Leadership,

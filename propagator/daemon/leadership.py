@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from propagator.daemon.retry import Retrier, Stopping
 from propagator.daemon.status import DaemonState, Role
 from propagator.observability.logging import get_logger
-from propagator.observability.metrics import Metrics
+from propagator.observability.mapping_metrics import MappingMetrics
 
 __all__ = ["Fence", "LeaderLockPort", "Leadership"]
 
@@ -50,7 +50,7 @@ class Leadership:
         self,
         lock: LeaderLockPort,
         state: DaemonState,
-        metrics: Metrics,
+        metrics: MappingMetrics,
         retrier: Retrier,
         *,
         poll_seconds: float,

@@ -25,7 +25,7 @@ from propagator.daemon.status import DaemonState
 from propagator.daemon.writers import Lane
 from propagator.errors import ActionRefusedError, Refusal
 from propagator.observability.logging import get_logger
-from propagator.observability.metrics import Metrics
+from propagator.observability.mapping_metrics import MappingMetrics
 
 __all__ = ["ManualWaiter", "Pipeline"]
 
@@ -44,7 +44,7 @@ class Pipeline:
         lanes: Sequence[Lane],
         *,
         state: DaemonState,
-        metrics: Metrics,
+        metrics: MappingMetrics,
         leadership: Leadership,
         jobs: WriteJobs,
         requests: ReconcileRequests[ManualWaiter],

@@ -22,7 +22,7 @@ from tenacity.wait import wait_base
 
 from propagator.errors import DatabaseUnavailableError, PermanentError, TransientError
 from propagator.observability.logging import get_logger
-from propagator.observability.metrics import Metrics
+from propagator.observability.mapping_metrics import CaptureMetrics, MappingMetrics
 from propagator.settings import Settings
 
 __all__ = ["Retrier", "RetryWait", "Stopping", "retry_cause"]
@@ -68,7 +68,7 @@ class Retrier:
     def __init__(
         self,
         settings: Settings,
-        metrics: Metrics,
+        metrics: MappingMetrics | CaptureMetrics,
         *,
         sleep: Callable[[float], Awaitable[None]],
         stopping: Callable[[], bool],

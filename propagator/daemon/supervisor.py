@@ -1,11 +1,13 @@
 """The supervisor behind ``propagator run``: builds the parts, runs them, stops them.
 
 One process, one asyncio loop, one stop event (set by SIGTERM/SIGINT or
-``request_stop``), and a handful of small tasks that share it: leadership, the
-capture loop, the pipeline's lanes, the reconcile schedule, history retention,
-the ticker, plus the HTTP server. A task that ends on its own stops the whole
-service with a non-zero exit rather than leaving a half-working process behind.
-The parts come from factories, so the scheduling rules run in tests on fakes.
+``request_stop``), and a handful of small tasks that share it: per mapping its
+leadership, lanes, reconcile schedule and history retention (``runtime``); per
+production database one capture loop whose notifications are routed to every
+mapping of the table they name; the ticker and the HTTP server. A task that
+ends on its own stops the whole service with a non-zero exit rather than
+leaving a half-working process behind. The parts come from factories, so the
+scheduling rules run in tests on fakes.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from propagator.core.debounce import PartitionedBuffer
-from propagator.core.redact import mask_url
-from propagator.daemon.capture import CaptureLoop
+from propagator.daemon.capture import CaptureLoop, CaptureSource
 from propagator.daemon.factories import (
     CaptureFactory,
     LockFactory,
@@ -28,19 +29,18 @@ from propagator.daemon.factories import (
     notify_capture,
     sandbox_writer,
 )
-from propagator.daemon.housekeeping import HistoryPruner, ReconcileSchedule, Ticker
-from propagator.daemon.jobs import WriteJobs
-from propagator.daemon.leadership import Leadership
-from propagator.daemon.pipeline import ManualWaiter, Pipeline
-from propagator.daemon.requests import ReconcileRequests
+from propagator.daemon.housekeeping import Ticker
+from propagator.daemon.pipeline import Pipeline
 from propagator.daemon.retry import Retrier
+from propagator.daemon.routing import Router
+from propagator.daemon.runtime import MappingRuntime, where
 from propagator.daemon.shutdown import StopSignals, TaskSet
 from propagator.daemon.status import DaemonState, Role
 from propagator.daemon.web import start_http
-from propagator.daemon.writers import Lane
 from propagator.errors import ExitCode
 from propagator.observability.http import HttpServer
 from propagator.observability.logging import bind_context, get_logger
+from propagator.observability.mapping_metrics import CaptureMetrics, MappingMetrics
 from propagator.observability.metrics import Metrics
 from propagator.services.history import History, HistoryReader
 from propagator.settings import Settings
@@ -49,20 +49,21 @@ from propagator.version import __version__
 __all__ = ["CRASHED", "Daemon"]
 
 _log = get_logger("propagator.daemon")
-# Event batches are applied by this many lanes, each over its own share of the
-# keys (by hash) with its own connections: while one waits for a server, the other
-# reads, plans or writes, so the event path keeps up with a busy production.
-_APPLIERS = 2
 CRASHED = 1
 
 
 class Daemon:
-    """Keeps the sandbox converged until asked to stop; ``run()`` returns the exit code."""
+    """Keeps the sandboxes converged until asked to stop; ``run()`` returns the exit code.
+
+    ``mappings`` are the mappings served (each its own ``Settings``); without them,
+    ``settings`` is the one mapping ``default``.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
+        mappings: Sequence[Settings] | None = None,
         metrics: Metrics | None = None,
         instance_id: str | None = None,
         handle_signals: bool = True,
@@ -73,82 +74,79 @@ class Daemon:
         history: History | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        served = tuple(mappings) if mappings else (settings,)
+        self.metrics = metrics or Metrics(mappings=[m.mapping_name for m in served])
         self.instance_id = instance_id or (
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
         self.handle_signals = handle_signals
         self.serve_http = serve_http
-        self.state = DaemonState()
+        self.process_state = DaemonState()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = threading.Event()  # set once every task runs (for embedding callers)
         self.http: HttpServer | None = None
-        self.listener = capture_factory(settings, self.instance_id)
-        self.lock = lock_factory(settings, self.instance_id)
-        self.history = history or History(settings)
+        self.runtimes = tuple(
+            MappingRuntime(
+                mapping,
+                MappingMetrics(self.metrics, mapping.mapping_name),
+                instance_id=self.instance_id,
+                stop=self._stop,
+                sleep=self._sleep,
+                lock_factory=lock_factory,
+                writer_factory=writer_factory,
+                history=history if history is not None and number == 0 else History(mapping),
+                schedule_offset=_stagger(mapping, number, len(served)),
+            )
+            for number, mapping in enumerate(served)
+        )
+        self._build_captures(capture_factory)
+        primary = self.runtimes[0]
         self.history_reader = (
-            HistoryReader(self.history, settings) if self.history.enabled else None
+            HistoryReader(primary.history, primary.settings) if primary.history.enabled else None
         )
-        self._build_parts(writer_factory)
+        self.ticker = Ticker(self.metrics, self._sample)
+        # The first mapping's parts, by their old names: one-mapping callers use them.
+        self.state, self.lock, self.history = primary.state, primary.lock, primary.history
+        self.buffer, self.lanes, self.writer = primary.buffer, primary.lanes, primary.writer
+        self.pipeline, self.leadership = primary.pipeline, primary.leadership
+        self.retrier = primary.retrier
+        self.listener, self.capture = self._capture_of[primary.name]
 
-    def _build_parts(self, writer_factory: WriterFactory) -> None:
-        settings, metrics, state = self.settings, self.metrics, self.state
-        self.buffer = PartitionedBuffer(
-            _APPLIERS,
-            quiet=settings.debounce_quiet,
-            max_delay=settings.debounce_max_delay,
-            max_keys=settings.debounce_max_keys,
-            hard_cap=settings.buffer_max_keys,
-        )
-        self.lanes = tuple(
-            Lane(number, partition, writer_factory(settings, self.history))
-            for number, partition in enumerate(self.buffer.partitions)
-        )
-        self.writer = self.lanes[0].writer  # also runs the full reconciles
-        self.retrier = Retrier(
-            settings, metrics, sleep=self._sleep, stopping=self._stop.is_set, on_error=self._error
-        )
-        self.leadership = Leadership(
-            self.lock,
-            state,
-            metrics,
-            self.retrier,
-            poll_seconds=settings.standby_poll_interval.total_seconds(),
-            on_promoted=lambda: self.pipeline.on_promoted(),
-            on_demoted=lambda why: self.pipeline.on_demoted(why),
-        )
-        requests: ReconcileRequests[ManualWaiter] = ReconcileRequests()
-        jobs = WriteJobs(
-            metrics=metrics,
-            state=state,
-            retrier=self.retrier,
-            leadership=self.leadership,
-            report_limit=settings.report_limit,
-            want_reconcile=lambda why: self.pipeline.want_reconcile(why),
-        )
-        self.pipeline = Pipeline(
-            self.buffer,
-            self.lanes,
-            state=state,
-            metrics=metrics,
-            leadership=self.leadership,
-            jobs=jobs,
-            requests=requests,
-            stop=self._stop,
-        )
-        self.pipeline.capture_connected = lambda: self.listener.connected
-        self.capture = CaptureLoop(
-            self.listener,
-            channel=settings.channel,
-            metrics=metrics,
-            retrier=self.retrier,
-            stopping=self._stop.is_set,
-            on_connected=self.pipeline.on_capture_connected,
-            on_captured=self.pipeline.on_captured,
-            on_lost=self._error,
-        )
-        self.ticker = Ticker(metrics, self._sample)
+    def _build_captures(self, capture_factory: CaptureFactory) -> None:
+        """One capture source per production database, routed to the mappings reading it."""
+        by_database: dict[str, list[MappingRuntime]] = {}
+        for runtime in self.runtimes:
+            by_database.setdefault(runtime.settings.production_url(), []).append(runtime)
+        self.captures: list[tuple[CaptureSource, CaptureLoop]] = []
+        self._capture_of: dict[str, tuple[CaptureSource, CaptureLoop]] = {}
+        for runtimes in by_database.values():
+            source = capture_factory([r.settings for r in runtimes], self.instance_id)
+            routes: dict[str, list[Pipeline]] = {}
+            for runtime in runtimes:
+                routes.setdefault(runtime.settings.channel, []).append(runtime.pipeline)
+                runtime.pipeline.capture_connected = _connected_of(source)
+            router = Router(routes)
+            metrics = CaptureMetrics([r.metrics for r in runtimes])
+            loop = CaptureLoop(
+                source,
+                channel=", ".join(routes),
+                metrics=metrics,
+                retrier=Retrier(
+                    runtimes[0].settings,
+                    metrics,
+                    sleep=self._sleep,
+                    stopping=self._stop.is_set,
+                    on_error=_errors_to(runtimes),
+                ),
+                stopping=self._stop.is_set,
+                on_connected=router.on_connected,
+                on_captured=router.dispatch,
+                on_lost=_errors_to(runtimes),
+            )
+            self.captures.append((source, loop))
+            for runtime in runtimes:
+                self._capture_of[runtime.name] = (source, loop)
 
     # Public surface: state, status, readiness, liveness, stop.
 
@@ -162,7 +160,7 @@ class Daemon:
 
     @property
     def catchup_done(self) -> bool:
-        return self.state.catchup_done
+        return all(r.state.catchup_done for r in self.runtimes)
 
     @property
     def last_reconcile(self) -> dict[str, Any] | None:
@@ -185,12 +183,18 @@ class Daemon:
 
     @property
     def crashed(self) -> str | None:
-        return self.state.crashed
+        return self.process_state.crashed
 
     @property
     def in_flight_keys(self) -> int:
         """Keys in the batches being applied right now."""
-        return self.pipeline.in_flight_keys
+        return sum(r.pipeline.in_flight_keys for r in self.runtimes)
+
+    def runtime(self, name: str) -> MappingRuntime:
+        for runtime in self.runtimes:
+            if runtime.name == name:
+                return runtime
+        raise KeyError(name)
 
     def request_stop(self) -> None:
         """Ask for a graceful stop; safe to call from any thread."""
@@ -198,51 +202,49 @@ class Daemon:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._stop.set)
 
-    async def reconcile_now(self) -> dict[str, Any]:
-        """Run a full reconcile (source ``manual``) next; its summary."""
-        return await self.pipeline.reconcile_now()
+    async def reconcile_now(self, mapping: str | None = None) -> dict[str, Any]:
+        """Run a full reconcile (source ``manual``) of one mapping next; its summary.
+
+        Without a name: the only mapping, or every mapping in turn (their summaries
+        under ``mappings``).
+        """
+        if mapping is not None:
+            return await self.runtime(mapping).pipeline.reconcile_now()
+        if len(self.runtimes) == 1:
+            return await self.pipeline.reconcile_now()
+        results = [await r.pipeline.reconcile_now() for r in self.runtimes]
+        return {"mappings": {r.name: s for r, s in zip(self.runtimes, results, strict=True)}}
 
     def status(self) -> dict[str, Any]:
-        """What ``/status`` shows: role, connections, buffer, last reconcile and batch."""
-        settings, state = self.settings, self.state
+        """What ``/status`` shows: process facts, then each mapping (the first also flat)."""
+        mappings = [r.status(self._capture_of[r.name][0]) for r in self.runtimes]
+        state = self.process_state
+        flat = {k: v for k, v in mappings[0].items() if k != "name"}
+        if len(mappings) > 1:
+            roles = {m["role"] for m in mappings}
+            flat["role"] = roles.pop() if len(roles) == 1 else "mixed"
+            flat["catchup_done"] = self.catchup_done
+            flat["pending_keys"] = sum(m["pending_keys"] for m in mappings)
+            flat["in_flight_keys"] = self.in_flight_keys
         return {
             "instance_id": self.instance_id,
             "version": __version__,
-            "role": state.role,
             "started_at": state.started_at.isoformat(),
             "uptime_seconds": state.uptime_seconds(),
-            "connections": {
-                "production_listener": self.listener.connected,
-                "sandbox_lock": self.lock.connected,
-                "writer": all(lane.writer.connected() for lane in self.lanes),
-            },
-            "catchup_done": state.catchup_done,
-            "pending_keys": len(self.buffer),
-            "in_flight_keys": self.in_flight_keys,
-            "last_batch": self.last_batch,
-            "last_reconcile": self.last_reconcile,
-            "last_lag_seconds": state.last_lag,
-            "heartbeat_age_seconds": round(self.listener.heartbeat_age, 3),
-            "notification_queue_usage": self.listener.queue_usage,
-            "last_error": state.last_error,
-            "channel": settings.channel,
-            "production": _where(settings.production_table_name, settings.production_url()),
-            "sandbox": _where(settings.sandbox_table_name, settings.sandbox_url()),
-            "leader_lock_id": self.lock.lock_id,
-            "history": self.history.describe(),
+            **flat,
+            "mappings": mappings,
         }
 
     def readiness(self) -> tuple[bool, list[str]]:
-        """Ready when both databases answer, the role is known and (as leader) caught up."""
+        """Ready when every mapping's databases answer, its role is known and (as leader) caught
+        up; with several mappings each reason names its mapping."""
         reasons: list[str] = []
-        if not self.listener.connected:
-            reasons.append("production listener not connected")
-        if not self.lock.connected:
-            reasons.append("sandbox not connected")
-        if self.role == "starting":
-            reasons.append("role not known yet")
-        if self.role == "leader" and not self.catchup_done:
-            reasons.append("catch-up reconcile not finished")
+        for runtime in self.runtimes:
+            source = self._capture_of[runtime.name][0]
+            found = runtime.readiness(source.connected)
+            if len(self.runtimes) > 1:
+                found = [f"mapping {runtime.name}: {reason}" for reason in found]
+            reasons += found
         return not reasons, reasons
 
     def liveness(self) -> bool:
@@ -253,23 +255,23 @@ class Daemon:
     async def run(self) -> int:
         """Run until stopped; 0 after a graceful stop, non-zero when a task crashed."""
         self._loop = asyncio.get_running_loop()
-        for lane in self.lanes:
-            lane.wake = asyncio.Event()
         bind_context(instance=self.instance_id)
-        signals = StopSignals(self._stop, self.pipeline.poke, enabled=self.handle_signals)
+        signals = StopSignals(self._stop, self._poke_all, enabled=self.handle_signals)
         signals.install(self._loop)
-        settings = self.settings
-        _log.info(
-            "daemon_starting",
-            version=__version__,
-            production=_where(settings.production_table_name, settings.production_url()),
-            sandbox=_where(settings.sandbox_table_name, settings.sandbox_url()),
-            channel=settings.channel,
-            leader_lock_id=self.lock.lock_id,
-        )
+        for runtime in self.runtimes:
+            settings = runtime.settings
+            _log.info(
+                "daemon_starting",
+                version=__version__,
+                mapping=runtime.name,
+                production=where(settings.production_table_name, settings.production_url()),
+                sandbox=where(settings.sandbox_table_name, settings.sandbox_url()),
+                channel=settings.channel,
+                leader_lock_id=runtime.lock.lock_id,
+            )
         if self.serve_http:
             self.http = await start_http(
-                settings,
+                self.settings,
                 self.metrics,
                 status=self.status,
                 readiness=self.readiness,
@@ -277,51 +279,48 @@ class Daemon:
                 history=self.history_reader,
                 reconcile=self.reconcile_now,
             )
-        tasks = TaskSet(self._stop, self.state)
+        tasks = TaskSet(self._stop, self.process_state)
         self._start_tasks(tasks)
         self.started.set()
         await tasks.wait_first()
-        self.pipeline.poke()
+        self._poke_all()
         in_time = await tasks.shutdown(
-            self.settings.shutdown_timeout, self._cancel_writes, lambda: len(self.buffer)
+            self.settings.shutdown_timeout,
+            self._cancel_writes,
+            lambda: sum(len(r.buffer) for r in self.runtimes),
         )
-        if in_time and not self.state.crashed:
-            await self.pipeline.drain_late_keys()
+        if in_time and not self.process_state.crashed:
+            for runtime in self.runtimes:
+                await runtime.pipeline.drain_late_keys()
         await self._close()
         signals.remove(self._loop)
-        if self.state.crashed:
-            _log.error("daemon_stopped", reason=self.state.crashed)
+        if self.process_state.crashed:
+            _log.error("daemon_stopped", reason=self.process_state.crashed)
             return CRASHED
         _log.info("daemon_stopped", reason="signal or request")
         return ExitCode.OK
 
     def _start_tasks(self, tasks: TaskSet) -> None:
-        stopping, sleep = self._stop.is_set, self._sleep
-        tasks.start("leader", self.leadership.run(stopping, sleep))
-        tasks.start("listener", self.capture.run())
-        tasks.start("ticker", self.ticker.run(stopping, sleep))
-        for lane in self.lanes:
-            name = "applier" if lane.number == 0 else f"applier {lane.number}"
-            tasks.start(name, self.pipeline.run_lane(lane))
-        interval = self.settings.reconcile_interval.total_seconds()
-        if interval > 0:
-            schedule = ReconcileSchedule(
-                interval, lambda: self.is_leader, self.pipeline.want_reconcile
-            )
-            tasks.start("scheduler", schedule.run(stopping, sleep))
-        if self.history.enabled:
-            pruner = HistoryPruner(self.settings, self.history, lambda: self.is_leader)
-            tasks.start("history_pruner", pruner.run(stopping, sleep))
+        several = len(self.runtimes) > 1
+        for runtime in self.runtimes:
+            runtime.start_tasks(tasks, suffix=f" [{runtime.name}]" if several else "")
+        for number, (_, capture) in enumerate(self.captures):
+            tasks.start("listener" if number == 0 else f"listener {number}", capture.run())
+        tasks.start("ticker", self.ticker.run(self._stop.is_set, self._sleep))
+
+    def _poke_all(self) -> None:
+        for runtime in self.runtimes:
+            runtime.pipeline.poke()
 
     def _cancel_writes(self) -> None:
-        for lane in self.lanes:
-            lane.writer.cancel()  # a running batch rolls back: never half-applied
+        for runtime in self.runtimes:
+            runtime.cancel_writes()
 
     async def _close(self) -> None:
-        await self.leadership.release()
-        await self.listener.close()
-        for lane in self.lanes:
-            await asyncio.to_thread(lane.writer.reset)
+        for runtime in self.runtimes:
+            await runtime.close()
+        for source, _ in self.captures:
+            await source.close()
         if self.http is not None:
             await self.http.stop()
         if self.history_reader is not None:
@@ -334,14 +333,29 @@ class Daemon:
         except TimeoutError:
             return
 
-    def _error(self, message: str) -> None:
-        self.state.last_error = message
-
     def _sample(self) -> None:
-        self.metrics.debounce_buffer_keys.set(len(self.buffer))
-        if self.listener.connected:
-            self.capture.sample()
+        for runtime in self.runtimes:
+            runtime.metrics.debounce_buffer_keys.set(len(runtime.buffer))
+        for source, capture in self.captures:
+            if source.connected:
+                capture.sample()
 
 
-def _where(table: object, url: str) -> str:
-    return f"{table} @ {mask_url(url)}"
+def _stagger(mapping: Settings, number: int, count: int) -> float:
+    """The first periodic reconcile of mapping ``number`` is delayed by its share of the
+    interval, so many mappings never reconcile in the same second."""
+    return mapping.reconcile_interval.total_seconds() * number / max(1, count)
+
+
+def _connected_of(source: CaptureSource) -> Callable[[], bool]:
+    return lambda: source.connected
+
+
+def _errors_to(runtimes: Sequence[MappingRuntime]) -> Callable[[str], None]:
+    """An error of a shared part, reported by every mapping it serves."""
+
+    def report(message: str) -> None:
+        for runtime in runtimes:
+            runtime.error(message)
+
+    return report

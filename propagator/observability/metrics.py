@@ -38,6 +38,7 @@ __all__ = [
     "RECONCILE_RESULTS",
     "RETRY_CAUSES",
     "Metrics",
+    "checked",
 ]
 
 NAMESPACE: Final = "propagator"
@@ -77,7 +78,7 @@ RECONCILE_DURATION_BUCKETS: Final = (
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _checked(value: str, allowed: Iterable[str], label: str) -> str:
+def checked(value: str, allowed: Iterable[str], label: str) -> str:
     """Refuse a label value outside its fixed set: unbounded labels would explode series."""
     if value not in allowed:
         raise ValueError(f"{label} label {value!r} is not one of {', '.join(allowed)}")
@@ -85,9 +86,15 @@ def _checked(value: str, allowed: Iterable[str], label: str) -> str:
 
 
 class Metrics:
-    """The daemon's metrics; attribute names are the contract the rest of the code uses."""
+    """The daemon's metrics; attribute names are the contract the rest of the code uses.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    Every metric of one mapping's work carries a ``mapping`` label (its name, from
+    the configuration: a small, fixed set); ``MappingMetrics`` binds it.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, mappings: Sequence[str] = ("default",)
+    ) -> None:
         if registry is None:
             registry = CollectorRegistry(auto_describe=True)
             # Process memory, CPU and file descriptors, as every Prometheus exporter offers.
@@ -96,12 +103,13 @@ class Metrics:
             GCCollector(registry=registry)
         self.registry = registry
         self._last_tick_monotonic: float | None = None
+        self._mappings: set[str] = set()
         # Declared in this order, which is the order of the exposition.
         self._declare_event_path()
         self._declare_reconcile()
         self._declare_health()
         self.build_info.info({"version": __version__})
-        self._create_series()
+        self._create_series(mappings)
 
     # Declarations: name, help text and labels of every metric, grouped by what it watches.
 
@@ -128,39 +136,43 @@ class Metrics:
         self.notifications_received = self._counter(
             "notifications_received",
             "Notifications received from production on the change channel.",
+            ["mapping"],
         )
         self.notifications_malformed = self._counter(
             "notifications_malformed",
             "Notifications that could not be used, by reason.",
-            ["reason"],
+            ["mapping", "reason"],
         )
         self.keys_coalesced = self._counter(
             "keys_coalesced",
             "Duplicate keys merged in the debounce buffer instead of applied twice.",
+            ["mapping"],
         )
         self.batches_applied = self._counter(
             "batches_applied",
             "Batches committed to the sandbox (one transaction each), by source.",
-            ["source"],
+            ["mapping", "source"],
         )
         self.rows_applied = self._counter(
             "rows_applied",
             "Sandbox rows updated because a mapped value really differed, by source.",
-            ["source"],
+            ["mapping", "source"],
         )
         self.rows_failed = self._counter(
             "rows_failed",
             "Rows the sandbox rejected (isolated and reported), by source.",
-            ["source"],
+            ["mapping", "source"],
         )
         self.propagation_lag = self._histogram(
             "propagation_lag_seconds",
             "Time from the production change to the sandbox commit that mirrors it.",
             LAG_BUCKETS,
+            ["mapping"],
         )
         self.debounce_buffer_keys = self._gauge(
             "debounce_buffer_keys",
             "Distinct keys waiting in the debounce buffer.",
+            ["mapping"],
         )
 
     def _declare_reconcile(self) -> None:
@@ -168,26 +180,28 @@ class Metrics:
         self.reconcile_runs = self._counter(
             "reconcile_runs",
             "Full reconciles run, by source and result.",
-            ["source", "result"],
+            ["mapping", "source", "result"],
         )
         self.reconcile_duration = self._histogram(
             "reconcile_duration_seconds",
             "Wall time of a full reconcile, by source.",
             RECONCILE_DURATION_BUCKETS,
-            ["source"],
+            ["mapping", "source"],
         )
         self.reconcile_differences = self._counter(
             "reconcile_differences",
             "Rows a reconcile found different (drift the listener had not converged), by source.",
-            ["source"],
+            ["mapping", "source"],
         )
         self.reconcile_last_differences = self._gauge(
             "reconcile_last_differences",
             "Rows the most recent reconcile found different.",
+            ["mapping"],
         )
         self.reconcile_last_success = self._gauge(
             "reconcile_last_success_timestamp_seconds",
             "Unix time the last reconcile finished successfully (0: never).",
+            ["mapping"],
         )
 
     def _declare_health(self) -> None:
@@ -195,28 +209,32 @@ class Metrics:
         self.database_connected = self._gauge(
             "database_connected",
             "1 while the connection to the database is up, else 0.",
-            ["database"],
+            ["mapping", "database"],
         )
         self.listener_connected = self._gauge(
             "listener_connected",
             "1 while the LISTEN connection to production is up, else 0.",
+            ["mapping"],
         )
         self.leader = self._gauge(
             "leader",
             "1 on the replica holding the writer lock, 0 on a standby.",
+            ["mapping"],
         )
         self.retries = self._counter(
             "retries",
             "Retries after a failure, by cause.",
-            ["cause"],
+            ["mapping", "cause"],
         )
         self.heartbeat_age = self._gauge(
             "listener_heartbeat_age_seconds",
             "Seconds since the daemon's own heartbeat last came back through NOTIFY.",
+            ["mapping"],
         )
         self.notification_queue_usage = self._gauge(
             "notification_queue_usage_ratio",
             "Production's pg_notification_queue_usage(): 1 means NOTIFY starts failing.",
+            ["mapping"],
         )
         self.build_info = Info(
             "build",
@@ -234,76 +252,49 @@ class Metrics:
             ["reason"],
         )
 
-    def _create_series(self) -> None:
-        for reason in MALFORMED_REASONS:
-            self.notifications_malformed.labels(reason=reason)
-        for source in APPLY_SOURCES:
-            self.batches_applied.labels(source=source)
-            self.rows_applied.labels(source=source)
-            self.rows_failed.labels(source=source)
-            self.reconcile_duration.labels(source=source)
-            self.reconcile_differences.labels(source=source)
-            for result in RECONCILE_RESULTS:
-                self.reconcile_runs.labels(source=source, result=result)
-        for database in DATABASES:
-            self.database_connected.labels(database=database).set(0)
-        for cause in RETRY_CAUSES:
-            self.retries.labels(cause=cause)
+    def _create_series(self, mappings: Sequence[str]) -> None:
         for reason in HTTP_REFUSALS:
             self.http_refused.labels(reason=reason)
+        for mapping in mappings:
+            self.create_mapping_series(mapping)
 
-    # Helpers: one call per fact, so callers cannot forget a companion metric.
+    def create_mapping_series(self, mapping: str) -> None:
+        """Every series of one mapping at 0, so alert rules see it from the first scrape."""
+        if mapping in self._mappings:
+            return
+        self._mappings.add(mapping)
+        for reason in MALFORMED_REASONS:
+            self.notifications_malformed.labels(mapping=mapping, reason=reason)
+        for source in APPLY_SOURCES:
+            self.batches_applied.labels(mapping=mapping, source=source)
+            self.rows_applied.labels(mapping=mapping, source=source)
+            self.rows_failed.labels(mapping=mapping, source=source)
+            self.reconcile_duration.labels(mapping=mapping, source=source)
+            self.reconcile_differences.labels(mapping=mapping, source=source)
+            for result in RECONCILE_RESULTS:
+                self.reconcile_runs.labels(mapping=mapping, source=source, result=result)
+        for database in DATABASES:
+            self.database_connected.labels(mapping=mapping, database=database).set(0)
+        for cause in RETRY_CAUSES:
+            self.retries.labels(mapping=mapping, cause=cause)
+        for family in (
+            self.notifications_received,
+            self.keys_coalesced,
+            self.debounce_buffer_keys,
+            self.reconcile_last_differences,
+            self.reconcile_last_success,
+            self.listener_connected,
+            self.leader,
+            self.heartbeat_age,
+            self.notification_queue_usage,
+        ):
+            family.labels(mapping=mapping)
+        self.propagation_lag.labels(mapping=mapping)
 
-    def observe_lag(self, change_epoch_seconds: float, now: float | None = None) -> float:
-        """Record lag from a payload's change time to now; clock skew never yields < 0."""
-        lag = max(0.0, (time.time() if now is None else now) - change_epoch_seconds)
-        self.propagation_lag.observe(lag)
-        return lag
-
-    def record_batch(self, source: str, *, applied: int, failed: int = 0) -> None:
-        """A batch committed: count it with its updated and rejected rows."""
-        source = _checked(source, APPLY_SOURCES, "source")
-        self.batches_applied.labels(source=source).inc()
-        if applied:
-            self.rows_applied.labels(source=source).inc(applied)
-        if failed:
-            self.rows_failed.labels(source=source).inc(failed)
-
-    def record_reconcile(
-        self,
-        source: str,
-        *,
-        success: bool,
-        duration_seconds: float,
-        differences: int = 0,
-        finished_at: float | None = None,
-    ) -> None:
-        """A reconcile ended: its run, duration, drift found and, on success, its time."""
-        source = _checked(source, APPLY_SOURCES, "source")
-        result = "success" if success else "failure"
-        self.reconcile_runs.labels(source=source, result=result).inc()
-        self.reconcile_duration.labels(source=source).observe(max(0.0, duration_seconds))
-        if success:
-            self.reconcile_differences.labels(source=source).inc(differences)
-            self.reconcile_last_differences.set(differences)
-            self.reconcile_last_success.set(time.time() if finished_at is None else finished_at)
-
-    def record_malformed(self, reason: str) -> None:
-        """A notification was unusable; an unforeseen reason counts as ``other``."""
-        self.notifications_malformed.labels(
-            reason=reason if reason in MALFORMED_REASONS else "other"
-        ).inc()
+    # Process-wide helpers; per-mapping ones are on ``MappingMetrics``.
 
     def record_http_refused(self, reason: str) -> None:
-        self.http_refused.labels(reason=_checked(reason, HTTP_REFUSALS, "reason")).inc()
-
-    def record_retry(self, cause: str) -> None:
-        self.retries.labels(cause=_checked(cause, RETRY_CAUSES, "cause")).inc()
-
-    def set_database_connected(self, database: str, connected: bool) -> None:
-        self.database_connected.labels(database=_checked(database, DATABASES, "database")).set(
-            1 if connected else 0
-        )
+        self.http_refused.labels(reason=checked(reason, HTTP_REFUSALS, "reason")).inc()
 
     def mark_loop_tick(self, now: float | None = None) -> None:
         """The event loop turned: the liveness signal behind ``/healthz``."""

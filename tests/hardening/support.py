@@ -214,7 +214,13 @@ class DaemonProcess:
         }
 
     def metric(self, name: str, **labels: str) -> float:
-        return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
+        """The sum over the series carrying ``labels`` (whatever their mapping label)."""
+        wanted = set(labels.items())
+        return sum(
+            value
+            for (found, found_labels), value in self.metrics().items()
+            if found == name and wanted <= set(found_labels)
+        )
 
     def rss_kib(self) -> int:
         """Resident memory of the daemon process, from /proc."""

@@ -130,7 +130,13 @@ class ObservedDaemon(DaemonRunner):
 
 
 def sample(scrape: Scrape, name: str, **labels: str) -> float:
-    return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum over the series carrying ``labels`` (whatever their mapping label)."""
+    wanted = set(labels.items())
+    return sum(
+        value
+        for (found, found_labels), value in scrape.items()
+        if found == name and wanted <= set(found_labels)
+    )
 
 
 @contextmanager

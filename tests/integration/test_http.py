@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from propagator.core.redact import register_secret
 from propagator.observability.http import Request, Response, bearer_protected
+from propagator.observability.mapping_metrics import MappingMetrics
 from tests.helpers import wait_until
 from tests.integration.http_support import Running, raw, request, serving, status_line
 
@@ -32,7 +33,7 @@ def impatient() -> Iterator[Running]:
 
 def test_metrics_route_serves_parseable_prometheus_text(running: Running) -> None:
     """GET /metrics answers the registry in the Prometheus text format, counters included."""
-    running.metrics.record_batch("event", applied=5)
+    MappingMetrics(running.metrics, "default").record_batch("event", applied=5)
     answer = request(running.port, "GET", "/metrics")
     assert answer.status == 200
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from propagator import __version__
+from propagator.observability.mapping_metrics import MappingMetrics
 from propagator.observability.metrics import (
     APPLY_SOURCES,
     DATABASES,
@@ -60,11 +61,20 @@ def families(metrics: Metrics) -> dict[str, str]:
 
 
 def value(metrics: Metrics, sample_name: str, **labels: str) -> float:
-    for samples in scrape(metrics).values():
-        for sample in samples:
-            if sample.name == sample_name and sample.labels == labels:
-                return float(sample.value)
-    raise AssertionError(f"no sample {sample_name}{labels}")
+    """The sum over the series carrying ``labels`` (the mapping label included or not)."""
+    found = [
+        float(sample.value)
+        for samples in scrape(metrics).values()
+        for sample in samples
+        if sample.name == sample_name and labels.items() <= sample.labels.items()
+    ]
+    if not found:
+        raise AssertionError(f"no sample {sample_name}{labels}")
+    return sum(found)
+
+
+def per_mapping(metrics: Metrics) -> MappingMetrics:
+    return MappingMetrics(metrics, "default")
 
 
 def test_every_contract_metric_is_exported_with_its_type() -> None:
@@ -118,7 +128,7 @@ def test_build_info_carries_the_version() -> None:
 def test_each_instance_has_its_own_registry() -> None:
     """Two Metrics never share series (no global registry): tests and replicas stay apart."""
     first, second = Metrics(), Metrics()
-    first.notifications_received.inc(3)
+    per_mapping(first).notifications_received.inc(3)
     assert value(first, "propagator_notifications_received_total") == 3
     assert value(second, "propagator_notifications_received_total") == 0
 
@@ -128,7 +138,7 @@ def test_an_injected_registry_is_used() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     assert metrics.registry is registry
-    assert registry.get_sample_value("propagator_leader") == 0
+    assert registry.get_sample_value("propagator_leader", {"mapping": "default"}) == 0
     assert registry.get_sample_value("process_resident_memory_bytes") is None
 
 
@@ -148,8 +158,8 @@ def test_lag_buckets_span_five_milliseconds_to_a_minute() -> None:
 def test_observe_lag_measures_from_the_change_time_and_never_goes_negative() -> None:
     """observe_lag records now - change time; a change 'in the future' (clock skew) counts 0."""
     metrics = Metrics()
-    assert metrics.observe_lag(100.0, now=100.2) == pytest.approx(0.2)
-    assert metrics.observe_lag(105.0, now=100.0) == 0.0
+    assert per_mapping(metrics).observe_lag(100.0, now=100.2) == pytest.approx(0.2)
+    assert per_mapping(metrics).observe_lag(105.0, now=100.0) == 0.0
     assert value(metrics, "propagator_propagation_lag_seconds_count") == 2
     assert value(metrics, "propagator_propagation_lag_seconds_bucket", le="0.005") == 1
     assert value(metrics, "propagator_propagation_lag_seconds_bucket", le="0.25") == 2
@@ -158,8 +168,8 @@ def test_observe_lag_measures_from_the_change_time_and_never_goes_negative() -> 
 def test_record_batch_counts_batches_and_rows_by_source() -> None:
     """One batch call moves the batch counter and the applied/failed row counters together."""
     metrics = Metrics()
-    metrics.record_batch("event", applied=7, failed=1)
-    metrics.record_batch("event", applied=0)
+    per_mapping(metrics).record_batch("event", applied=7, failed=1)
+    per_mapping(metrics).record_batch("event", applied=0)
     assert value(metrics, "propagator_batches_applied_total", source="event") == 2
     assert value(metrics, "propagator_rows_applied_total", source="event") == 7
     assert value(metrics, "propagator_rows_failed_total", source="event") == 1
@@ -169,10 +179,10 @@ def test_record_batch_counts_batches_and_rows_by_source() -> None:
 def test_record_reconcile_success_and_failure() -> None:
     """A successful reconcile sets drift and last-success time; a failed one only counts."""
     metrics = Metrics()
-    metrics.record_reconcile(
+    per_mapping(metrics).record_reconcile(
         "reconcile", success=True, duration_seconds=1.5, differences=4, finished_at=1000.0
     )
-    metrics.record_reconcile("reconcile", success=False, duration_seconds=0.2)
+    per_mapping(metrics).record_reconcile("reconcile", success=False, duration_seconds=0.2)
     labels = {"source": "reconcile"}
     assert value(metrics, "propagator_reconcile_runs_total", result="success", **labels) == 1
     assert value(metrics, "propagator_reconcile_runs_total", result="failure", **labels) == 1
@@ -186,18 +196,18 @@ def test_unbounded_label_values_are_refused() -> None:
     """A source, cause or database outside its fixed set is a programming error, not a series."""
     metrics = Metrics()
     with pytest.raises(ValueError, match="source"):
-        metrics.record_batch("job 42", applied=1)
+        per_mapping(metrics).record_batch("job 42", applied=1)
     with pytest.raises(ValueError, match="cause"):
-        metrics.record_retry("whatever")
+        per_mapping(metrics).record_retry("whatever")
     with pytest.raises(ValueError, match="database"):
-        metrics.set_database_connected("staging", True)
+        per_mapping(metrics).set_database_connected("staging", True)
 
 
 def test_unknown_malformed_reason_counts_as_other() -> None:
     """A malformed notification with an unforeseen reason still counts, under 'other'."""
     metrics = Metrics()
-    metrics.record_malformed("invalid_json")
-    metrics.record_malformed("something new")
+    per_mapping(metrics).record_malformed("invalid_json")
+    per_mapping(metrics).record_malformed("something new")
     assert value(metrics, "propagator_notifications_malformed_total", reason="invalid_json") == 1
     assert value(metrics, "propagator_notifications_malformed_total", reason="other") == 1
 
@@ -205,9 +215,9 @@ def test_unknown_malformed_reason_counts_as_other() -> None:
 def test_connection_loop_and_retry_helpers() -> None:
     """set_database_connected, mark_loop_tick and record_retry set the agreed series."""
     metrics = Metrics()
-    metrics.set_database_connected("sandbox", True)
+    per_mapping(metrics).set_database_connected("sandbox", True)
     metrics.mark_loop_tick(now=1234.5)
-    metrics.record_retry("production_unavailable")
+    per_mapping(metrics).record_retry("production_unavailable")
     assert value(metrics, "propagator_database_connected", database="sandbox") == 1
     assert value(metrics, "propagator_database_connected", database="production") == 0
     assert value(metrics, "propagator_loop_last_tick_timestamp_seconds") == 1234.5
@@ -220,8 +230,8 @@ def test_promtool_accepts_the_exposition() -> None:
     if promtool is None:
         pytest.skip("promtool not on PATH (Debian package 'prometheus')")
     metrics = Metrics()
-    metrics.record_batch("event", applied=2)
-    metrics.observe_lag(1.0, now=1.1)
+    per_mapping(metrics).record_batch("event", applied=2)
+    per_mapping(metrics).observe_lag(1.0, now=1.1)
     result = subprocess.run(
         [promtool, "check", "metrics"],
         input=metrics.render(),

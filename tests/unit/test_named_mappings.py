@@ -112,7 +112,7 @@ def test_a_wrong_mapping_is_one_line_naming_it(tmp_path: Path, mappings: str, me
 
 
 def test_an_unknown_selected_name_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="unknown mapping 'nope'.*jobs, orders, jobs_qa"):
+    with pytest.raises(ConfigurationError, match=r"unknown mapping 'nope'.*jobs, orders, jobs_qa"):
         load_configuration(write(tmp_path, THREE), selection=["nope"])
-    with pytest.raises(ConfigurationError, match="unknown mapping 'x'.*: default$"):
+    with pytest.raises(ConfigurationError, match=r"unknown mapping 'x'.*: default$"):
         load_configuration(write(tmp_path, HEAD), selection=["x"])

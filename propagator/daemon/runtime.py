@@ -1,0 +1,195 @@
+"""One mapping inside the daemon: its buffer, lanes, writers, leader lock and schedule.
+
+Each mapping keeps its own state, its own retries and its own leader lock, so a
+mapping whose sandbox is down, or that another replica leads, never stops or
+slows the others. What the mappings share (the capture of their production
+database, the HTTP endpoint, the stop event) belongs to the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from propagator.core.debounce import PartitionedBuffer
+from propagator.core.redact import mask_url
+from propagator.daemon.factories import LockFactory, WriterFactory
+from propagator.daemon.housekeeping import HistoryPruner, ReconcileSchedule
+from propagator.daemon.jobs import WriteJobs
+from propagator.daemon.leadership import Leadership
+from propagator.daemon.pipeline import ManualWaiter, Pipeline
+from propagator.daemon.requests import ReconcileRequests
+from propagator.daemon.retry import Retrier
+from propagator.daemon.shutdown import TaskSet
+from propagator.daemon.status import DaemonState
+from propagator.daemon.writers import Lane
+from propagator.observability.mapping_metrics import MappingMetrics
+from propagator.services.history import History
+from propagator.settings import Settings
+
+__all__ = ["APPLIERS", "MappingRuntime"]
+
+# Event batches are applied by this many lanes, each over its own share of the
+# keys (by hash) with its own connections: while one waits for a server, the other
+# reads, plans or writes, so the event path keeps up with a busy production.
+APPLIERS = 2
+
+
+class MappingRuntime:
+    """Everything that keeps one mapping's sandbox converged."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: MappingMetrics,
+        *,
+        instance_id: str,
+        stop: asyncio.Event,
+        sleep: Callable[[float], Awaitable[None]],
+        lock_factory: LockFactory,
+        writer_factory: WriterFactory,
+        history: History,
+        schedule_offset: float = 0.0,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.mapping_name
+        self.metrics = metrics
+        self.state = DaemonState()
+        self.stop = stop
+        self.sleep = sleep
+        self.history = history
+        self.schedule_offset = schedule_offset
+        self.lock = lock_factory(settings, instance_id)
+        self.buffer = PartitionedBuffer(
+            APPLIERS,
+            quiet=settings.debounce_quiet,
+            max_delay=settings.debounce_max_delay,
+            max_keys=settings.debounce_max_keys,
+            hard_cap=settings.buffer_max_keys,
+        )
+        self.lanes = tuple(
+            Lane(number, partition, writer_factory(settings, history))
+            for number, partition in enumerate(self.buffer.partitions)
+        )
+        self.writer = self.lanes[0].writer  # also runs the full reconciles
+        self._build_control()
+
+    def _build_control(self) -> None:
+        """Retries, leadership and the pipeline that decides what the lanes write next."""
+        settings, metrics = self.settings, self.metrics
+        self.retrier = Retrier(
+            settings, metrics, sleep=self.sleep, stopping=self.stop.is_set, on_error=self.error
+        )
+        self.leadership = Leadership(
+            self.lock,
+            self.state,
+            metrics,
+            self.retrier,
+            poll_seconds=settings.standby_poll_interval.total_seconds(),
+            on_promoted=lambda: self.pipeline.on_promoted(),
+            on_demoted=lambda why: self.pipeline.on_demoted(why),
+        )
+        requests: ReconcileRequests[ManualWaiter] = ReconcileRequests()
+        jobs = WriteJobs(
+            metrics=metrics,
+            state=self.state,
+            retrier=self.retrier,
+            leadership=self.leadership,
+            report_limit=settings.report_limit,
+            want_reconcile=lambda why: self.pipeline.want_reconcile(why),
+        )
+        self.pipeline = Pipeline(
+            self.buffer,
+            self.lanes,
+            state=self.state,
+            metrics=metrics,
+            leadership=self.leadership,
+            jobs=jobs,
+            requests=requests,
+            stop=self.stop,
+        )
+
+    def error(self, message: str) -> None:
+        self.state.last_error = message
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leadership.is_leader
+
+    def start_tasks(self, tasks: TaskSet, *, suffix: str = "") -> None:
+        """The mapping's tasks; ``suffix`` tells several mappings' tasks apart in errors."""
+        stopping = self.stop.is_set
+        for lane in self.lanes:
+            lane.wake = asyncio.Event()
+        tasks.start("leader" + suffix, self.leadership.run(stopping, self.sleep))
+        for lane in self.lanes:
+            name = "applier" if lane.number == 0 else f"applier {lane.number}"
+            tasks.start(name + suffix, self.pipeline.run_lane(lane))
+        interval = self.settings.reconcile_interval.total_seconds()
+        if interval > 0:
+            schedule = ReconcileSchedule(
+                interval,
+                lambda: self.is_leader,
+                self.pipeline.want_reconcile,
+                first_offset=self.schedule_offset,
+            )
+            tasks.start("scheduler" + suffix, schedule.run(stopping, self.sleep))
+        if self.history.enabled:
+            pruner = HistoryPruner(self.settings, self.history, lambda: self.is_leader)
+            tasks.start("history_pruner" + suffix, pruner.run(stopping, self.sleep))
+
+    def cancel_writes(self) -> None:
+        for lane in self.lanes:
+            lane.writer.cancel()  # a running batch rolls back: never half-applied
+
+    async def close(self) -> None:
+        await self.leadership.release()
+        for lane in self.lanes:
+            await asyncio.to_thread(lane.writer.reset)
+
+    def readiness(self, capture_connected: bool) -> list[str]:
+        """Why this mapping is not ready (empty: ready)."""
+        reasons: list[str] = []
+        if not capture_connected:
+            reasons.append("production listener not connected")
+        if not self.lock.connected:
+            reasons.append("sandbox not connected")
+        if self.state.role == "starting":
+            reasons.append("role not known yet")
+        if self.state.role == "leader" and not self.state.catchup_done:
+            reasons.append("catch-up reconcile not finished")
+        return reasons
+
+    def status(self, capture: Any) -> dict[str, Any]:
+        """This mapping's part of ``/status``."""
+        settings, state = self.settings, self.state
+        return {
+            "name": self.name,
+            "role": state.role,
+            "connections": {
+                "production_listener": capture.connected,
+                "sandbox_lock": self.lock.connected,
+                "writer": all(lane.writer.connected() for lane in self.lanes),
+            },
+            "catchup_done": state.catchup_done,
+            "pending_keys": len(self.buffer),
+            "in_flight_keys": self.pipeline.in_flight_keys,
+            "last_batch": None if state.last_batch is None else state.last_batch.as_dict(),
+            "last_reconcile": (
+                None if state.last_reconcile is None else state.last_reconcile.as_dict()
+            ),
+            "last_lag_seconds": state.last_lag,
+            "heartbeat_age_seconds": round(capture.heartbeat_age, 3),
+            "notification_queue_usage": capture.queue_usage,
+            "last_error": state.last_error,
+            "channel": settings.channel,
+            "production": where(settings.production_table_name, settings.production_url()),
+            "sandbox": where(settings.sandbox_table_name, settings.sandbox_url()),
+            "leader_lock_id": self.lock.lock_id,
+            "history": self.history.describe(),
+        }
+
+
+def where(table: object, url: str) -> str:
+    return f"{table} @ {mask_url(url)}"
