@@ -1,17 +1,24 @@
-"""``propagator reconcile``: compare both tables in full; dry run unless ``--apply``."""
+"""``propagator reconcile``: compare both tables in full; dry run unless ``--apply``.
+
+With ``[[mappings]]`` each selected mapping is reconciled in turn under its name,
+then one total line (in JSON: one document of every report and the total).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from functools import partial
 from typing import Any, TextIO
 
+from propagator.cli.per_mapping import Outcome, heading, run_each, worst
 from propagator.core.report import RULE, ReconcileReport, render_json, render_text
 from propagator.errors import DatabaseUnavailableError, ExitCode
 from propagator.services.history import History
 from propagator.services.reconcile import ReconcileMethod, run_reconcile
 from propagator.services.sync import SyncSession
-from propagator.settings import Settings, load_settings
+from propagator.settings import Settings, load_configuration
 
 __all__ = ["run"]
 
@@ -39,7 +46,25 @@ def _progress(enabled: bool) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    configuration = load_configuration(args.config, selection=args.mappings)
+    text = args.format == "text"
+    outcomes = run_each(configuration, lambda settings: _reconcile(settings, args), headings=text)
+    if not configuration.named:
+        (report,) = (outcome.result for outcome in outcomes)
+        assert report is not None
+        if not text:
+            print(render_json(report))
+        return _exit_code(report, check=args.check)
+    if text:
+        print()
+        print(heading(_total_line(outcomes)))
+    else:
+        print(json.dumps(_document(outcomes, check=args.check), indent=2, ensure_ascii=False))
+    return worst(outcome.exit_code(partial(_exit_code, check=args.check)) for outcome in outcomes)
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> ReconcileReport:
+    """One mapping's reconcile, its text report printed (JSON waits for every mapping)."""
     limit = args.limit if args.limit is not None else settings.report_limit
     if args.format == "json" and args.limit is None:
         limit = max(limit, 1000)
@@ -50,15 +75,64 @@ def run(args: argparse.Namespace) -> int:
         text=args.format == "text",
         method=getattr(args, "method", None),
     )
-    if args.format == "json":
-        print(render_json(report))
-    else:
-        print(render_text(report))
+    if args.format == "text":
+        print(render_text(report), flush=True)
+    return report
+
+
+def _exit_code(report: ReconcileReport, *, check: bool) -> int:
     if report.statistics.failed:
         return ExitCode.ROWS_FAILED
-    if args.check and report.differences:
+    if check and report.differences:
         return ExitCode.DIFFERENCES_FOUND
     return ExitCode.OK
+
+
+def _totals(outcomes: list[Outcome[ReconcileReport]]) -> dict[str, Any]:
+    """The figures over every mapping that ran, and the mappings that ended in an error."""
+    reports = [outcome.result for outcome in outcomes if outcome.result is not None]
+    return {
+        "mappings": len(outcomes),
+        "in_error": [outcome.name for outcome in outcomes if outcome.error is not None],
+        "rows_compared": sum(report.statistics.production_rows for report in reports),
+        "rows_with_differences": sum(report.differences for report in reports),
+        "updated": sum(report.statistics.updated for report in reports),
+        "failed": sum(report.statistics.failed for report in reports),
+    }
+
+
+def _total_line(outcomes: list[Outcome[ReconcileReport]]) -> str:
+    totals = _totals(outcomes)
+    mappings = _count(totals["mappings"], "mapping")
+    if totals["in_error"]:
+        mappings += f" ({len(totals['in_error'])} in error: {', '.join(totals['in_error'])})"
+    return (
+        f"total: {mappings}, {_count(totals['rows_compared'], 'row')} compared, "
+        f"{_count(totals['rows_with_differences'], 'difference')}, "
+        f"{totals['updated']:,} updated, {totals['failed']:,} failed"
+    )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def _document(outcomes: list[Outcome[ReconcileReport]], *, check: bool) -> dict[str, Any]:
+    """Named mappings as one JSON document: each mapping's report (or error), then the total."""
+    entries: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        entry: dict[str, Any] = {
+            "mapping": outcome.name,
+            "exit_code": outcome.exit_code(partial(_exit_code, check=check)),
+        }
+        if outcome.result is not None:
+            entry["report"] = json.loads(render_json(outcome.result))
+        else:
+            entry["error"] = str(outcome.error)
+        entries.append(entry)
+    total = _totals(outcomes)
+    total["exit_code"] = worst(entry["exit_code"] for entry in entries)
+    return {"mappings": entries, "total": total}
 
 
 def execute(
