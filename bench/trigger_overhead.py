@@ -16,6 +16,7 @@ figures are printed too:
 
     python bench/trigger_overhead.py --runs 5 --duration 5
     python bench/trigger_overhead.py --url postgresql://postgres@127.0.0.1:5432/postgres
+    python bench/trigger_overhead.py --designs none,propagator,two_mappings
 
 Designs:
   none          no trigger (the ceiling)
@@ -27,6 +28,10 @@ Designs:
   propagator    what `propagator triggers install` installs (version 3): UPDATE
                 triggers only for statements naming a watched column, keys
                 collected and sent in a few simple expressions
+  two_mappings  the same, installed from a configuration in which two mappings
+                read the table (fab_order into two sandboxes, into different
+                columns): one trigger set per table, so it should cost what
+                propagator costs; both are printed side by side with their ratio
 
 Targets: on mapped UPDATEs, at most 5 percentage points (of the no-trigger TPS)
 below row_constant; on unmapped UPDATEs, within 2 % of no trigger.
@@ -56,7 +61,8 @@ from psycopg import sql
 
 from propagator.demo.embedded import EmbeddedPostgres, binary_dir
 from propagator.services import triggers
-from propagator.settings import load_settings
+from propagator.settings import Settings, WatchedTable, load_settings, watched_tables
+from propagator.settings.mappings import resolve_mappings
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -218,7 +224,7 @@ DROP FUNCTION IF EXISTS bench_previous_collect();
 DROP FUNCTION IF EXISTS bench_previous_send();
 """
 
-DESIGNS = ("none", "row_constant", "previous", "propagator")
+DESIGNS = ("none", "row_constant", "previous", "propagator", "two_mappings")
 _TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
 _PROCESSED = re.compile(r"number of transactions actually processed: ([0-9]+)")
 _BENCH_DATABASE = "propagator_bench_triggers"
@@ -353,7 +359,10 @@ def main() -> int:
             scripts = _write_scripts(args.rows)
             results: dict[tuple[str, str], list[Run]] = {}
             for run in range(args.runs):
-                for name, apply in designs.items():
+                # Every other run backwards, so a drift in the machine's load during
+                # the run falls on early and late designs alike.
+                order = list(designs.items())[:: -1 if run % 2 else 1]
+                for name, apply in order:
                     apply(conn)
                     for workload, script in scripts.items():
                         conn.execute("VACUUM jobs")
@@ -384,15 +393,41 @@ def main() -> int:
             apply_none(conn)
         server = version[0] if version else "?"
         _report(results, timings, args, server)
+        if "propagator" in designs and "two_mappings" in designs:
+            shared = two_mappings(settings)
+            same_sql = triggers.render_install_sql(shared) == triggers.render_install_sql(settings)
+            _report_two_mappings(results, timings, same_sql)
     return 0
 
 
-def _design(name: str, settings: Any) -> Callable[[Connection], None]:
+def two_mappings(settings: Settings) -> WatchedTable:
+    """``public.jobs`` read by two mappings: fab_order into two sandboxes, different columns."""
+    qa_sandbox = urlsplit(settings.production_url())._replace(path="/qa_sandbox").geturl()
+    configuration = resolve_mappings(
+        settings,
+        [
+            {"name": "jobs", "field_mappings": ["fab_order"]},
+            {
+                "name": "jobs_qa",
+                "sandbox_database_url": qa_sandbox,
+                "field_mappings": ["fab_order->planned_order"],
+            },
+        ],
+    )
+    (table,) = watched_tables(configuration.mappings)
+    return table
+
+
+def _design(name: str, settings: Settings) -> Callable[[Connection], None]:
+    shared = two_mappings(settings)
+
     def apply(conn: Connection) -> None:
         conn.execute(RESET)
         triggers.uninstall(conn, settings)
         if name == "propagator":
             triggers.install(conn, settings)
+        elif name == "two_mappings":
+            triggers.install(conn, shared)
         elif name == "row_constant":
             conn.execute(ROW_CONSTANT.encode())
         elif name == "previous":
@@ -512,6 +547,37 @@ def _report(
         f"exec us: median server execution time of one UPDATE, triggers included "
         f"({args.samples} EXPLAIN ANALYZE per figure, designs interleaved)"
     )
+
+
+def _report_two_mappings(
+    results: dict[tuple[str, str], list[Run]],
+    timings: dict[tuple[str, str], float],
+    same_sql: bool,
+) -> None:
+    """One mapping against two mappings of the same table, side by side: they should match."""
+    print()
+    print(
+        "one table read by two mappings (two_mappings) against one mapping (propagator), same run"
+    )
+    print(f"install SQL of the two identical: {'yes' if same_sql else 'NO'}")
+    print(
+        f"{'workload':10}{'one tps':>10}{'two tps':>10}{'ratio':>7}"
+        f"{'one cpu':>9}{'two cpu':>9}{'one exec':>10}{'two exec':>10}"
+    )
+    for workload in WORKLOADS:
+        one, two = results[(workload, "propagator")], results[(workload, "two_mappings")]
+        one_tps = statistics.median(r.tps for r in one)
+        two_tps = statistics.median(r.tps for r in two)
+        cpus = []
+        for runs in (one, two):
+            measured = [r.cpu_us for r in runs if r.cpu_us is not None]
+            cpus.append(f"{statistics.median(measured):9.1f}" if measured else f"{'-':>9}")
+        print(
+            f"{workload:10}{one_tps:10.0f}{two_tps:10.0f}{two_tps / one_tps:7.2f}"
+            f"{cpus[0]}{cpus[1]}{timings[(workload, 'propagator')]:10.1f}"
+            f"{timings[(workload, 'two_mappings')]:10.1f}"
+        )
+    print("ratio: two-mapping TPS / one-mapping TPS (medians); cpu us and exec us as above")
 
 
 if __name__ == "__main__":

@@ -238,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mapping",
         action="append",
         dest="mappings",
-        default=[],
+        # Suppressed: a nested action's parser (triggers sql) must not reset the mappings
+        # given before it; the top-level parser supplies the empty default.
+        default=argparse.SUPPRESS,
         metavar="NAME",
         help="serve only this one of the file's [[mappings]]; repeat for several "
         "(default: PROPAGATOR_MAPPINGS, else all)",
@@ -248,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mirror chosen columns of a production PostgreSQL table into a sandbox.",
     )
     parser.add_argument("--version", action="version", version=f"propagator {__version__}")
+    parser.set_defaults(mappings=[])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(subparsers, common)

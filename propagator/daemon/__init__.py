@@ -10,8 +10,8 @@ schedules reconciles, prunes history and ticks; ``retry`` backs off.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 import gc
+from collections.abc import Sequence
 
 from propagator.daemon.status import Role
 from propagator.daemon.supervisor import CRASHED, Daemon

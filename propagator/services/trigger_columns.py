@@ -13,22 +13,22 @@ import psycopg
 from psycopg import sql
 
 from propagator.adapters.postgres import describe_table, translate_error
-from propagator.settings import Settings
+from propagator.services.trigger_spec import TriggerSpec
 
 __all__ = ["Connection", "incomparable_columns"]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 
-def incomparable_columns(conn: Connection, settings: Settings) -> list[str]:
+def incomparable_columns(conn: Connection, spec: TriggerSpec) -> list[str]:
     """Watched columns whose type has no ``=`` (json, point, xml), after checking they exist."""
-    table = describe_table(conn, settings.production_table_name, "production")
-    for column in settings.mapping_spec.key_columns:
+    table = describe_table(conn, spec.table, "production")
+    for column in spec.key_columns:
         table.column(column, "key")
-    for column in settings.mapping_spec.source_columns:
+    for column in spec.value_columns:
         table.column(column, "mapped")
     incomparable: list[str] = []
-    for column in settings.mapping_spec.watched_columns:
+    for column in spec.watched_columns:
         type_sql = table.columns[column].type_sql
         probe = sql.SQL("SELECT NULL::{0} IS DISTINCT FROM NULL::{0}").format(sql.SQL(type_sql))
         try:

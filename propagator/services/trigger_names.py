@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from propagator.core.identifiers import QualifiedName
-from propagator.settings import Settings
+from propagator.services.trigger_spec import TriggerSpec, Watched, trigger_spec
 
 __all__ = [
     "TriggerNames",
     "identifier",
+    "names_for",
     "settings_names",
     "trigger_names",
 ]
@@ -69,9 +70,13 @@ def _object_name(prefix: str, base: str, suffix: str = "") -> str:
     return f"{prefix}{cut}_{digest}{suffix}"
 
 
-def trigger_names(settings: Settings) -> TriggerNames:
-    """The names for the configured production table."""
-    table = settings.production_table_name
+def trigger_names(target: Watched | TriggerSpec) -> TriggerNames:
+    """The names for a production table, or for the one table a mapping's settings read."""
+    return names_for(trigger_spec(target).table)
+
+
+def names_for(table: QualifiedName) -> TriggerNames:
+    """The names for one production table: every mapping of the table shares them."""
     return TriggerNames(
         table=table,
         collect_function=QualifiedName(

@@ -32,10 +32,10 @@ from propagator.core.identifiers import QualifiedName
 from propagator.services.trigger_names import (
     TriggerNames,
     identifier,
+    names_for,
     settings_names,
-    trigger_names,
 )
-from propagator.settings import Settings
+from propagator.services.trigger_spec import TriggerSpec, Watched, trigger_spec
 from propagator.sql import load_sql
 from propagator.version import __version__
 
@@ -87,14 +87,13 @@ def _comment_text(value: Any) -> sql.SQL:
     return sql.SQL(json.dumps(value, ensure_ascii=True))
 
 
-def _description(settings: Settings) -> str:
-    spec = settings.mapping_spec
+def _description(spec: TriggerSpec) -> str:
     return json.dumps(
         {
             "managed_by": "propagator",
             "version": TRIGGER_VERSION,
             "release": __version__,
-            "channel": settings.channel,
+            "channel": spec.channel,
             "key_columns": list(spec.key_columns),
             "watched_columns": list(spec.watched_columns),
         }
@@ -138,24 +137,20 @@ def _comparisons(
     return tests
 
 
-def _watched_changed(settings: Settings, compare_as_jsonb: Collection[str]) -> sql.Composable:
+def _watched_changed(spec: TriggerSpec, compare_as_jsonb: Collection[str]) -> sql.Composable:
     """A watched column really differs (NULL-safe): the WHEN of the every-UPDATE form."""
-    tests = _comparisons(
-        settings.mapping_spec.watched_columns, compare_as_jsonb, "IS DISTINCT FROM"
-    )
+    tests = _comparisons(spec.watched_columns, compare_as_jsonb, "IS DISTINCT FROM")
     return sql.SQL(" OR ").join(tests)
 
 
-def _key_changed(settings: Settings, compare_as_jsonb: Collection[str]) -> sql.Composable:
-    tests = _comparisons(settings.mapping_spec.key_columns, compare_as_jsonb, "IS DISTINCT FROM")
+def _key_changed(spec: TriggerSpec, compare_as_jsonb: Collection[str]) -> sql.Composable:
+    tests = _comparisons(spec.key_columns, compare_as_jsonb, "IS DISTINCT FROM")
     return sql.SQL(" OR ").join(tests)
 
 
-def _values_unchanged(settings: Settings, compare_as_jsonb: Collection[str]) -> sql.Composable:
+def _values_unchanged(spec: TriggerSpec, compare_as_jsonb: Collection[str]) -> sql.Composable:
     """No watched column other than the key differs; ``true`` when only keys are watched."""
-    spec = settings.mapping_spec
-    values = [c for c in spec.watched_columns if c not in spec.key_columns]
-    tests = _comparisons(values, compare_as_jsonb, "IS NOT DISTINCT FROM")
+    tests = _comparisons(spec.value_columns, compare_as_jsonb, "IS NOT DISTINCT FROM")
     return sql.SQL(" AND ").join(tests) if tests else sql.SQL("true")
 
 
@@ -175,9 +170,9 @@ def _dollar_quoted(template: sql.SQL, **values: sql.Composable) -> tuple[str, st
 
 
 def _collect_function(
-    settings: Settings, names: TriggerNames, compare_as_jsonb: Collection[str]
+    spec: TriggerSpec, names: TriggerNames, compare_as_jsonb: Collection[str]
 ) -> tuple[str, str]:
-    keys = settings.mapping_spec.key_columns
+    keys = spec.key_columns
     buffer_setting, chunks_setting = settings_names(names)
     return _dollar_quoted(
         sql.SQL(_template("collect_function.sql")),
@@ -186,21 +181,21 @@ def _collect_function(
         chunks_setting=sql.Literal(chunks_setting),
         new_key=_key_text("NEW", keys, compare_as_jsonb),
         old_key=_key_text("OLD", keys, compare_as_jsonb),
-        key_changed=_key_changed(settings, compare_as_jsonb),
-        values_unchanged=_values_unchanged(settings, compare_as_jsonb),
+        key_changed=_key_changed(spec, compare_as_jsonb),
+        values_unchanged=_values_unchanged(spec, compare_as_jsonb),
         key_bytes_per_payload=sql.Literal(KEY_BYTES_PER_PAYLOAD),
         resync_payloads=sql.Literal(RESYNC_PAYLOADS),
     )
 
 
-def _send_function(settings: Settings, names: TriggerNames) -> tuple[str, str]:
+def _send_function(spec: TriggerSpec, names: TriggerNames) -> tuple[str, str]:
     buffer_setting, chunks_setting = settings_names(names)
     return _dollar_quoted(
         sql.SQL(_template("send_function.sql")),
         function=identifier(names.send_function),
         buffer_setting=sql.Literal(buffer_setting),
         chunks_setting=sql.Literal(chunks_setting),
-        channel=sql.Literal(settings.channel),
+        channel=sql.Literal(spec.channel),
         queue_usage_limit=sql.Literal(QUEUE_USAGE_LIMIT),
     )
 
@@ -210,12 +205,15 @@ def _body(definition: tuple[str, str]) -> str:
     return text.split(quote, 2)[1]
 
 
-def function_bodies(settings: Settings, compare_as_jsonb: Collection[str]) -> tuple[str, str]:
+def function_bodies(
+    target: Watched | TriggerSpec, compare_as_jsonb: Collection[str]
+) -> tuple[str, str]:
     """The collect and send function bodies this release installs, as ``prosrc`` shows them."""
-    names = trigger_names(settings)
+    spec = trigger_spec(target)
+    names = names_for(spec.table)
     return (
-        _body(_collect_function(settings, names, compare_as_jsonb)),
-        _body(_send_function(settings, names)),
+        _body(_collect_function(spec, names, compare_as_jsonb)),
+        _body(_send_function(spec, names)),
     )
 
 
@@ -241,11 +239,11 @@ def before_update_triggers(table: sql.Composable) -> sql.Composed:
 
 
 def _update_triggers(
-    settings: Settings, names: TriggerNames, compare_as_jsonb: Collection[str]
+    spec: TriggerSpec, names: TriggerNames, compare_as_jsonb: Collection[str]
 ) -> str:
     """The block creating the UPDATE triggers in the form the table allows, decided at install."""
     table = identifier(names.table)
-    watched = sql.SQL(", ").join(sql.Identifier(c) for c in settings.mapping_spec.watched_columns)
+    watched = sql.SQL(", ").join(sql.Identifier(c) for c in spec.watched_columns)
     collect, send = identifier(names.collect_function), identifier(names.send_function)
     row, statement = sql.Identifier(names.update_trigger), sql.Identifier(names.send_update_trigger)
 
@@ -259,7 +257,7 @@ def _update_triggers(
             "CREATE TRIGGER {} AFTER UPDATE ON {} FOR EACH ROW WHEN ({}) EXECUTE FUNCTION {}()",
             row,
             table,
-            _watched_changed(settings, compare_as_jsonb),
+            _watched_changed(spec, compare_as_jsonb),
             collect,
         ),
         send_every=statement_literal(
@@ -285,10 +283,10 @@ def _update_triggers(
     )[0].rstrip()
 
 
-def _comparable_check(settings: Settings, compare_as_jsonb: Collection[str]) -> str:
+def _comparable_check(spec: TriggerSpec, compare_as_jsonb: Collection[str]) -> str:
     """The block refusing to install when a column compared with ``=`` has no such operator."""
-    compared = [c for c in settings.mapping_spec.watched_columns if c not in compare_as_jsonb]
-    table = identifier(trigger_names(settings).table)
+    compared = [c for c in spec.watched_columns if c not in compare_as_jsonb]
+    table = identifier(spec.table)
     return _dollar_quoted(
         sql.SQL(_template("comparable_check.sql")),
         table_text=sql.Literal(_text(table)),
@@ -302,24 +300,26 @@ def _signature(name: QualifiedName) -> sql.Literal:
     return sql.Literal(_text(identifier(name)) + "()")
 
 
-def install_statements(settings: Settings, compare_as_jsonb: Collection[str] = ()) -> str:
+def install_statements(
+    target: Watched | TriggerSpec, compare_as_jsonb: Collection[str] = ()
+) -> str:
     """The install statements without ``BEGIN``/``COMMIT``: ``install`` runs them in its own."""
-    names = trigger_names(settings)
-    spec = settings.mapping_spec
+    spec = trigger_spec(target)
+    names = names_for(spec.table)
     table = identifier(names.table)
     return _text(
         sql.SQL(_template("install.sql")).format(
             version=sql.SQL(str(TRIGGER_VERSION)),
             table_label=_comment_text(str(names.table)),
-            channel_label=_comment_text(settings.channel),
+            channel_label=_comment_text(spec.channel),
             keys_label=_comment_text(list(spec.key_columns)),
             watched_label=_comment_text(list(spec.watched_columns)),
             buffer_label=sql.SQL(settings_names(names)[0]),
             chunks_label=sql.SQL(settings_names(names)[1]),
             key_bytes_per_payload=sql.SQL(str(KEY_BYTES_PER_PAYLOAD)),
             resync_payloads=sql.SQL(str(RESYNC_PAYLOADS)),
-            collect_function=sql.SQL(_collect_function(settings, names, compare_as_jsonb)[0]),
-            send_function=sql.SQL(_send_function(settings, names)[0]),
+            collect_function=sql.SQL(_collect_function(spec, names, compare_as_jsonb)[0]),
+            send_function=sql.SQL(_send_function(spec, names)[0]),
             table_text=sql.Literal(_text(table)),
             collect_text=_signature(names.collect_function),
             send_text=_signature(names.send_function),
@@ -328,18 +328,18 @@ def install_statements(settings: Settings, compare_as_jsonb: Collection[str] = (
             delete_trigger=sql.Identifier(names.delete_trigger),
             send_trigger=sql.Identifier(names.send_trigger),
             table=table,
-            update_triggers=sql.SQL(_update_triggers(settings, names, compare_as_jsonb)),
-            comparable_check=sql.SQL(_comparable_check(settings, compare_as_jsonb)),
+            update_triggers=sql.SQL(_update_triggers(spec, names, compare_as_jsonb)),
+            comparable_check=sql.SQL(_comparable_check(spec, compare_as_jsonb)),
             collect=identifier(names.collect_function),
             send=identifier(names.send_function),
-            description=sql.Literal(_description(settings)),
+            description=sql.Literal(_description(spec)),
         )
     )
 
 
-def uninstall_statements(settings: Settings) -> str:
+def uninstall_statements(target: Watched | TriggerSpec) -> str:
     """The removal statements without ``BEGIN``/``COMMIT``: ``uninstall`` runs them in its own."""
-    names = trigger_names(settings)
+    names = names_for(trigger_spec(target).table)
     table = identifier(names.table)
     return _text(
         sql.SQL(_template("uninstall.sql")).format(
@@ -363,15 +363,17 @@ def _as_script(statements: str) -> str:
     return f"BEGIN;\n\n{statements.rstrip()}\n\nCOMMIT;\n"
 
 
-def render_install_sql(settings: Settings, *, compare_as_jsonb: Collection[str] = ()) -> str:
-    """The install script for the configured table, columns and channel (not executed).
+def render_install_sql(
+    target: Watched | TriggerSpec, *, compare_as_jsonb: Collection[str] = ()
+) -> str:
+    """The install script for a table, its watched columns and channel (not executed).
 
     ``compare_as_jsonb`` names watched columns whose type has no equality
     operator; ``install`` finds them in the catalog.
     """
-    return _as_script(install_statements(settings, compare_as_jsonb))
+    return _as_script(install_statements(target, compare_as_jsonb))
 
 
-def render_uninstall_sql(settings: Settings) -> str:
+def render_uninstall_sql(target: Watched | TriggerSpec) -> str:
     """The script removing everything ``install`` created (not executed)."""
-    return _as_script(uninstall_statements(settings))
+    return _as_script(uninstall_statements(target))

@@ -19,14 +19,14 @@ from psycopg import sql
 from propagator.adapters.postgres import translate_error
 from propagator.errors import PropagatorError, SchemaError
 from propagator.services.trigger_columns import Connection, incomparable_columns
-from propagator.services.trigger_names import TriggerNames, identifier, trigger_names
+from propagator.services.trigger_names import TriggerNames, identifier, names_for
+from propagator.services.trigger_spec import TriggerSpec, Watched, trigger_spec
 from propagator.services.trigger_sql import (
     MANAGED_MARKER,
     TRIGGER_VERSION,
     before_update_triggers,
     function_bodies,
 )
-from propagator.settings import Settings
 from propagator.sql import load_sql
 
 __all__ = ["TriggerStatus", "status"]
@@ -148,13 +148,12 @@ def _read_catalog(conn: Connection, names: TriggerNames) -> _Catalog:
     return _Catalog(triggers=triggers, before_update=before_update, functions=functions)
 
 
-def _description_drift(settings: Settings, described: _Description) -> Iterator[str]:
+def _description_drift(spec: TriggerSpec, described: _Description) -> Iterator[str]:
     """Version, channel and columns recorded at install against this release and configuration."""
-    spec = settings.mapping_spec
     if described.version != TRIGGER_VERSION:
         yield f"installed version {described.version}, this release installs {TRIGGER_VERSION}"
-    if described.channel != settings.channel:
-        yield f"notifies channel {described.channel!r}, configured {settings.channel!r}"
+    if described.channel != spec.channel:
+        yield f"notifies channel {described.channel!r}, configured {spec.channel!r}"
     if described.key_columns != spec.key_columns:
         yield f"key columns {list(described.key_columns)}, configured {list(spec.key_columns)}"
     if described.watched_columns != spec.watched_columns:
@@ -185,20 +184,20 @@ def _trigger_drift(names: TriggerNames, catalog: _Catalog) -> Iterator[str]:
         )
 
 
-def _function_drift(conn: Connection, settings: Settings, catalog: _Catalog) -> list[str]:
+def _function_drift(conn: Connection, spec: TriggerSpec, catalog: _Catalog) -> list[str]:
     """The installed function bodies against the ones this release would install."""
     try:
-        compare_as_jsonb = incomparable_columns(conn, settings)
+        compare_as_jsonb = incomparable_columns(conn, spec)
     except PropagatorError as error:
         return [str(error)]
-    if tuple(str(f[1]) for f in catalog.present) != function_bodies(settings, compare_as_jsonb):
+    if tuple(str(f[1]) for f in catalog.present) != function_bodies(spec, compare_as_jsonb):
         return ["the installed functions differ from this release's"]
     return []
 
 
 def _problems(
     conn: Connection,
-    settings: Settings,
+    spec: TriggerSpec,
     names: TriggerNames,
     catalog: _Catalog,
     described: _Description,
@@ -211,19 +210,20 @@ def _problems(
         for name, function in zip(names.functions, catalog.functions, strict=True)
         if function is None
     ]
-    problems.extend(_description_drift(settings, described))
+    problems.extend(_description_drift(spec, described))
     problems.extend(_trigger_drift(names, catalog))
     if not problems:
-        problems.extend(_function_drift(conn, settings, catalog))
+        problems.extend(_function_drift(conn, spec, catalog))
     return problems
 
 
-def status(conn: Connection, settings: Settings) -> TriggerStatus:
+def status(conn: Connection, target: Watched | TriggerSpec) -> TriggerStatus:
     """Read back what is installed and compare it with what this release would install."""
-    names = trigger_names(settings)
+    spec = trigger_spec(target)
+    names = names_for(spec.table)
     catalog = _read_catalog(conn, names)
     described = _Description.parse(catalog.description_text)
-    problems = _problems(conn, settings, names, catalog, described)
+    problems = _problems(conn, spec, names, catalog, described)
     return TriggerStatus(
         table=str(names.table),
         installed=catalog.installed,
