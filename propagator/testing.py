@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -41,6 +41,7 @@ class DaemonRunner:
         self,
         settings: Settings,
         *,
+        mappings: Sequence[Settings] | None = None,
         metrics: Metrics | None = None,
         instance_id: str | None = None,
         serve_http: bool = True,
@@ -48,6 +49,7 @@ class DaemonRunner:
     ) -> None:
         self.daemon = Daemon(
             settings,
+            mappings=mappings,
             metrics=metrics,
             instance_id=instance_id,
             handle_signals=False,

@@ -9,6 +9,7 @@ from propagator.adapters.leader import LeaderLock, lock_id_for
 from propagator.adapters.listener import Listener
 from propagator.daemon.capture import CaptureSource
 from propagator.daemon.leadership import LeaderLockPort
+from propagator.daemon.shared import SharedProduction
 from propagator.daemon.writers import SandboxWriter, Writer
 from propagator.services.history import History
 from propagator.settings import Settings
@@ -16,6 +17,7 @@ from propagator.settings import Settings
 __all__ = [
     "CaptureFactory",
     "LockFactory",
+    "SharedProductionWriters",
     "WriterFactory",
     "advisory_lock",
     "notify_capture",
@@ -65,4 +67,27 @@ def advisory_lock(settings: Settings, instance_id: str) -> LeaderLock:
 
 
 def sandbox_writer(settings: Settings, history: History) -> SandboxWriter:
+    """A writer with production connections of its own (for callers outside the daemon)."""
     return SandboxWriter(settings, history)
+
+
+class SharedProductionWriters:
+    """Writers that read each production database on one shared connection.
+
+    The daemon's default: however many mappings and lanes read a production
+    database, they cost it one connection besides the listener's.
+    """
+
+    def __init__(self) -> None:
+        self.shared: dict[str, SharedProduction] = {}
+
+    def __call__(self, settings: Settings, history: History) -> SandboxWriter:
+        url = settings.production_url()
+        shared = self.shared.get(url)
+        if shared is None:
+            shared = self.shared[url] = SharedProduction(settings)
+        return SandboxWriter(settings, history, shared)
+
+    def close(self) -> None:
+        for shared in self.shared.values():
+            shared.close()

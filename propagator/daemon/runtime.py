@@ -24,6 +24,7 @@ from propagator.daemon.retry import Retrier
 from propagator.daemon.shutdown import TaskSet
 from propagator.daemon.status import DaemonState
 from propagator.daemon.writers import Lane
+from propagator.observability.logging import bind_context, unbind_context
 from propagator.observability.mapping_metrics import MappingMetrics
 from propagator.services.history import History
 from propagator.settings import Settings
@@ -119,6 +120,15 @@ class MappingRuntime:
 
     def start_tasks(self, tasks: TaskSet, *, suffix: str = "") -> None:
         """The mapping's tasks; ``suffix`` tells several mappings' tasks apart in errors."""
+        if suffix:  # the tasks (and their threads) log which mapping they work for
+            bind_context(mapping=self.name)
+        try:
+            self._start(tasks, suffix)
+        finally:
+            if suffix:
+                unbind_context("mapping")
+
+    def _start(self, tasks: TaskSet, suffix: str) -> None:
         stopping = self.stop.is_set
         for lane in self.lanes:
             lane.wake = asyncio.Event()

@@ -24,10 +24,10 @@ from propagator.daemon.capture import CaptureLoop, CaptureSource
 from propagator.daemon.factories import (
     CaptureFactory,
     LockFactory,
+    SharedProductionWriters,
     WriterFactory,
     advisory_lock,
     notify_capture,
-    sandbox_writer,
 )
 from propagator.daemon.housekeeping import Ticker
 from propagator.daemon.pipeline import Pipeline
@@ -70,7 +70,7 @@ class Daemon:
         serve_http: bool = True,
         capture_factory: CaptureFactory = notify_capture,
         lock_factory: LockFactory = advisory_lock,
-        writer_factory: WriterFactory = sandbox_writer,
+        writer_factory: WriterFactory | None = None,
         history: History | None = None,
     ) -> None:
         self.settings = settings
@@ -86,6 +86,9 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = threading.Event()  # set once every task runs (for embedding callers)
         self.http: HttpServer | None = None
+        self._shared_writers = SharedProductionWriters() if writer_factory is None else None
+        writer_factory = writer_factory or self._shared_writers
+        assert writer_factory is not None
         self.runtimes = tuple(
             MappingRuntime(
                 mapping,
@@ -321,6 +324,8 @@ class Daemon:
             await runtime.close()
         for source, _ in self.captures:
             await source.close()
+        if self._shared_writers is not None:
+            await asyncio.to_thread(self._shared_writers.close)
         if self.http is not None:
             await self.http.stop()
         if self.history_reader is not None:

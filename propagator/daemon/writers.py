@@ -8,7 +8,8 @@ re-reads production and writes only real differences.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from propagator.core.debounce import Batch, DebounceBuffer
 from propagator.core.report import ReconcileReport
 from propagator.daemon.leadership import Fence
 from propagator.daemon.requests import ReconcileSource
+from propagator.daemon.shared import SharedProduction
 from propagator.observability.logging import get_logger
 from propagator.services.context import SyncContext
 from propagator.services.converge import BatchResult, converge_keys
@@ -72,22 +74,39 @@ def _fenced(fence: Fence) -> Callable[[Connection, Any, Any], None]:
 
 
 class SandboxWriter:
-    """A writer on real connections: production to read, sandbox to write and record history."""
+    """A writer on real connections: production to read, sandbox to write and record history.
 
-    def __init__(self, settings: Settings, history: History) -> None:
+    With ``shared``, production is read on the connection all writers of that
+    database take turns on (holding its lock); otherwise on a connection of its own.
+    """
+
+    def __init__(
+        self, settings: Settings, history: History, shared: SharedProduction | None = None
+    ) -> None:
         self.settings = settings
         self.history = history
+        self.shared = shared
         self.session: SyncSession | None = None
         self.context: SyncContext | None = None
         self._proved_now = False  # the context was just prepared: its keys were just proved
+
+    def _production(self) -> AbstractContextManager[Connection]:
+        """The production connection, held for the duration of the block."""
+        if self.shared is None:
+            _, production, _ = self.ensure()
+            return contextlib.nullcontext(production)
+        return _borrowed(self.shared)
 
     def ensure(self) -> tuple[SyncContext, Connection, Connection]:
         if self.session is None or self.context is None:
             session = SyncSession(self.settings, application_name="propagator applier")
             try:
-                session.open_production()
                 sandbox = session.open_sandbox()
-                self.context = session.prepare()
+                if self.shared is None:
+                    self.context = session.prepare()
+                else:
+                    with _borrowed(self.shared) as production:
+                        self.context = SyncContext.from_settings(self.settings, production, sandbox)
                 self._proved_now = True
                 setup = self.history.setup(sandbox)
                 if setup is not None and setup.applied:
@@ -96,8 +115,10 @@ class SandboxWriter:
                 session.close()
                 raise
             self.session = session
-        assert self.session.production is not None
         assert self.session.sandbox is not None
+        if self.shared is not None:
+            return self.context, self.shared.connection(), self.session.sandbox
+        assert self.session.production is not None
         return self.context, self.session.production, self.session.sandbox
 
     def apply(self, batch: Batch, fence: Fence) -> BatchResult:
@@ -109,20 +130,22 @@ class SandboxWriter:
             batch.keys,
             source="event",
             on_applied=self.history.hook(changed_at=batch.earliest_change, after=_fenced(fence)),
+            production_lock=None if self.shared is None else _BorrowLock(self.shared),
         )
 
     def reconcile(self, source: ReconcileSource, fence: Fence) -> ReconcileReport:
-        context, production, sandbox = self.ensure()
+        context, _, sandbox = self.ensure()
         if not self._proved_now:
             # Proved again: after a refused batch the keys may have stopped being unique.
-            preflight(
-                production,
-                sandbox,
-                context.production,
-                context.sandbox,
-                context.spec.key_columns,
-                context.production_filter,
-            )
+            with self._production() as production:
+                preflight(
+                    production,
+                    sandbox,
+                    context.production,
+                    context.sandbox,
+                    context.spec.key_columns,
+                    context.production_filter,
+                )
         self._proved_now = False
         return run_reconcile(
             self.settings,
@@ -134,10 +157,14 @@ class SandboxWriter:
 
     def connected(self) -> bool:
         session = self.session
+        production = (
+            (self.shared.connected if self.shared is not None else None)
+            if session is None or session.production is None
+            else not session.production.closed
+        )
         return bool(
             session is not None
-            and session.production is not None
-            and not session.production.closed
+            and production
             and session.sandbox is not None
             and not session.sandbox.closed
         )
@@ -146,6 +173,8 @@ class SandboxWriter:
         session = self.session
         if session is None:
             return
+        # A shared production connection is not cancelled: its reads are short and
+        # belong to other writers too.
         for conn in (session.production, session.sandbox):
             if conn is not None and not conn.closed:
                 with contextlib.suppress(psycopg.Error):
@@ -156,3 +185,22 @@ class SandboxWriter:
         if session is not None:
             with contextlib.suppress(psycopg.Error):
                 session.close()
+
+
+class _BorrowLock:
+    """The shared connection's lock, with a broken connection replaced on entry."""
+
+    def __init__(self, shared: SharedProduction) -> None:
+        self.shared = shared
+
+    def __enter__(self) -> None:
+        self.shared.lock.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self.shared.lock.release()
+
+
+@contextlib.contextmanager
+def _borrowed(shared: SharedProduction) -> Iterator[Connection]:
+    with shared.lock:
+        yield shared.connection()

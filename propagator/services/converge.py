@@ -15,8 +15,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from propagator.adapters.reads import read_by_keys
 from propagator.adapters.writes import apply_values
@@ -36,6 +37,7 @@ from propagator.services.typefit import fit_checks
 __all__ = ["BatchResult", "converge_differences", "converge_keys"]
 
 _CONVERGE_LANES = 2
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -56,11 +58,14 @@ def converge_keys(
     *,
     source: Source = "event",
     on_applied: AppliedHook | None = None,
+    production_lock: AbstractContextManager[Any] | None = None,
 ) -> BatchResult:
     """Make the sandbox rows of ``keys`` equal to production's current values.
 
     Keys are processed in slices of ``batch_size``; each slice is one sandbox
     transaction (rows the sandbox rejects are isolated and reported).
+    ``production_lock`` is held around each production read when the production
+    connection is shared with other writers.
     """
     started = time.perf_counter()
     result = BatchResult()
@@ -74,6 +79,7 @@ def converge_keys(
             result,
             source,
             on_applied,
+            production_lock,
         )
     result.duration_seconds = time.perf_counter() - started
     result.statistics.duration_seconds = result.duration_seconds
@@ -85,13 +91,14 @@ def _read_both(
     production_conn: Connection,
     sandbox_conn: Connection,
     keys: Sequence[Key],
+    production_lock: AbstractContextManager[Any] | None = None,
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The current production and sandbox rows of ``keys``, both servers read at once."""
     spec = context.spec
     # Both servers are read at once (separate connections): the slower read sets the pace.
     with ThreadPoolExecutor(1, thread_name_prefix="propagator-read") as reader:
         production_read = reader.submit(
-            read_by_keys,
+            read_by_keys if production_lock is None else _holding(production_lock, read_by_keys),
             production_conn,
             context.production,
             spec.key_columns,
@@ -119,9 +126,12 @@ def _converge_slice(
     result: BatchResult,
     source: Source,
     on_applied: AppliedHook | None,
+    production_lock: AbstractContextManager[Any] | None = None,
 ) -> None:
     spec, width = context.spec, context.key_width
-    production_rows, sandbox_rows = _read_both(context, production_conn, sandbox_conn, keys)
+    production_rows, sandbox_rows = _read_both(
+        context, production_conn, sandbox_conn, keys, production_lock
+    )
     lookup = {tuple(row[:width]): row[width:] for row in sandbox_rows}
     planned = [
         r
@@ -269,6 +279,16 @@ class _Lanes:
         """Wait for every batch still converging and collect its outcome."""
         while self.in_flight:
             self.collect_oldest()
+
+
+def _holding(lock: AbstractContextManager[Any], read: Callable[..., T]) -> Callable[..., T]:
+    """``read`` called while holding ``lock``."""
+
+    def locked(*args: Any, **kwargs: Any) -> T:
+        with lock:
+            return read(*args, **kwargs)
+
+    return locked
 
 
 def _one_at_a_time(hook: AppliedHook | None) -> AppliedHook | None:
