@@ -115,14 +115,15 @@ def percentile(values: list[float], fraction: float) -> float:
 def keep_batch_lags(runner: DaemonRunner) -> list[float]:
     """Every batch lag the daemon observes from now on, appended to the returned list."""
     lags: list[float] = []
-    observe = runner.daemon.metrics.observe_lag
+    metrics = runner.daemon.runtimes[0].metrics  # the one mapping's metrics
+    observe = metrics.observe_lag
 
     def keep(change_epoch_seconds: float, now: float | None = None) -> float:
         lag = observe(change_epoch_seconds, now)
         lags.append(lag)
         return lag
 
-    runner.daemon.metrics.observe_lag = keep  # type: ignore[method-assign]
+    metrics.observe_lag = keep  # type: ignore[method-assign]
     return lags
 
 
