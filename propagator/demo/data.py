@@ -2,12 +2,14 @@
 
 1,250 production jobs, 890 sandbox jobs (850 of them matched, 40 sandbox-only)
 and 42 ``fab_order`` values that differ, two of them the seed's own examples,
-so the dry-run report shows what the seed's script would have shown.
+so the dry-run report shows what the seed's script would have shown. A copy of
+the sandbox (the demo's QA database) gets the same sandbox rows, drift included.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -20,6 +22,7 @@ __all__ = [
     "BULK_STAGE",
     "DEMO_DATABASE",
     "JOBS_TABLE_DDL",
+    "QA_DATABASE",
     "DemoData",
     "Row",
     "build_demo_data",
@@ -27,6 +30,7 @@ __all__ = [
 ]
 
 DEMO_DATABASE = "app"
+QA_DATABASE = "app_qa"  # the QA copy of the sandbox, on the sandbox server
 #: The seed's jobs table (as the test harness builds it).
 JOBS_TABLE_DDL = load_sql("sample/jobs.sql")
 PRODUCTION_JOBS = 1250
@@ -91,9 +95,16 @@ def build_demo_data(seed: int = 1250) -> DemoData:
     return DemoData(tuple(production), tuple(sandbox))
 
 
-def load_demo_data(production_url: str, sandbox_url: str, data: DemoData) -> None:
-    """Create ``public.jobs`` on both sides (if missing) and fill it with the demo rows."""
-    for url, rows in ((production_url, data.production), (sandbox_url, data.sandbox)):
+def load_demo_data(
+    production_url: str, sandbox_url: str, data: DemoData, *, sandbox_copies: Sequence[str] = ()
+) -> None:
+    """Create ``public.jobs`` on both sides (if missing) and fill it with the demo rows.
+
+    Each of ``sandbox_copies`` gets the sandbox's rows too.
+    """
+    targets = [(production_url, data.production)]
+    targets += [(url, data.sandbox) for url in (sandbox_url, *sandbox_copies)]
+    for url, rows in targets:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(JOBS_TABLE_DDL.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
             with (

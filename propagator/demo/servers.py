@@ -1,7 +1,10 @@
 """The demo's two throwaway servers, the settings that point at them and its own connections.
 
-The settings come from arguments only: a user's environment may hold a real
-deployment's variables, and the demo must never pick those up.
+The sandbox server holds two databases: the sandbox (``app``, mapping ``jobs``)
+and a QA copy of it (``app_qa``, mapping ``jobs_qa``), both mirroring
+production's ``public.jobs``. The settings come from arguments only: a user's
+environment may hold a real deployment's variables, and the demo must never
+pick those up.
 """
 
 from __future__ import annotations
@@ -17,14 +20,25 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from propagator.core.redact import register_secret
-from propagator.demo.data import DEMO_DATABASE
+from propagator.demo.data import DEMO_DATABASE, QA_DATABASE
 from propagator.demo.embedded import EmbeddedPostgres
 from propagator.errors import ConfigurationError
 from propagator.settings import Settings
 
-__all__ = ["Connection", "DemoServers", "demo_settings", "log_file", "open_autocommit"]
+__all__ = [
+    "MAIN_MAPPING",
+    "QA_MAPPING",
+    "Connection",
+    "DemoServers",
+    "demo_mappings",
+    "demo_settings",
+    "log_file",
+    "open_autocommit",
+]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+MAIN_MAPPING = "jobs"  # production public.jobs -> the sandbox
+QA_MAPPING = "jobs_qa"  # the same table -> the QA copy of the sandbox
 
 
 class DemoServers:
@@ -40,7 +54,7 @@ class DemoServers:
         return self.production.root, self.sandbox.root
 
     def start(self) -> None:
-        """Start both servers and create the demo database on each."""
+        """Start both servers, create the demo database on each and the QA copy's."""
         self._starting = [self.production, self.sandbox]
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="demo-server") as pool:
             for future in [pool.submit(server.start) for server in self._starting]:
@@ -49,8 +63,12 @@ class DemoServers:
         for server in (self.production, self.sandbox):
             with psycopg.connect(server.url(), autocommit=True) as conn:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
+        with psycopg.connect(self.sandbox.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(QA_DATABASE)))
 
-    def url(self, side: Literal["production", "sandbox"]) -> str:
+    def url(self, side: Literal["production", "sandbox", "qa"]) -> str:
+        if side == "qa":
+            return self.sandbox.url(QA_DATABASE)
         server = self.production if side == "production" else self.sandbox
         return server.url(DEMO_DATABASE)
 
@@ -97,6 +115,16 @@ def demo_settings(production_url: str, sandbox_url: str, *, api_token: str) -> S
         log_format="json",
         log_level="info",
     )
+
+
+def demo_mappings(settings: Settings, qa_url: str) -> tuple[Settings, Settings]:
+    """The two mappings of the demo's settings: ``jobs`` (the sandbox) and ``jobs_qa``.
+
+    Same production table, column and key; the QA copy differs only by its sandbox URL.
+    """
+    values = {name: getattr(settings, name) for name in Settings.model_fields}
+    qa = _DemoSettings(**{**values, "sandbox_database_url": SecretStr(qa_url)})
+    return settings.named(MAIN_MAPPING), qa.named(QA_MAPPING)
 
 
 def open_autocommit(url: str, application_name: str) -> Connection:

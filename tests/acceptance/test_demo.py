@@ -22,6 +22,11 @@ from propagator.errors import ExitCode
 from tests.helpers import run_cli, wait_until
 
 LATENCY_LINE = re.compile(r"fab_order \S+ → \S+  visible in sandbox after (\d+) ms")
+FINAL_LINE = re.compile(
+    r"^Final reconcile \(dry run\), mapping (\w+): +1250 production jobs, 850 matched, "
+    r"(\d+) differences$",
+    re.MULTILINE,
+)
 
 
 @pytest.fixture
@@ -113,7 +118,8 @@ class DemoProcess:
 
 
 def test_short_demo_reports_propagates_and_converges(demo_tmp: Path) -> None:
-    """A short run prints the seed's report, per-change latencies and ends at 0 differences."""
+    """A short run prints the seed's report, per-change latencies and ends at 0 differences,
+    in the sandbox and in its QA copy (a second mapping of the same production table)."""
     result = run_cli(["demo", "--duration", "3"], demo_env(demo_tmp), timeout=240)
     out = result.stdout
     assert result.returncode == ExitCode.OK, out + result.stderr
@@ -135,16 +141,21 @@ def test_short_demo_reports_propagates_and_converges(demo_tmp: Path) -> None:
         "✓ Dry run completed successfully",
     ):
         assert line in out.splitlines(), f"missing {line!r}:\n{out}"
-    assert "✓ Applied 42 updates" in out
+    assert "✓ Applied 42 updates to the sandbox and 42 to the QA copy" in out
+    assert "one trigger set serves both mappings (jobs, jobs_qa)" in out
     latencies = [int(ms) for ms in LATENCY_LINE.findall(out)]
     assert len(latencies) >= 5, out
     assert all(0 <= ms < 10_000 for ms in latencies)
     assert re.search(r"bulk: UPDATE jobs .* → \d{3} rows changed", out), out
     assert re.search(r"bulk: all \d{3} sandbox rows show the new values", out), out
     assert re.search(r"single-row UPDATEs +n=\d+ +p50 +\d+ ms +p99 +\d+ ms", out), out
-    assert re.search(r"Daemon: +\d+ notifications received, \d+ batches, \d+ rows applied", out)
-    assert "Final reconcile (dry run): 1250 production jobs, 850 matched, 0 differences" in out
-    assert "✓ 0 differences" in out
+    daemon = re.search(r"Daemon: +\d+ notifications received, \d+ batches, (\d+) rows applied", out)
+    assert daemon, out
+    qa_rows = re.search(r"QA copy: +the same changes, (\d+) rows applied \(mapping jobs_qa\)", out)
+    assert qa_rows, out
+    assert int(qa_rows.group(1)) > 0
+    assert FINAL_LINE.findall(out) == [("jobs", "0"), ("jobs_qa", "0")], out
+    assert "✓ 0 differences: both sandboxes mirror production's fab_order" in out
     assert processes_under(demo_tmp) == []
     assert list(demo_tmp.iterdir()) == [], "the demo left folders behind"
 
@@ -165,6 +176,7 @@ def test_ctrl_c_mid_demo_summarises_and_leaves_no_server(demo_tmp: Path) -> None
         demo.close()
     assert code == ExitCode.OK, demo.output
     assert "DEMO SUMMARY (ended early by Ctrl-C)" in demo.output
+    assert FINAL_LINE.findall(demo.output) == [("jobs", "0"), ("jobs_qa", "0")], demo.output
     assert "✓ 0 differences" in demo.output
     assert processes_under(demo_tmp) == []
     assert not any(folder.exists() for folder in folders)
@@ -205,6 +217,11 @@ def test_keep_serves_metrics_status_and_databases_until_ctrl_c(demo_tmp: Path) -
         check = run_cli(["reconcile", "--check"], env)
         assert check.returncode == ExitCode.OK, check.stdout + check.stderr
         assert "fab_order Differences: 0" in check.stdout
+        qa_url = demo.wait_for_line(r"SANDBOX_DATABASE_URL=(\S+) propagator reconcile").group(1)
+        assert qa_url.endswith("/app_qa")
+        qa_check = run_cli(["reconcile", "--check"], {**env, "SANDBOX_DATABASE_URL": qa_url})
+        assert qa_check.returncode == ExitCode.OK, qa_check.stdout + qa_check.stderr
+        assert "fab_order Differences: 0" in qa_check.stdout
         demo.process.send_signal(signal.SIGINT)
         code = demo.finish()
     finally:
