@@ -130,14 +130,49 @@ def _lines(value: Any, indent: int) -> list[str]:
 
 
 def render_status(url: str, payload: Any, readiness: tuple[bool, list[str]] | None) -> str:
-    """A readable summary: a headline with readiness, then every field of ``/status``."""
+    """A readable summary: a headline with readiness, then every field of ``/status``.
+
+    With one mapping its fields are shown once, at the top; with several, the
+    process's fields first, then each mapping under its name.
+    """
     lines = [f"propagator daemon at {url}"]
     if readiness is not None:
         ready, reasons = readiness
         headline = "ready" if ready else "NOT READY"
         lines.append(f"  {headline}" + (f": {'; '.join(reasons)}" if reasons else ""))
-    lines.extend(_lines(payload, 1))
+    mappings = payload.get("mappings") if isinstance(payload, dict) else None
+    if not isinstance(mappings, list) or not mappings:
+        lines.extend(_lines(payload, 1))
+    elif len(mappings) == 1:
+        lines.extend(_lines({k: v for k, v in payload.items() if k != "mappings"}, 1))
+    else:
+        per_mapping = set(mappings[0]) - _AGGREGATED
+        shared = {k: v for k, v in payload.items() if k not in per_mapping and k != "mappings"}
+        lines.extend(_lines(shared, 1))
+        for mapping in mappings:
+            lines.append(f"  mapping {mapping.get('name', '?')}:")
+            lines.extend(_lines({k: v for k, v in mapping.items() if k != "name"}, 2))
     return redact("\n".join(lines))
+
+
+# Shown at the top with several mappings: over all of them (role: common or "mixed").
+_AGGREGATED: Final = {"role", "catchup_done", "pending_keys", "in_flight_keys"}
+
+
+def select_mappings(payload: Any, names: list[str]) -> Any:
+    """``/status`` limited to the named mappings; an unknown name is a one-line error."""
+    if not names or not isinstance(payload, dict):
+        return payload
+    served = [m for m in payload.get("mappings", []) if isinstance(m, dict)]
+    known = [str(m.get("name")) for m in served]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigurationError(
+            f"the daemon serves no mapping {unknown[0]!r}; it serves: {', '.join(known)}"
+        )
+    chosen = [m for m in served if m.get("name") in names]
+    flat = {k: v for k, v in chosen[0].items() if k != "name"} if len(chosen) == 1 else {}
+    return {**payload, **flat, "mappings": chosen}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     base = args.url or default_url(settings)
     secret = settings.read_token or settings.api_token
     token = secret.get_secret_value() if secret else None
-    payload = fetch_status(base, timeout=args.timeout, token=token)
+    payload = select_mappings(fetch_status(base, timeout=args.timeout, token=token), args.mappings)
     if args.format == "json":
         print(json.dumps(redact_data(payload), indent=2))
         return ExitCode.OK
