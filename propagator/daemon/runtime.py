@@ -118,17 +118,21 @@ class MappingRuntime:
     def is_leader(self) -> bool:
         return self.leadership.is_leader
 
-    def start_tasks(self, tasks: TaskSet, *, suffix: str = "") -> None:
-        """The mapping's tasks; ``suffix`` tells several mappings' tasks apart in errors."""
+    def start_tasks(self, tasks: TaskSet, *, suffix: str = "", prune: bool = True) -> None:
+        """The mapping's tasks; ``suffix`` tells several mappings' tasks apart in errors.
+
+        ``prune``: this mapping prunes the history table it writes into (one
+        mapping per table does, for all of them).
+        """
         if suffix:  # the tasks (and their threads) log which mapping they work for
             bind_context(mapping=self.name)
         try:
-            self._start(tasks, suffix)
+            self._start(tasks, suffix, prune)
         finally:
             if suffix:
                 unbind_context("mapping")
 
-    def _start(self, tasks: TaskSet, suffix: str) -> None:
+    def _start(self, tasks: TaskSet, suffix: str, prune: bool) -> None:
         stopping = self.stop.is_set
         for lane in self.lanes:
             lane.wake = asyncio.Event()
@@ -145,7 +149,7 @@ class MappingRuntime:
                 first_offset=self.schedule_offset,
             )
             tasks.start("scheduler" + suffix, schedule.run(stopping, self.sleep))
-        if self.history.enabled:
+        if self.history.enabled and prune:
             pruner = HistoryPruner(self.settings, self.history, lambda: self.is_leader)
             tasks.start("history_pruner" + suffix, pruner.run(stopping, self.sleep))
 

@@ -42,7 +42,7 @@ from propagator.observability.http import HttpServer
 from propagator.observability.logging import bind_context, get_logger
 from propagator.observability.mapping_metrics import CaptureMetrics, MappingMetrics
 from propagator.observability.metrics import Metrics
-from propagator.services.history import History, HistoryReader
+from propagator.services.history import History, HistoryReaders
 from propagator.settings import Settings
 from propagator.version import __version__
 
@@ -106,7 +106,7 @@ class Daemon:
         self._build_captures(capture_factory)
         primary = self.runtimes[0]
         self.history_reader = (
-            HistoryReader(primary.history, primary.settings) if primary.history.enabled else None
+            HistoryReaders([r.settings for r in self.runtimes]) if primary.history.enabled else None
         )
         self.ticker = Ticker(self.metrics, self._sample)
         # The first mapping's parts, by their old names: one-mapping callers use them.
@@ -305,8 +305,13 @@ class Daemon:
 
     def _start_tasks(self, tasks: TaskSet) -> None:
         several = len(self.runtimes) > 1
+        pruned: set[tuple[str, str]] = set()
         for runtime in self.runtimes:
-            runtime.start_tasks(tasks, suffix=f" [{runtime.name}]" if several else "")
+            table = (runtime.settings.sandbox_url(), runtime.settings.history_schema)
+            runtime.start_tasks(
+                tasks, suffix=f" [{runtime.name}]" if several else "", prune=table not in pruned
+            )
+            pruned.add(table)
         for number, (_, capture) in enumerate(self.captures):
             tasks.start("listener" if number == 0 else f"listener {number}", capture.run())
         tasks.start("ticker", self.ticker.run(self._stop.is_set, self._sleep))

@@ -11,7 +11,7 @@ from propagator.observability.http import HttpServer
 from propagator.observability.logging import get_logger
 from propagator.observability.metrics import Metrics
 from propagator.observability.pages import ReconcileAction, add_web_routes
-from propagator.services.history import HistoryReader
+from propagator.services.history import HistoryReader, HistoryReaders
 from propagator.settings import Settings
 
 __all__ = ["listens_beyond_loopback", "start_http"]
@@ -36,7 +36,7 @@ async def start_http(
     status: Callable[[], dict[str, Any]],
     readiness: Callable[[], tuple[bool, list[str]]],
     liveness: Callable[[], bool],
-    history: HistoryReader | None,
+    history: HistoryReader | HistoryReaders | None,
     reconcile: ReconcileAction,
 ) -> HttpServer:
     """A started server on ``http_host:http_port``; a port in use is a configuration error."""

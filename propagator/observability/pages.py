@@ -28,6 +28,7 @@ from propagator.observability.statuspage import PAGE_CHANGES, PAGE_HEADERS, rend
 
 __all__ = [
     "HISTORY_PARAMS",
+    "MAPPING_PARAM",
     "READ_ROUTES",
     "HistoryReader",
     "ReconcileAction",
@@ -38,11 +39,16 @@ __all__ = [
 _log = get_logger(__name__)
 
 HistoryReader = Callable[[Mapping[str, str | None]], Awaitable[dict[str, Any]]]
-"""Query parameters -> a ``HistoryPage.as_dict()``; bad input raises ``ConfigurationError``."""
+"""Query parameters -> a ``HistoryPage.as_dict()``; bad input raises ``ConfigurationError``.
+
+``mapping`` arrives as one comma-separated text (repeated parameters joined);
+the reader checks the names against the configured mappings.
+"""
 ReconcileAction = Callable[[], Awaitable[dict[str, Any]]]
 """Run a full reconcile now and return its summary."""
 
 HISTORY_PARAMS: Final = ("key", "field", "source", "since", "until", "limit", "before")
+MAPPING_PARAM: Final = "mapping"
 MAX_PARAM_CHARS: Final = 1000
 """A history parameter longer than this is a 400 before any parsing."""
 READ_ROUTES: Final = ("/", "/status", "/history")
@@ -57,12 +63,40 @@ _REFUSAL_STATUS: Final = {
 
 
 def _history_params(request: Request) -> dict[str, str | None]:
-    """The history filters of a request; an overlong one is a ``ConfigurationError``."""
+    """The history filters of a request; an overlong one is a ``ConfigurationError``.
+
+    ``mapping`` may be repeated or comma separated: all of them, joined by commas.
+    """
     params = {name: request.query_value(name) for name in HISTORY_PARAMS}
+    mappings = request.query.get(MAPPING_PARAM) or []
+    params[MAPPING_PARAM] = ",".join(mappings) if mappings else None
     for name, value in params.items():
         if value is not None and len(value) > MAX_PARAM_CHARS:
             raise ConfigurationError(f"{name} is longer than {MAX_PARAM_CHARS} characters")
     return params
+
+
+def _history_route(history: HistoryReader | None) -> Callable[[Request], Awaitable[Response]]:
+    """The ``GET /history`` handler reading through ``history`` (None: disabled, 404)."""
+
+    async def history_endpoint(request: Request) -> Response:
+        """``GET /history?key=&field=&source=&since=&until=&limit=&before=&mapping=``.
+
+        ``mapping`` (repeatable, or comma separated) names the mappings to show;
+        without it every mapping this daemon serves, which must then share one
+        sandbox. An unknown name, or mappings of several sandboxes, is a 400.
+        """
+        if history is None:
+            return Response.error(404, "history is disabled")
+        try:
+            page = await history(_history_params(request))
+        except ConfigurationError as error:
+            return Response.error(400, str(error))
+        except PropagatorError as error:
+            return Response.error(503, str(error))
+        return Response.json(redact_data(page))
+
+    return history_endpoint
 
 
 def add_web_routes(
@@ -82,17 +116,6 @@ def add_web_routes(
     ``/history`` need ``read_token`` or ``api_token``.
     """
 
-    async def history_endpoint(request: Request) -> Response:
-        if history is None:
-            return Response.error(404, "history is disabled")
-        try:
-            page = await history(_history_params(request))
-        except ConfigurationError as error:
-            return Response.error(400, str(error))
-        except PropagatorError as error:
-            return Response.error(503, str(error))
-        return Response.json(redact_data(page))
-
     async def reconcile_endpoint(request: Request) -> Response:
         if reconcile is None:
             return Response.error(503, "this process cannot reconcile")
@@ -109,7 +132,8 @@ def add_web_routes(
         changes: list[dict[str, Any]] = []
         if history is not None:
             try:
-                changes = (await history({"limit": str(PAGE_CHANGES)}))["entries"]
+                recent = {"limit": str(PAGE_CHANGES), "mapping": "*"}  # every mapping's
+                changes = (await history(recent))["entries"]
             except PropagatorError as error:
                 _log.warning("status_page_history_unavailable", error=str(error))
         page = render_status_page(
@@ -121,7 +145,7 @@ def add_web_routes(
         return Response(200, page.encode(), "text/html; charset=utf-8", PAGE_HEADERS)
 
     server.add_route("GET", "/", page_endpoint)
-    server.add_route("GET", "/history", history_endpoint)
+    server.add_route("GET", "/history", _history_route(history))
     server.add_route("POST", "/reconcile", bearer_protected(lambda: api_token, reconcile_endpoint))
     if read_protection:
         _protect_reads(server, read_token, api_token)

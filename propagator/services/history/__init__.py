@@ -6,9 +6,12 @@ history and a committed one leaves exactly one row per changed field. Rows are
 written set-based (one ``INSERT … SELECT FROM unnest`` per batch) into a schema
 of the sandbox's own (``history_schema``), created and upgraded by versioned
 migrations in ``sql/history/``. Old rows are pruned by age in small batches.
+Each row names the mapping that wrote it: mappings writing into one sandbox
+share its history table, and each reads and prunes its own rows.
 
 The parts: ``schema`` (migrations and setup), ``recording`` (the apply hook),
 ``queries`` (filters and pages), ``reader`` (reads for the HTTP endpoint),
+``readers`` (which table holds which mapping, and routing reads to it),
 ``retention`` (pruning) and ``facade`` (``History``, all of it as configured).
 """
 
@@ -25,7 +28,8 @@ from propagator.services.history.queries import (
     parse_time,
     query,
 )
-from propagator.services.history.reader import HistoryReader
+from propagator.services.history.reader import HistoryReader, mapping_names
+from propagator.services.history.readers import HistoryReaders, HistorySandbox, history_sandboxes
 from propagator.services.history.recording import json_text, record
 from propagator.services.history.retention import (
     PRUNE_BATCH_ROWS,
@@ -55,11 +59,15 @@ __all__ = [
     "HistoryPage",
     "HistoryQuery",
     "HistoryReader",
+    "HistoryReaders",
+    "HistorySandbox",
     "Migration",
     "PruneResult",
     "SetupResult",
+    "history_sandboxes",
     "installed_version",
     "json_text",
+    "mapping_names",
     "migrations",
     "parse_key",
     "parse_time",

@@ -1,7 +1,8 @@
 """``History``: the daemon's and the CLI's handle on history as configured.
 
 It ties the parts together (schema setup, the recording hook, reads, retention)
-and turns each into a no-op when ``history_enabled=false``.
+and turns each into a no-op when ``history_enabled=false``. One ``History`` serves
+one mapping: it records that mapping's name; pruning is by age, for the whole table.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class History:
         prune_interval: timedelta = PRUNE_INTERVAL,
     ) -> None:
         self.enabled = settings.history_enabled
+        self.mapping = settings.mapping_name
         self.schema = settings.history_schema
         self.retention = settings.history_retention
         self._schedule = PruneSchedule(prune_interval, clock)
@@ -83,13 +85,18 @@ class History:
         if not self.enabled:
             return after
         return recording_hook(
-            self.schema, changed_at=changed_at, after=after, counted=self._count_recorded
+            self.schema,
+            changed_at=changed_at,
+            after=after,
+            counted=self._count_recorded,
+            mapping=self.mapping,
         )
 
     def _count_recorded(self, rows: int) -> None:
         self.rows_recorded += rows
 
     def read(self, conn: Connection, filters: HistoryQuery) -> HistoryPage:
+        """A page of this sandbox's history; ``filters.mappings`` says whose (empty: everyone's)."""
         if not self.enabled:
             raise ConfigurationError("history is disabled (PROPAGATOR_HISTORY_ENABLED=false)")
         return query(conn, self.schema, filters)
@@ -100,7 +107,7 @@ class History:
     def prune(
         self, conn: Connection, *, max_statements: int | None = None, force: bool = False
     ) -> PruneResult | None:
-        """Prune when due (or ``force``); at most ``max_statements`` deletes per call."""
+        """Prune old rows (every mapping's) when due or forced; at most ``max_statements``."""
         if not self.enabled or not (force or self.prune_due()):
             return None
         result = prune(conn, self.schema, self.retention, max_statements=max_statements)

@@ -1,7 +1,9 @@
 """Reading history: filters from text, one page of entries newest first, a cursor to the next.
 
 The same filters serve ``propagator history`` (options) and ``GET /history``
-(query parameters); bad input raises one ``ConfigurationError`` line.
+(query parameters); bad input raises one ``ConfigurationError`` line. Which
+mappings to read is decided by the caller, against the configured names
+(``readers``), and given here as ``HistoryQuery.mappings``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from propagator.core.mapping import format_key
 from propagator.core.vocabulary import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT
 from propagator.errors import ConfigurationError, SchemaError
 from propagator.services.history.schema import HISTORY_SOURCES, not_set_up
-from propagator.settings import parse_duration
+from propagator.settings import DEFAULT_MAPPING, parse_duration
+from propagator.settings.model import MAPPING_NAME
 from propagator.sql import load_sql
 
 __all__ = [
@@ -119,7 +122,10 @@ def parse_time(text: str, *, now: datetime | None = None, what: str = "time") ->
 
 @dataclass(frozen=True, slots=True)
 class HistoryQuery:
-    """Filters for reading history; newest first, ``before`` is the page cursor (an id)."""
+    """Filters for reading history; newest first, ``before`` is the page cursor (an id).
+
+    ``mappings``: only rows these mappings wrote (empty: every row of the table).
+    """
 
     key_label: str | None = None
     field: str | None = None
@@ -128,6 +134,7 @@ class HistoryQuery:
     until: datetime | None = None
     limit: int = DEFAULT_LIMIT
     before: int | None = None
+    mappings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_LIMIT:
@@ -140,12 +147,22 @@ class HistoryQuery:
             raise ConfigurationError("since is later than until: nothing can match")
         if self.before is not None and self.before < 1:
             raise ConfigurationError("before must be a positive history id")
+        for name in self.mappings:
+            if not MAPPING_NAME.fullmatch(name):
+                raise ConfigurationError(f"mapping {name[:40]!r} is not a mapping name")
 
     @classmethod
     def from_params(
-        cls, params: Mapping[str, str | None], *, now: datetime | None = None
+        cls,
+        params: Mapping[str, str | None],
+        *,
+        now: datetime | None = None,
+        mappings: Sequence[str] = (),
     ) -> HistoryQuery:
-        """Build from text (CLI options or query parameters); bad input raises one clear line."""
+        """Build from text (CLI options or query parameters); bad input raises one clear line.
+
+        ``mappings`` are names already checked against the configuration.
+        """
 
         def text(name: str) -> str | None:
             value = params.get(name)
@@ -168,6 +185,7 @@ class HistoryQuery:
             until=parse_time(until, now=now, what="until") if until else None,
             limit=DEFAULT_LIMIT if limit is None else limit,
             before=number("before"),
+            mappings=tuple(mappings),
         )
 
 
@@ -185,6 +203,7 @@ class HistoryEntry:
     field: str
     old_json: str
     new_json: str
+    mapping: str = DEFAULT_MAPPING
 
     @property
     def old_value(self) -> Any:
@@ -206,6 +225,7 @@ class HistoryEntry:
             "id": self.id,
             "batch_id": str(self.batch_id),
             "source": self.source,
+            "mapping": self.mapping,
             "changed_at": self.changed_at.isoformat() if self.changed_at else None,
             "applied_at": self.applied_at.isoformat(),
             "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 6),
@@ -264,6 +284,12 @@ def _conditions(filters: HistoryQuery) -> tuple[sql.Composable, dict[str, Any]]:
     """
     conditions: list[sql.Composable] = []
     params: dict[str, Any] = {"limit": filters.limit + 1}
+    if len(filters.mappings) == 1:  # plain equality: an ordered scan of (mapping, id)
+        conditions.append(sql.SQL("mapping = %(mapping)s"))
+        params["mapping"] = filters.mappings[0]
+    elif filters.mappings:
+        conditions.append(sql.SQL("mapping = ANY(%(mappings)s)"))
+        params["mappings"] = list(filters.mappings)
     for column, value in (
         ("key_label", filters.key_label),
         ("field", filters.field),
@@ -289,7 +315,7 @@ def _conditions(filters: HistoryQuery) -> tuple[sql.Composable, dict[str, Any]]:
 
 
 def _entry(row: Sequence[Any]) -> HistoryEntry:
-    (id_, batch_id, source, changed_at, applied_at, key, label, field, old, new) = row
+    (id_, batch_id, source, changed_at, applied_at, key, label, field, old, new, mapping) = row
     return HistoryEntry(
         id=int(id_),
         batch_id=batch_id,
@@ -301,4 +327,5 @@ def _entry(row: Sequence[Any]) -> HistoryEntry:
         field=field,
         old_json=old if old is not None else "null",
         new_json=new if new is not None else "null",
+        mapping=mapping,
     )

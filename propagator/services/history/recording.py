@@ -2,7 +2,8 @@
 
 Rows are written set-based (one ``INSERT … SELECT FROM unnest`` per batch, see
 ``sql/history/record.sql``), with values as JSON text that keeps their type
-readable: numbers stay numbers, exactly.
+readable: numbers stay numbers, exactly. Each row names the mapping that wrote
+it, since mappings sharing a sandbox share its history table.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from propagator.core.mapping import format_key
 from propagator.core.plan import JobMappingResult
 from propagator.services.context import AppliedHook, Source
 from propagator.services.history.schema import HISTORY_SOURCES, schema_statement
+from propagator.settings import DEFAULT_MAPPING
 
 __all__ = ["json_text", "record", "recording_hook"]
 
@@ -100,11 +102,12 @@ def record(
     *,
     changed_at: float | datetime | None = None,
     batch_id: uuid.UUID | None = None,
+    mapping: str = DEFAULT_MAPPING,
 ) -> int:
     """Insert one history row per changed field of ``results``; returns how many.
 
     Meant to run inside the transaction that applied ``results``: one
-    statement, however many rows.
+    statement, however many rows, each naming ``mapping``.
     """
     if source not in HISTORY_SOURCES:
         raise ValueError(f"unknown history source {source!r}")
@@ -128,6 +131,7 @@ def record(
         {
             "batch_id": batch_id or uuid.uuid4(),
             "source": source,
+            "mapping": mapping,
             "changed_at": _epoch_to_datetime(changed_at),
             "keys": keys,
             "key_labels": labels,
@@ -145,6 +149,7 @@ def recording_hook(
     changed_at: float | datetime | None,
     after: AppliedHook | None,
     counted: Callable[[int], None],
+    mapping: str = DEFAULT_MAPPING,
 ) -> AppliedHook:
     """An ``on_applied`` hook that records each applied batch and reports the row count.
 
@@ -156,6 +161,6 @@ def recording_hook(
     def on_applied(conn: Connection, results: Sequence[JobMappingResult], source: Source) -> None:
         if after is not None:
             after(conn, results, source)
-        counted(record(conn, schema, results, source, changed_at=changed_at))
+        counted(record(conn, schema, results, source, changed_at=changed_at, mapping=mapping))
 
     return on_applied

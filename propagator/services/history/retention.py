@@ -2,7 +2,9 @@
 
 Each delete is its own short transaction (``sql/history/prune.sql``), so
 pruning never holds locks long; a turn may stop after a few statements and
-leave the rest for the next one.
+leave the rest for the next one. Rows are pruned by age whatever their mapping,
+so a removed or renamed mapping's rows age out too; the daemon runs one pruner per
+history table, however many mappings write into it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def prune(
     max_statements: int | None = None,
     now: datetime | None = None,
 ) -> PruneResult:
-    """Delete history older than ``retention``, ``batch_rows`` per short transaction."""
+    """Delete history older than ``retention``, ``batch_rows`` per transaction."""
     if batch_rows < 1:
         raise ValueError("batch_rows must be positive")
     cutoff = (now or datetime.now(UTC)) - retention
