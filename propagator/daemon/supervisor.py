@@ -37,7 +37,7 @@ from propagator.daemon.runtime import MappingRuntime, where
 from propagator.daemon.shutdown import StopSignals, TaskSet
 from propagator.daemon.status import DaemonState, Role
 from propagator.daemon.web import start_http
-from propagator.errors import ExitCode
+from propagator.errors import ConfigurationError, ExitCode
 from propagator.observability.http import HttpServer
 from propagator.observability.logging import bind_context, get_logger
 from propagator.observability.mapping_metrics import CaptureMetrics, MappingMetrics
@@ -212,7 +212,14 @@ class Daemon:
         under ``mappings``).
         """
         if mapping is not None:
-            return await self.runtime(mapping).pipeline.reconcile_now()
+            try:
+                runtime = self.runtime(mapping)
+            except KeyError:
+                names = ", ".join(r.name for r in self.runtimes)
+                raise ConfigurationError(
+                    f"no mapping {mapping[:40]!r} here; the mappings are: {names}"
+                ) from None
+            return await runtime.pipeline.reconcile_now()
         if len(self.runtimes) == 1:
             return await self.pipeline.reconcile_now()
         results = [await r.pipeline.reconcile_now() for r in self.runtimes]

@@ -44,8 +44,9 @@ HistoryReader = Callable[[Mapping[str, str | None]], Awaitable[dict[str, Any]]]
 ``mapping`` arrives as one comma-separated text (repeated parameters joined);
 the reader checks the names against the configured mappings.
 """
-ReconcileAction = Callable[[], Awaitable[dict[str, Any]]]
-"""Run a full reconcile now and return its summary."""
+ReconcileAction = Callable[..., Awaitable[dict[str, Any]]]
+"""Run a full reconcile now and return its summary; ``mapping=NAME`` (keyword) names one
+mapping (an unknown name raises ``ConfigurationError``), without it every mapping."""
 
 HISTORY_PARAMS: Final = ("key", "field", "source", "since", "until", "limit", "before")
 MAPPING_PARAM: Final = "mapping"
@@ -119,9 +120,12 @@ def add_web_routes(
     async def reconcile_endpoint(request: Request) -> Response:
         if reconcile is None:
             return Response.error(503, "this process cannot reconcile")
-        _log.info("manual_reconcile_requested", peer=request.peer)
+        mapping = request.query_value("mapping")
+        _log.info("manual_reconcile_requested", peer=request.peer, mapping=mapping)
         try:
-            summary = await reconcile()
+            summary = await (reconcile() if mapping is None else reconcile(mapping=mapping))
+        except ConfigurationError as error:
+            return Response.error(400, str(error))
         except ActionRefusedError as error:
             return Response.error(_REFUSAL_STATUS[error.reason], str(error))
         except PropagatorError as error:

@@ -320,6 +320,12 @@ def test_three_mappings_converge_under_concurrent_updates(estate: Estate) -> Non
         }
         assert running.readyz() == (200, [])
         assert estate.production.scalar(LISTENERS) == 1  # one LISTEN for both tables
+        # A manual reconcile of one mapping (POST /reconcile?mapping=orders), and of a
+        # name the daemon does not serve.
+        summary = running.run_coroutine(lambda: running.daemon.reconcile_now(mapping="orders"))
+        assert (summary["source"], summary["differences"]) == ("manual", 0)
+        with pytest.raises(ConfigurationError, match="no mapping 'nope' here"):
+            running.run_coroutine(lambda: running.daemon.reconcile_now(mapping="nope"))
     assert trigger_sets(estate.production) == expected  # the daemon installs nothing more
 
 

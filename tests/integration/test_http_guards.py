@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from propagator.errors import ConfigurationError
 from propagator.observability.http import Request, Response
 from propagator.observability.pages import add_web_routes
 from tests.helpers import wait_until
@@ -236,3 +237,34 @@ def test_a_probe_accepted_in_the_same_burst_as_a_flood_is_answered() -> None:
             probe.close()
             for sock in idle:
                 sock.close()
+
+
+def test_post_reconcile_names_one_mapping_or_all() -> None:
+    """?mapping=NAME reconciles that mapping; an unknown name is a 400 with its reason."""
+    asked: list[str | None] = []
+
+    async def reconcile(mapping: str | None = None) -> dict[str, object]:
+        if mapping == "nope":
+            raise ConfigurationError("no mapping 'nope' here; the mappings are: jobs, orders")
+        asked.append(mapping)
+        return {"source": "manual", "mapping": mapping}
+
+    with serving() as running:
+        add_web_routes(
+            running.server,
+            status=running.probe.status_payload,
+            history=None,
+            reconcile=reconcile,
+            api_token=API_TOKEN,
+        )
+        answer = request(
+            running.port, "POST", "/reconcile?mapping=orders", headers=bearer(API_TOKEN)
+        )
+        assert answer.status == 200
+        assert request(running.port, "POST", "/reconcile", headers=bearer(API_TOKEN)).status == 200
+        refused = request(
+            running.port, "POST", "/reconcile?mapping=nope", headers=bearer(API_TOKEN)
+        )
+        assert refused.status == 400
+        assert b"no mapping 'nope' here" in refused.body
+    assert asked == ["orders", None]
