@@ -7,13 +7,19 @@ without looking at each notification.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from propagator.core.payload import Heartbeat
-from propagator.daemon.capture import Captured
+from propagator.daemon.capture import Captured, CaptureLoop, CaptureSource
 from propagator.daemon.pipeline import Pipeline
+from propagator.daemon.retry import Retrier
+from propagator.daemon.runtime import MappingRuntime
+from propagator.observability.mapping_metrics import CaptureMetrics
+from propagator.settings import Settings
 
-__all__ = ["Router"]
+__all__ = ["Router", "build_captures"]
+
+Capture = tuple[CaptureSource, CaptureLoop, tuple[MappingRuntime, ...]]
 
 
 class Router:
@@ -41,3 +47,54 @@ class Router:
     def on_connected(self) -> None:
         for pipeline in self.pipelines:
             pipeline.on_capture_connected()
+
+
+def build_captures(
+    runtimes: Sequence[MappingRuntime],
+    open_source: Callable[[Sequence[Settings]], CaptureSource],
+    *,
+    sleep: Callable[[float], Awaitable[None]],
+    stopping: Callable[[], bool],
+) -> list[Capture]:
+    """One capture source per production database, its loop routing to the mappings there."""
+    by_database: dict[str, list[MappingRuntime]] = {}
+    for runtime in runtimes:
+        by_database.setdefault(runtime.settings.production_url(), []).append(runtime)
+    captures: list[Capture] = []
+    for group in by_database.values():
+        source = open_source([r.settings for r in group])
+        routes: dict[str, list[Pipeline]] = {}
+        for runtime in group:
+            routes.setdefault(runtime.settings.channel, []).append(runtime.pipeline)
+            runtime.pipeline.capture_connected = _connected_of(source)
+        router = Router(routes)
+        metrics = CaptureMetrics([r.metrics for r in group])
+        report = _errors_to(group)
+        loop = CaptureLoop(
+            source,
+            channel=", ".join(routes),
+            metrics=metrics,
+            retrier=Retrier(
+                group[0].settings, metrics, sleep=sleep, stopping=stopping, on_error=report
+            ),
+            stopping=stopping,
+            on_connected=router.on_connected,
+            on_captured=router.dispatch,
+            on_lost=report,
+        )
+        captures.append((source, loop, tuple(group)))
+    return captures
+
+
+def _connected_of(source: CaptureSource) -> Callable[[], bool]:
+    return lambda: source.connected
+
+
+def _errors_to(runtimes: Sequence[MappingRuntime]) -> Callable[[str], None]:
+    """An error of a shared part, reported by every mapping it serves."""
+
+    def report(message: str) -> None:
+        for runtime in runtimes:
+            runtime.error(message)
+
+    return report

@@ -17,10 +17,9 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from propagator.daemon.capture import CaptureLoop, CaptureSource
 from propagator.daemon.factories import (
     CaptureFactory,
     LockFactory,
@@ -30,9 +29,7 @@ from propagator.daemon.factories import (
     notify_capture,
 )
 from propagator.daemon.housekeeping import Ticker
-from propagator.daemon.pipeline import Pipeline
-from propagator.daemon.retry import Retrier
-from propagator.daemon.routing import Router
+from propagator.daemon.routing import build_captures
 from propagator.daemon.runtime import MappingRuntime, where
 from propagator.daemon.shutdown import StopSignals, TaskSet
 from propagator.daemon.status import DaemonState, Role
@@ -40,7 +37,7 @@ from propagator.daemon.web import start_http
 from propagator.errors import ConfigurationError, ExitCode
 from propagator.observability.http import HttpServer
 from propagator.observability.logging import bind_context, get_logger
-from propagator.observability.mapping_metrics import CaptureMetrics, MappingMetrics
+from propagator.observability.mapping_metrics import MappingMetrics
 from propagator.observability.metrics import Metrics
 from propagator.services.history import History, HistoryReaders
 from propagator.settings import Settings
@@ -118,38 +115,16 @@ class Daemon:
 
     def _build_captures(self, capture_factory: CaptureFactory) -> None:
         """One capture source per production database, routed to the mappings reading it."""
-        by_database: dict[str, list[MappingRuntime]] = {}
-        for runtime in self.runtimes:
-            by_database.setdefault(runtime.settings.production_url(), []).append(runtime)
-        self.captures: list[tuple[CaptureSource, CaptureLoop]] = []
-        self._capture_of: dict[str, tuple[CaptureSource, CaptureLoop]] = {}
-        for runtimes in by_database.values():
-            source = capture_factory([r.settings for r in runtimes], self.instance_id)
-            routes: dict[str, list[Pipeline]] = {}
-            for runtime in runtimes:
-                routes.setdefault(runtime.settings.channel, []).append(runtime.pipeline)
-                runtime.pipeline.capture_connected = _connected_of(source)
-            router = Router(routes)
-            metrics = CaptureMetrics([r.metrics for r in runtimes])
-            loop = CaptureLoop(
-                source,
-                channel=", ".join(routes),
-                metrics=metrics,
-                retrier=Retrier(
-                    runtimes[0].settings,
-                    metrics,
-                    sleep=self._sleep,
-                    stopping=self._stop.is_set,
-                    on_error=_errors_to(runtimes),
-                ),
-                stopping=self._stop.is_set,
-                on_connected=router.on_connected,
-                on_captured=router.dispatch,
-                on_lost=_errors_to(runtimes),
-            )
-            self.captures.append((source, loop))
-            for runtime in runtimes:
-                self._capture_of[runtime.name] = (source, loop)
+        built = build_captures(
+            self.runtimes,
+            lambda mappings: capture_factory(mappings, self.instance_id),
+            sleep=self._sleep,
+            stopping=self._stop.is_set,
+        )
+        self.captures = [(source, loop) for source, loop, _ in built]
+        self._capture_of = {
+            runtime.name: (source, loop) for source, loop, runtimes in built for runtime in runtimes
+        }
 
     # Public surface: state, status, readiness, liveness, stop.
 
@@ -362,17 +337,3 @@ def _stagger(mapping: Settings, number: int, count: int) -> float:
     """The first periodic reconcile of mapping ``number`` is delayed by its share of the
     interval, so many mappings never reconcile in the same second."""
     return mapping.reconcile_interval.total_seconds() * number / max(1, count)
-
-
-def _connected_of(source: CaptureSource) -> Callable[[], bool]:
-    return lambda: source.connected
-
-
-def _errors_to(runtimes: Sequence[MappingRuntime]) -> Callable[[str], None]:
-    """An error of a shared part, reported by every mapping it serves."""
-
-    def report(message: str) -> None:
-        for runtime in runtimes:
-            runtime.error(message)
-
-    return report
