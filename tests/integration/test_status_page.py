@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from propagator.errors import ConfigurationError
+from propagator.observability.pages import add_web_routes
 from propagator.testing import DaemonRunner
 from tests.helpers import DatabasePair, wait_until
-from tests.integration.http_support import request
+from tests.integration.http_support import request, serving
 from tests.integration.support import daemon_settings, install_triggers, seed
 
 TOKEN = "page-token-5d1e8b"
@@ -53,6 +56,15 @@ def text_of(dom: str, element_id: str) -> str:
     match = re.search(rf'id="{element_id}"[^>]*>(.*?)</', dom, re.S)
     assert match, f"no element #{element_id} in the page"
     return match.group(1).strip()
+
+
+def rows_of(dom: str, body_id: str) -> list[list[str]]:
+    """The cells of each row of ``<tbody id=body_id>``, as the DOM holds them (escaped)."""
+    body = dom.split(f'id="{body_id}"', 1)[1].split("</tbody>", 1)[0]
+    return [
+        [cell.strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    ]
 
 
 @pytest.fixture
@@ -147,3 +159,84 @@ def test_a_protected_page_works_for_a_person_given_the_token(
     assert re.search(r'data-refreshed="\d+"', dom), "the page's refresh was refused"
     assert text_of(dom, "stale") == ""
     assert READ_TOKEN not in dom
+
+
+# Several mappings, from routes serving a made-up status (no database needed).
+
+
+def listed(name: str, pending: int, **extra: Any) -> dict[str, Any]:
+    """One mapping's part of /status."""
+    return {
+        "name": name,
+        "role": "leader",
+        "connections": {"production_listener": True, "sandbox_lock": True, "writer": True},
+        "pending_keys": pending,
+        "in_flight_keys": 0,
+        "last_reconcile": None,
+        "last_lag_seconds": 0.05,
+        "last_error": None,
+        **extra,
+    }
+
+
+def two_mapping_status(pending: int) -> dict[str, Any]:
+    """/status of a daemon serving ``jobs`` and ``orders`` (the first also flat at the top)."""
+    jobs = listed("jobs", pending)
+    orders = listed("orders", pending + 1, role="standby", last_error="<script>alert(1)</script>")
+    flat = {key: value for key, value in jobs.items() if key != "name"}
+    return {
+        "instance_id": "made-up",
+        "version": "0",
+        **flat,
+        "role": "mixed",
+        "pending_keys": 2 * pending + 1,
+        "mappings": [jobs, orders],
+    }
+
+
+def test_status_page_refreshes_every_mapping(tmp_path: Path) -> None:
+    """The script refreshes the Mappings table from /status and names each change's mapping."""
+    asked: list[str | None] = []
+
+    async def history(params: Mapping[str, str | None]) -> dict[str, Any]:
+        asked.append(params.get("mapping"))
+        if params.get("mapping") != "*":
+            raise ConfigurationError("the mappings write into 2 sandboxes: name one")
+        newest = "orders" if len(asked) > 1 else "jobs"  # the page's first, then the script's
+        change = {
+            "mapping": newest,
+            "applied_at": "2024-05-01T10:00:00+00:00",
+            "key_label": "7",
+            "field": "status",
+            "old_json": '"open"',
+            "new_json": '"shipped"',
+            "source": "event",
+            "lag_seconds": 0.01,
+        }
+        return {"entries": [change]}
+
+    with serving() as running:
+        running.probe.status = two_mapping_status(40)  # what /status answers the script
+        add_web_routes(
+            running.server,
+            status=lambda: two_mapping_status(1),  # what the page is rendered with
+            history=history,
+            reconcile=None,
+            api_token=None,
+        )
+        dom = browse(f"http://127.0.0.1:{running.port}/", tmp_path / "profile")
+
+    assert re.search(r'data-refreshed="\d+"', dom), "the page's script did not refresh it"
+    rows = rows_of(dom, "mappings")
+    assert [row[:3] for row in rows] == [
+        ["jobs", "leader", "all up"],
+        ["orders", "standby", "all up"],
+    ]
+    assert [row[4] for row in rows] == ["40 (+0 in flight)", "41 (+0 in flight)"]
+    assert rows[1][6] == "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert text_of(dom, "role") == "mixed"
+    assert text_of(dom, "pending") == "81 (+0 in flight)"
+    assert text_of(dom, "last-error") == "1 mapping reports an error"
+    assert [row[1:4] for row in rows_of(dom, "changes")] == [["orders", "7", "status"]]
+    assert len(asked) >= 2
+    assert set(asked) == {"*"}
