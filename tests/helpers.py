@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -138,3 +139,26 @@ def cli_env(**extra: str) -> dict[str, str]:
     env.pop("SANDBOX_DATABASE_URL", None)
     env.update(extra)
     return env
+
+
+ORDERS_MAPPING: dict[str, Any] = {
+    "name": "orders",
+    "production_table": "public.orders",
+    "sandbox_table": "public.orders",
+    "key_columns": ["id"],
+    "field_mappings": ["status"],
+}
+"""The second table most tests of named mappings use: orders(id, status, ...)."""
+
+
+def mappings_toml(mappings: Iterable[Mapping[str, Any]], **top_level: Any) -> str:
+    """A settings file: ``top_level`` keys, then one [[mappings]] table per mapping.
+
+    Values are written as JSON, which is valid TOML for strings, numbers, booleans
+    and lists of them.
+    """
+    lines = [f"{key} = {json.dumps(value)}" for key, value in top_level.items()]
+    for mapping in mappings:
+        lines += ["", "[[mappings]]"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in mapping.items()]
+    return "\n".join(lines) + "\n"

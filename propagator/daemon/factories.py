@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from propagator.adapters.connections import url_for
@@ -72,17 +73,22 @@ def sandbox_writer(settings: Settings, history: History) -> SandboxWriter:
 
 
 class SharedProductionWriters:
-    """Writers that read each production database on one shared connection.
+    """Writers that read a production database several mappings read on one shared connection.
 
-    The daemon's default: however many mappings and lanes read a production
-    database, they cost it one connection besides the listener's.
+    The daemon's default: however many mappings and lanes read such a database,
+    they cost it one connection besides the listener's. A database only one
+    mapping reads keeps a connection per lane, so that mapping's lanes read it
+    side by side, as they always have.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mappings: Sequence[Settings]) -> None:
+        self.readers = Counter(m.production_url() for m in mappings)
         self.shared: dict[str, SharedProduction] = {}
 
     def __call__(self, settings: Settings, history: History) -> SandboxWriter:
         url = settings.production_url()
+        if self.readers[url] <= 1:
+            return SandboxWriter(settings, history)
         shared = self.shared.get(url)
         if shared is None:
             shared = self.shared[url] = SharedProduction(settings)

@@ -2,9 +2,9 @@
 
 Writers read production only by key, a few milliseconds per batch; each of
 twenty mappings holding two connections of its own would cost production forty
-idle backends. The writers of one database take turns on one connection instead
-(a lock around each read), and the LISTEN connection is the only other one.
-A broken connection is replaced at the next read.
+idle backends. When several mappings read a database, their writers take turns
+on one connection instead (a lock around each read), and the LISTEN connection
+is the only other one. A broken connection is replaced at the next read.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = threading.Event()  # set once every task runs (for embedding callers)
         self.http: HttpServer | None = None
-        self._shared_writers = SharedProductionWriters() if writer_factory is None else None
+        self._shared_writers = SharedProductionWriters(served) if writer_factory is None else None
         writer_factory = writer_factory or self._shared_writers
         assert writer_factory is not None
         self.runtimes = tuple(

@@ -33,7 +33,15 @@ from propagator.services import triggers
 from propagator.services.trigger_names import names_for
 from propagator.settings import Configuration, load_configuration, watched_tables
 from tests.conftest import Server
-from tests.helpers import JOBS_DDL, Database, DatabasePair, run_cli, wait_until
+from tests.helpers import (
+    JOBS_DDL,
+    ORDERS_MAPPING,
+    Database,
+    DatabasePair,
+    mappings_toml,
+    run_cli,
+    wait_until,
+)
 from tests.integration.support import FAST, ObservedDaemon
 
 ROWS = 200
@@ -52,25 +60,14 @@ WHERE datname = current_database() AND application_name LIKE 'propagator listene
 
 def config_text(qa_url: str) -> str:
     """The daemon's quick test tuning at the top level, then the three mappings."""
-    tuning = "\n".join(f"{key} = {json.dumps(value)}" for key, value in FAST.items())
-    return f"""{tuning}
-
-[[mappings]]
-name = "jobs"
-field_mappings = ["fab_order"]
-
-[[mappings]]
-name = "orders"
-production_table = "public.orders"
-sandbox_table = "public.orders"
-key_columns = ["id"]
-field_mappings = ["status"]
-
-[[mappings]]
-name = "jobs_qa"
-sandbox_database_url = "{qa_url}"
-field_mappings = ["fab_order"]
-"""
+    return mappings_toml(
+        [
+            {"name": "jobs", "field_mappings": ["fab_order"]},
+            ORDERS_MAPPING,
+            {"name": "jobs_qa", "sandbox_database_url": qa_url, "field_mappings": ["fab_order"]},
+        ],
+        **FAST,
+    )
 
 
 # The second sandbox server.

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.conftest import TEMPLATE, Server
-from tests.helpers import Database, DatabasePair, run_cli
+from tests.helpers import ORDERS_MAPPING, Database, DatabasePair, mappings_toml, run_cli
 
 ORDERS_DDL = "CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric)"
 SECRET = "qa-Secret-9"  # in the second sandbox's URL; a trust server ignores it
@@ -61,23 +61,14 @@ def _with_password(url: str) -> str:
 
 
 def _config(qa: Database) -> str:
-    return f"""
-report_limit = 5
-
-[[mappings]]
-name = "jobs"
-
-[[mappings]]
-name = "orders"
-production_table = "public.orders"
-sandbox_table = "public.orders"
-key_columns = ["id"]
-field_mappings = ["status"]
-
-[[mappings]]
-name = "jobs_qa"
-sandbox_database_url = "{_with_password(qa.url)}"
-"""
+    return mappings_toml(
+        [
+            {"name": "jobs"},
+            ORDERS_MAPPING,
+            {"name": "jobs_qa", "sandbox_database_url": _with_password(qa.url)},
+        ],
+        report_limit=5,
+    )
 
 
 @pytest.fixture

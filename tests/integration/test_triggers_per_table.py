@@ -19,7 +19,7 @@ import pytest
 from propagator.errors import ExitCode
 from propagator.services import triggers
 from propagator.settings import load_configuration, watched_tables
-from tests.helpers import DatabasePair, run_cli
+from tests.helpers import ORDERS_MAPPING, DatabasePair, mappings_toml, run_cli
 from tests.integration.trigger_support import Listener
 
 ORDERS_DDL = """
@@ -40,24 +40,20 @@ WHERE NOT t.tgisinternal GROUP BY c.relname ORDER BY c.relname
 PROPAGATOR_FUNCTIONS = "SELECT count(*) FROM pg_catalog.pg_proc WHERE proname LIKE 'propagator_%'"
 
 
-def config_text(qa_sandbox_url: str, orders_columns: str = '"status", "total->amount"') -> str:
-    return f"""
-[[mappings]]
-name = "jobs"
-field_mappings = ["fab_order"]
-
-[[mappings]]
-name = "jobs_qa"
-sandbox_database_url = "{qa_sandbox_url}"
-field_mappings = ["paint_color->color"]
-
-[[mappings]]
-name = "orders"
-production_table = "public.orders"
-sandbox_table = "public.orders"
-key_columns = ["id"]
-field_mappings = [{orders_columns}]
-"""
+def config_text(
+    qa_sandbox_url: str, orders_columns: tuple[str, ...] = ("status", "total->amount")
+) -> str:
+    return mappings_toml(
+        [
+            {"name": "jobs", "field_mappings": ["fab_order"]},
+            {
+                "name": "jobs_qa",
+                "sandbox_database_url": qa_sandbox_url,
+                "field_mappings": ["paint_color->color"],
+            },
+            {**ORDERS_MAPPING, "field_mappings": list(orders_columns)},
+        ]
+    )
 
 
 @pytest.fixture
@@ -232,7 +228,7 @@ def test_a_refused_table_leaves_every_table_as_it_was(
 ) -> None:
     """A mapped column orders lacks: one line naming it, exit 2, and no triggers on jobs either."""
     qa_sandbox = databases.sandbox.url.rsplit("/", 1)[0] + "/qa_sandbox"
-    config.write_text(config_text(qa_sandbox, '"status", "missing_column"'))
+    config.write_text(config_text(qa_sandbox, ("status", "missing_column")))
     result = cli(databases, config, "install", expect=ExitCode.USAGE)
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("propagator: error: public.orders: ")
