@@ -62,8 +62,18 @@ def _print_status(state: triggers.TriggerStatus) -> None:
 
 
 def _sql(args: argparse.Namespace, tables: Sequence[WatchedTable]) -> int:
-    """Every table's script, each complete on its own; a heading comment when there are several."""
+    """Every table's script, each complete on its own; a heading comment when there are several.
+
+    A table with a production filter is the one case that reads production: which
+    columns the filter reads (to watch them too) is asked of its catalog.
+    """
     specs = [triggers.trigger_spec(table) for table in tables]
+    if not args.uninstall and any(spec.filters for spec in specs):
+        with _connections("sql") as connections:
+            specs = [
+                triggers.with_filter_columns(connections.to(table), spec) if spec.filters else spec
+                for table, spec in zip(tables, specs, strict=True)
+            ]
     if not args.uninstall:
         watched = list(dict.fromkeys(c for spec in specs for c in spec.watched_columns))
         unknown = [c for c in args.compare_as_jsonb if c not in watched]

@@ -31,6 +31,10 @@ class TriggerSpec:
     key_columns: tuple[str, ...]
     watched_columns: tuple[str, ...]
     mappings: tuple[str, ...] = ()
+    filters: tuple[str, ...] = ()
+    """Production filters whose columns are still to be added to the watched ones (asked of
+    the production catalog by ``with_filter_columns``): a change to a filter column can
+    bring a row into a mapping, so it must be announced too."""
 
     @property
     def value_columns(self) -> tuple[str, ...]:
@@ -66,6 +70,9 @@ def _spec_of_table(table: WatchedTable) -> TriggerSpec:
         key_columns=first.mapping_spec.key_columns,
         watched_columns=union_watched_columns(table.mappings),
         mappings=table.names,
+        filters=tuple(
+            dict.fromkeys(m.production_filter for m in table.mappings if m.production_filter)
+        ),
     )
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from psycopg import sql
 
 from propagator.core.identifiers import QualifiedName
+from propagator.errors import ConfigurationError
 from propagator.services.trigger_names import (
     TriggerNames,
     identifier,
@@ -305,6 +306,12 @@ def install_statements(
 ) -> str:
     """The install statements without ``BEGIN``/``COMMIT``: ``install`` runs them in its own."""
     spec = trigger_spec(target)
+    if spec.filters:
+        raise ConfigurationError(
+            f"the production filter of {spec.table} reads columns the triggers must watch: "
+            "they are found in the production catalog (install, status, or sql with a "
+            "production URL)"
+        )
     names = names_for(spec.table)
     table = identifier(names.table)
     return _text(

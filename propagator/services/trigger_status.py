@@ -18,7 +18,11 @@ from psycopg import sql
 
 from propagator.adapters.postgres import translate_error
 from propagator.errors import PropagatorError, SchemaError
-from propagator.services.trigger_columns import Connection, incomparable_columns
+from propagator.services.trigger_columns import (
+    Connection,
+    incomparable_columns,
+    with_filter_columns,
+)
 from propagator.services.trigger_names import TriggerNames, identifier, names_for
 from propagator.services.trigger_spec import TriggerSpec, Watched, trigger_spec
 from propagator.services.trigger_sql import (
@@ -219,7 +223,7 @@ def _problems(
 
 def status(conn: Connection, target: Watched | TriggerSpec) -> TriggerStatus:
     """Read back what is installed and compare it with what this release would install."""
-    spec = trigger_spec(target)
+    spec = with_filter_columns(conn, trigger_spec(target))
     names = names_for(spec.table)
     catalog = _read_catalog(conn, names)
     described = _Description.parse(catalog.description_text)

@@ -19,7 +19,11 @@ import psycopg
 
 from propagator.adapters.postgres import translate_error
 from propagator.errors import TransientError
-from propagator.services.trigger_columns import Connection, incomparable_columns
+from propagator.services.trigger_columns import (
+    Connection,
+    incomparable_columns,
+    with_filter_columns,
+)
 from propagator.services.trigger_names import TriggerNames, trigger_names
 from propagator.services.trigger_spec import TriggerSpec, Watched, trigger_spec
 from propagator.services.trigger_sql import (
@@ -50,6 +54,7 @@ __all__ = [
     "trigger_names",
     "trigger_spec",
     "uninstall",
+    "with_filter_columns",
 ]
 
 
@@ -81,7 +86,7 @@ def plan_installation(conn: Connection, target: Watched) -> Installation:
     Installing on several tables checks them all first, so a wrong column in one
     leaves every table as it was.
     """
-    spec = trigger_spec(target)
+    spec = with_filter_columns(conn, trigger_spec(target))
     compare_as_jsonb = incomparable_columns(conn, spec)
     return Installation(spec, install_statements(spec, compare_as_jsonb))
 
