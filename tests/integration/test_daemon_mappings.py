@@ -446,3 +446,37 @@ def test_the_selected_mapping_alone_is_served(
     (line,) = refused.stderr.strip().splitlines()
     assert "'nope'" in line, line
     assert refused.stdout == ""
+
+
+def test_two_replicas_are_active_and_standby_per_mapping(estate: Estate) -> None:
+    """Two daemons serving the same mappings: each mapping has exactly one leader, and a
+    replica told to serve one half leads that half while the other leads the rest."""
+    estate.install_triggers()
+    configuration = estate.configuration()
+    with serving(configuration) as first:
+        second = MappingsDaemon(configuration)
+        with second.start(timeout=30):
+            second.wait_for(lambda d: d.http is not None, timeout=10, what="the HTTP endpoint")
+            wait_until(
+                lambda: all(m["role"] == "standby" for m in second.status()["mappings"]),
+                what="the second replica standing by for every mapping",
+            )
+            leaders = {m["name"]: m["role"] for m in first.status()["mappings"]}
+            assert leaders == dict.fromkeys(NAMES, "leader")
+        update_concurrently(estate.production, seconds=1)
+        estate.wait_converged(*NAMES)
+    halves = [
+        load_configuration(
+            estate.config,
+            selection=[name],
+            production_database_url=estate.production.url,
+            sandbox_database_url=estate.sandbox.url,
+        )
+        for name in ("jobs", "orders")
+    ]
+    with serving(halves[0]) as jobs_half, serving(halves[1]) as orders_half:
+        for running, name in ((jobs_half, "jobs"), (orders_half, "orders")):
+            (mapping,) = running.status()["mappings"]
+            assert (mapping["name"], mapping["role"]) == (name, "leader")
+        update_concurrently(estate.production, seconds=1)
+        estate.wait_converged("jobs", "orders")
