@@ -44,7 +44,8 @@ def test_metrics_route_serves_parseable_prometheus_text(running: Running) -> Non
         for family in text_string_to_metric_families(answer.body.decode())
         for s in family.samples
     }
-    assert samples[("propagator_rows_applied_total", (("source", "event"),))] == 5
+    key = (("mapping", "default"), ("source", "event"))
+    assert samples[("propagator_rows_applied_total", key)] == 5
 
 
 def test_healthz_follows_the_liveness_callable(running: Running) -> None:
