@@ -17,6 +17,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
     "ExitCode",
+    "LockTimeoutError",
     "NonUniqueKeyError",
     "PermanentError",
     "PropagatorError",
@@ -82,6 +83,10 @@ class TransientError(PropagatorError):
     """A failure that retrying with backoff is expected to cure."""
 
     exit_code = ExitCode.DATABASE_UNAVAILABLE
+
+
+class LockTimeoutError(TransientError):
+    """A lock someone else holds was not granted within ``lock_timeout``: try again later."""
 
 
 class DatabaseUnavailableError(TransientError):

@@ -19,6 +19,7 @@ from psycopg import errors as pg_errors
 from propagator.core.redact import mask_url, redact
 from propagator.errors import (
     DatabaseUnavailableError,
+    LockTimeoutError,
     PermanentError,
     PropagatorError,
     SchemaError,
@@ -32,6 +33,7 @@ __all__ = ["Connection", "connect", "open_connection", "translate_error", "url_f
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator, system
+_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired, or NOWAIT
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
 
 
@@ -43,6 +45,8 @@ def translate_error(error: BaseException, side: Side, what: str) -> PropagatorEr
     sqlstate = getattr(error, "sqlstate", None) or ""
     if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError) and not sqlstate:
         return DatabaseUnavailableError(f"{side} database unavailable while {what}: {detail}", side)
+    if sqlstate == _LOCK_NOT_AVAILABLE:
+        return LockTimeoutError(f"{side} lock not available while {what}: {detail}")
     if sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES) or sqlstate in _TRANSIENT_SQLSTATES:
         return TransientError(f"{side} database error while {what}: {detail}")
     if isinstance(error, pg_errors.UndefinedColumn | pg_errors.UndefinedTable):

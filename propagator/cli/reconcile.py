@@ -81,6 +81,8 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> ReconcileReport:
 
 
 def _exit_code(report: ReconcileReport, *, check: bool) -> int:
+    # Busy rows (held by a sandbox user) are not failures: they are reported and left to
+    # the daemon or the next run, and a later --check still finds them different.
     if report.statistics.failed:
         return ExitCode.ROWS_FAILED
     if check and report.differences:
@@ -98,6 +100,7 @@ def _totals(outcomes: list[Outcome[ReconcileReport]]) -> dict[str, Any]:
         "rows_with_differences": sum(report.differences for report in reports),
         "updated": sum(report.statistics.updated for report in reports),
         "failed": sum(report.statistics.failed for report in reports),
+        "busy": sum(report.statistics.busy for report in reports),
     }
 
 
@@ -110,6 +113,7 @@ def _total_line(outcomes: list[Outcome[ReconcileReport]]) -> str:
         f"total: {mappings}, {_count(totals['rows_compared'], 'row')} compared, "
         f"{_count(totals['rows_with_differences'], 'difference')}, "
         f"{totals['updated']:,} updated, {totals['failed']:,} failed"
+        + (f", {totals['busy']:,} busy (retry later)" if totals["busy"] else "")
     )
 
 

@@ -15,6 +15,11 @@ however busy the stream. Under a steady stream the applier so never waits out
 the max delay, batches grow with the load and the lag stays near two batch
 durations; only a burst after a pause is debounced by the quiet window and max
 delay as a whole.
+
+Keys a batch could not write because a sandbox user held their rows are handed
+back with ``defer``: they wait out a retry delay apart (trying again at once
+would only find the lock still held), then are due at once. They stay buffered
+keys all along: counted, capped, cleared and drained like any other.
 """
 
 from __future__ import annotations
@@ -40,12 +45,19 @@ class Batch:
     keys: tuple[Key, ...]
     earliest_change: float | None
     reason: FlushReason
+    arrived: float | None = None
+    """Buffer clock when its oldest key arrived: a batch stuck in retries still ages."""
 
 
 @dataclass(slots=True)
 class _Pending:
     arrived: float  # buffer clock when the key was first added
     changed_at: float | None  # earliest production change time seen for it
+    since: float | None = None  # a handed-back key: when it first arrived (``arrived`` moved)
+
+    @property
+    def waiting_since(self) -> float:
+        return self.arrived if self.since is None else self.since
 
 
 class DebounceBuffer:
@@ -68,15 +80,19 @@ class DebounceBuffer:
         self.hard_cap = hard_cap
         self._clock = clock
         self._pending: dict[Key, _Pending] = {}
+        self._deferred: dict[Key, _Pending] = {}  # ``arrived`` is when to retry them
         self._last_added: float | None = None
         self._overflowed = False
         self._backlog = False  # keys were left waiting behind the last batch
         self._active_until: float | None = None  # the applier worked until max delay before
         self.coalesced_total = 0
         self.dropped_total = 0
+        self.received_total = 0  # distinct keys ever buffered (a key added again counts again)
+        self._handed_back = 0  # entries with ``since`` set: only then is the oldest not first
+        self._taken_since: float | None = None  # when the last batch's oldest key arrived
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._deferred)
 
     @property
     def overflowed(self) -> bool:
@@ -88,7 +104,7 @@ class DebounceBuffer:
         now = self._clock()
         coalesced = 0
         for key in keys:
-            entry = self._pending.get(key)
+            entry = self._pending.get(key) or self._deferred.get(key)
             if entry is not None:
                 coalesced += 1
                 if changed_at is not None and (
@@ -96,15 +112,56 @@ class DebounceBuffer:
                 ):
                     entry.changed_at = changed_at
                 continue
-            if len(self._pending) >= self.hard_cap:
-                self.dropped_total += len(self._pending) + 1
-                self._pending.clear()
-                self._overflowed = True
+            if len(self) >= self.hard_cap:
+                self._overflow()
                 continue
             self._pending[key] = _Pending(now, changed_at)
+            self.received_total += 1
         self._last_added = now
         self.coalesced_total += coalesced
         return coalesced
+
+    def _overflow(self) -> None:
+        self.dropped_total += len(self) + 1
+        self._pending.clear()
+        self._deferred.clear()
+        self._handed_back = 0
+        self._overflowed = True
+
+    def defer(self, keys: Iterable[Key], changed_at: float | None, retry_in: float) -> None:
+        """Hand back keys a batch could not write (rows held): due again ``retry_in`` from now.
+
+        A key buffered again meanwhile is simply retried with it.
+        """
+        retry_at = self._clock() + retry_in
+        for key in keys:
+            entry = self._pending.get(key) or self._deferred.get(key)
+            if entry is not None:
+                if changed_at is not None and (
+                    entry.changed_at is None or changed_at < entry.changed_at
+                ):
+                    entry.changed_at = changed_at
+                continue
+            if len(self) >= self.hard_cap:
+                self._overflow()
+                continue
+            since = self._clock() if self._taken_since is None else self._taken_since
+            self._deferred[key] = _Pending(retry_at, changed_at, since)
+            self._handed_back += 1
+
+    def _release(self) -> None:
+        """Deferred keys whose retry time has come become pending, due at once."""
+        if not self._deferred:
+            return
+        now = self._clock()
+        ready = [key for key, entry in self._deferred.items() if entry.arrived <= now]
+        for key in ready:
+            self._pending[key] = self._deferred.pop(key)
+        if ready:
+            self._backlog = True
+
+    def _next_retry(self) -> float | None:
+        return min((entry.arrived for entry in self._deferred.values()), default=None)
 
     def acknowledge_overflow(self) -> bool:
         """Whether an overflow happened since the last call (the caller then reconciles)."""
@@ -116,8 +173,21 @@ class DebounceBuffer:
             return entry.arrived
         return None
 
+    def oldest_age(self, since: float | None = None) -> float:
+        """Seconds the oldest pending key (or ``since``, an older arrival) has waited; 0 when
+        nothing waits. Keys that only wait for a quiet window stay young; a stall ages them,
+        however often its keys were handed back for a retry."""
+        oldest = self._oldest_arrival()
+        if self._handed_back:  # rare (rows held in the sandbox): worth a look at every key
+            entries = [*self._pending.values(), *self._deferred.values()]
+            oldest = min((entry.waiting_since for entry in entries), default=None)
+        if since is not None and (oldest is None or since < oldest):
+            oldest = since
+        return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
+
     def due(self) -> FlushReason | None:
         """Why a batch should be taken now, or None while waiting is still right."""
+        self._release()
         if not self._pending:
             return None
         if len(self._pending) >= self.max_keys:
@@ -137,8 +207,10 @@ class DebounceBuffer:
 
     def seconds_until_due(self) -> float | None:
         """How long until ``due()`` turns true with no new keys; None when empty."""
+        self._release()
         if not self._pending:
-            return None
+            retry_at = self._next_retry()
+            return None if retry_at is None else max(0.0, retry_at - self._clock())
         if len(self._pending) >= self.max_keys or self._backlog:
             return 0.0
         now = self._clock()
@@ -163,24 +235,31 @@ class DebounceBuffer:
     def take(self, reason: FlushReason | None = None) -> Batch | None:
         """Remove and return the oldest keys (at most ``max_keys``), if a batch is due.
 
-        ``reason="drain"`` takes a batch regardless of timing (shutdown, catch-up).
+        ``reason="drain"`` takes a batch regardless of timing (shutdown, catch-up);
+        deferred keys still wait out their retry delay, so a drain ends.
         """
+        self._release()
         why = reason or self.due()
         if why is None or not self._pending:
             return None
         keys: list[Key] = []
         earliest: float | None = None
+        arrived = self._oldest_arrival()
         for key, entry in self._pending.items():
             if len(keys) >= self.max_keys:
                 break
             keys.append(key)
             if entry.changed_at is not None and (earliest is None or entry.changed_at < earliest):
                 earliest = entry.changed_at
+            if entry.since is not None:
+                self._handed_back -= 1
+                arrived = entry.since if arrived is None else min(arrived, entry.since)
         for key in keys:
             del self._pending[key]
+        self._taken_since = arrived
         self._backlog = False  # judged again when this batch is finished
         self._active_until = None
-        return Batch(tuple(keys), earliest, why)
+        return Batch(tuple(keys), earliest, why, arrived)
 
     def batch_finished(self) -> None:
         """The applier is free again: whatever waited behind its batch is due at once.
@@ -194,8 +273,10 @@ class DebounceBuffer:
 
     def clear(self) -> int:
         """Forget every pending key (a full reconcile is about to cover them); return how many."""
-        count = len(self._pending)
+        count = len(self)
         self._pending.clear()
+        self._deferred.clear()
+        self._handed_back = 0
         self._backlog = False
         self._active_until = None
         return count
@@ -245,6 +326,15 @@ class PartitionedBuffer:
             shares.setdefault(hash(key) % count, []).append(key)
         return sum(self.partitions[i].add(share, changed_at) for i, share in shares.items())
 
+    def partition_of(self, key: Key) -> DebounceBuffer:
+        """The partition that always holds ``key``."""
+        return self.partitions[hash(key) % len(self.partitions)]
+
+    def defer(self, keys: Iterable[Key], changed_at: float | None, retry_in: float) -> None:
+        """Hand back keys to retry later, each to its own partition (see ``DebounceBuffer``)."""
+        for key in keys:
+            self.partition_of(key).defer((key,), changed_at, retry_in)
+
     def acknowledge_overflow(self) -> bool:
         """Whether any partition overflowed since the last call."""
         overflowed = [partition.acknowledge_overflow() for partition in self.partitions]
@@ -252,3 +342,7 @@ class PartitionedBuffer:
 
     def clear(self) -> int:
         return sum(partition.clear() for partition in self.partitions)
+
+    @property
+    def received_total(self) -> int:
+        return sum(partition.received_total for partition in self.partitions)

@@ -125,8 +125,10 @@ class MappingStatistics:
     updated: int = 0
     failed: int = 0
     unfit: int = 0  # rows not written: a new value the sandbox column cannot hold
+    busy: int = 0  # rows not written: another sandbox session held them (not a failure)
     duration_seconds: float = 0.0
     failures: list[RowFailure] = field(default_factory=list)
+    busy_keys: list[Key] = field(default_factory=list)  # the busy rows, to retry them later
 
     def fail(self, failure: RowFailure) -> None:
         """Count a row not applied; the first ``_FAILURE_SAMPLE`` are kept by key."""
@@ -166,6 +168,7 @@ class MappingStatistics:
             "updated": self.updated,
             "failed": self.failed,
             "unfit": self.unfit,
+            "busy": self.busy,
             "duration_seconds": round(self.duration_seconds, 6),
         }
 

@@ -205,6 +205,11 @@ def _outcome(report: ReconcileReport) -> str:
         if stats.unfit:
             return f"✗ Dry run: {stats.unfit} rows have a value the sandbox cannot hold"
         return "✓ Dry run completed successfully"
+    if report.ok and stats.busy:
+        return (
+            f"✓ Applied {stats.updated} updates in {stats.duration_seconds:.2f}s; "
+            f"{stats.busy} rows busy (held by another sandbox session), not applied: retry later"
+        )
     if report.ok:
         return f"✓ Applied {stats.updated} updates in {stats.duration_seconds:.2f}s"
     if all(f.kind == "rejected" for f in stats.failures):

@@ -10,7 +10,7 @@ from typing import Final, Literal, get_args
 
 __all__ = ["HISTORY_DEFAULT_LIMIT", "HISTORY_MAX_LIMIT", "SOURCES", "Source"]
 
-Source = Literal["event", "catchup", "reconcile", "manual"]
+Source = Literal["event", "catchup", "reconcile", "manual", "refresh"]
 """Where a change to the sandbox came from."""
 SOURCES: Final[tuple[str, ...]] = get_args(Source)
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
 
 from propagator.adapters.postgres import translate_error
 from propagator.core.debounce import Batch
-from propagator.core.mapping import format_key
+from propagator.core.mapping import Key, format_key
 from propagator.core.plan import DuplicateKeyError, RowFailure
 from propagator.core.report import ReconcileReport
 from propagator.daemon.leadership import Leadership
@@ -31,6 +31,8 @@ from propagator.services.converge import BatchResult
 __all__ = ["WriteJobs"]
 
 T = TypeVar("T")
+# Rows a sandbox user held are tried again this long after (the lock is likely still held at once).
+BUSY_RETRY_SECONDS = 1.0
 _log = get_logger("propagator.daemon")
 
 
@@ -68,6 +70,7 @@ class WriteJobs:
         leadership: Leadership,
         report_limit: int,
         want_reconcile: Callable[[str], None],
+        requeue: Callable[[Sequence[Key]], None] | None = None,
     ) -> None:
         self.metrics = metrics
         self.state = state
@@ -75,6 +78,7 @@ class WriteJobs:
         self.leadership = leadership
         self.report_limit = report_limit
         self._want_reconcile = want_reconcile
+        self._requeue = requeue
 
     async def apply_batch(self, lane: Lane, batch: Batch) -> None:
         """Converge ``batch``'s keys; a batch refused for good is dropped for a full reconcile."""
@@ -104,14 +108,20 @@ class WriteJobs:
             _log.error("batch_refused", keys=len(batch.keys), error=str(refused))
             self._want_reconcile("a batch was refused")
             return
+        if result.deferred and self.leadership.is_leader:
+            # Held by a sandbox user: kept buffered and retried later, never dropped
+            # (on losing leadership they go with the rest of the buffer: the next
+            # leader's catch-up covers them).
+            lane.buffer.defer(result.deferred, batch.earliest_change, BUSY_RETRY_SECONDS)
         lane.in_flight = None
         self._report_batch(batch, result)
 
     def _report_batch(self, batch: Batch, result: BatchResult) -> None:
         stats = result.statistics
         self.metrics.record_batch("event", applied=stats.updated, failed=stats.failed)
+        self.metrics.record_deferred("event", len(result.deferred))
         lag = None
-        if batch.earliest_change is not None:
+        if batch.earliest_change is not None and len(result.deferred) < len(batch.keys):
             lag = self.metrics.observe_lag(batch.earliest_change)
             self.state.last_lag = lag
         summary = BatchSummary(
@@ -124,6 +134,8 @@ class WriteJobs:
         )
         self.state.last_batch = summary
         _log.info("batch_applied", source="event", **summary.as_dict())
+        if result.deferred:
+            _log.info("rows_busy", source="event", rows=len(result.deferred))
         _log_failures("event", stats.failures)
 
     async def reconcile(self, job: ReconcileJob[Any], writer: Writer) -> ReconcileSummary:
@@ -155,6 +167,11 @@ class WriteJobs:
         )
         if stats.updated or stats.failed:
             self.metrics.record_batch(job.source, applied=stats.updated, failed=stats.failed)
+        self.metrics.record_deferred(job.source, stats.busy)
+        if stats.busy_keys and self._requeue is not None:
+            # Still held after the reconcile's own retries: the debounce buffer takes over.
+            _log.info("rows_busy", source=job.source, rows=stats.busy)
+            self._requeue(stats.busy_keys)
         summary = ReconcileSummary(
             source=job.source,
             reason=job.reason,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from propagator.adapters.leader import LeadershipLostError
@@ -19,9 +19,9 @@ from propagator.core.payload import Change, MalformedNotification, Resync
 from propagator.daemon.capture import Captured
 from propagator.daemon.jobs import WriteJobs
 from propagator.daemon.leadership import Leadership
-from propagator.daemon.requests import ReconcileRequests
+from propagator.daemon.requests import ReconcileJob, ReconcileRequests
 from propagator.daemon.retry import Stopping
-from propagator.daemon.status import DaemonState
+from propagator.daemon.status import DaemonState, ReconcileSummary
 from propagator.daemon.writers import Lane
 from propagator.errors import ActionRefusedError, Refusal
 from propagator.observability.logging import get_logger
@@ -59,6 +59,12 @@ class Pipeline:
         self.requests = requests
         self.stop = stop
         self.capture_connected: Callable[[], bool] = lambda: False
+        # Told of each finished reconcile with how many keys were notified before or during it.
+        self.on_reconciled: Callable[[ReconcileJob[Any], ReconcileSummary, int], None] = (
+            lambda _job, _summary, _notified: None
+        )
+        # Reads the sandbox's identity now, asking for a refresh if it changed (None: not watched).
+        self.check_refresh: Callable[[], Awaitable[bool]] | None = None
 
     @property
     def in_flight_keys(self) -> int:
@@ -80,6 +86,10 @@ class Pipeline:
 
     def want_reconcile(self, why: str) -> None:
         self.requests.want_reconcile(why)
+        self.poke()
+
+    def want_refresh(self, why: str) -> None:
+        self.requests.want_refresh(why)
         self.poke()
 
     def on_capture_connected(self) -> None:
@@ -183,9 +193,14 @@ class Pipeline:
         return False
 
     async def _run_reconcile(self, lane: Lane) -> None:
+        if self.check_refresh is not None and not self.requests.running:
+            # A catch-up after a lost sandbox, or a reconcile after a refused batch, is
+            # often a refresh seen from the other side: recorded as one if so.
+            await self.check_refresh()
         job = self.requests.start()
         if job is None:
             return
+        notified = len(self.buffer) - self.buffer.received_total  # plus what arrives meanwhile
         succeeded = False
         try:
             summary = await self.jobs.reconcile(job, lane.writer)
@@ -197,7 +212,8 @@ class Pipeline:
             self.requests.finish(job, succeeded=succeeded, still_leader=self.leadership.is_leader)
             self.poke()  # the other lanes resume
         _answer(job.waiters, result=summary.as_dict())
-        if job.source == "catchup" and not self.requests.catchup_wanted:
+        self.on_reconciled(job, summary, notified + self.buffer.received_total)
+        if job.covers_catchup and not self.requests.catchup_wanted:
             self.state.catchup_done = True
 
     async def _idle(self, lane: Lane, seconds: float) -> None:

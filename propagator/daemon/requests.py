@@ -1,12 +1,14 @@
 """Which full reconcile the writers owe, and who is waiting for it: pure bookkeeping.
 
-Three things ask for a full compare-and-converge: a (re)connect or takeover
-(``catchup``), a caller of ``POST /reconcile`` (``manual``), and everything else
-(``reconcile``: the schedule, a resync notification, an overflowing buffer, a
-refused batch). They run one at a time, never beside a batch, in that order of
-urgency; requests that arrive while one runs are kept and run once afterwards,
-however many there were. No clock, no I/O, no event loop: the rules are tested
-on their own.
+Four things ask for a full compare-and-converge: a sandbox refreshed under the
+daemon (``refresh``), a (re)connect or takeover (``catchup``), a caller of
+``POST /reconcile`` (``manual``), and everything else (``reconcile``: the
+schedule, a resync notification, an overflowing buffer, a refused batch). They
+run one at a time, never beside a batch, in that order of urgency; requests
+that arrive while one runs are kept and run once afterwards, however many there
+were. A refresh also answers a catch-up or reconcile asked for meanwhile: one
+full reconcile covers them all, and its rows are recorded as the refresh they
+repair. No clock, no I/O, no event loop: the rules are tested on their own.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Generic, Literal, TypeVar
 
 __all__ = ["ReconcileJob", "ReconcileRequests", "ReconcileSource"]
 
-ReconcileSource = Literal["catchup", "reconcile", "manual"]
+ReconcileSource = Literal["catchup", "reconcile", "manual", "refresh"]
 W = TypeVar("W")
 
 
@@ -27,6 +29,11 @@ class ReconcileJob(Generic[W]):
     source: ReconcileSource
     reason: str
     waiters: tuple[W, ...] = ()
+    catchup: bool = False  # a refresh that also stands for the catch-up asked for
+
+    @property
+    def covers_catchup(self) -> bool:
+        return self.source == "catchup" or self.catchup
 
 
 class ReconcileRequests(Generic[W]):
@@ -35,6 +42,7 @@ class ReconcileRequests(Generic[W]):
     def __init__(self) -> None:
         self._catchup: str | None = None
         self._reconcile: str | None = None
+        self._refresh: str | None = None
         self._waiters: list[W] = []
         self.running: ReconcileJob[W] | None = None
 
@@ -45,7 +53,12 @@ class ReconcileRequests(Generic[W]):
     @property
     def pending(self) -> bool:
         """A reconcile is asked for and not started yet."""
-        return bool(self._catchup is not None or self._waiters or self._reconcile is not None)
+        return bool(
+            self._catchup is not None
+            or self._waiters
+            or self._reconcile is not None
+            or self._refresh is not None
+        )
 
     @property
     def exclusive(self) -> bool:
@@ -60,13 +73,21 @@ class ReconcileRequests(Generic[W]):
         if self._reconcile is None:
             self._reconcile = reason
 
+    def want_refresh(self, reason: str) -> None:
+        """The sandbox was refreshed: a full reconcile before anything else."""
+        if self._refresh is None:
+            self._refresh = reason
+
     def add_waiter(self, waiter: W) -> None:
         self._waiters.append(waiter)
 
     def start(self) -> ReconcileJob[W] | None:
         """The most urgent job, now running; None when nothing is asked for."""
         job: ReconcileJob[W] | None = None
-        if self._catchup is not None:
+        if self._refresh is not None:
+            job = ReconcileJob("refresh", self._refresh, catchup=self._catchup is not None)
+            self._refresh = self._catchup = self._reconcile = None
+        elif self._catchup is not None:
             job = ReconcileJob("catchup", self._catchup)
             self._catchup = None
         elif self._waiters:
@@ -86,8 +107,10 @@ class ReconcileRequests(Generic[W]):
         self.running = None
         if succeeded or not still_leader:
             return
-        if job.source == "catchup" and self._catchup is None:
+        if job.covers_catchup and self._catchup is None:
             self._catchup = job.reason
+        if job.source == "refresh" and self._refresh is None:
+            self._refresh = job.reason
         elif job.source == "reconcile" and self._reconcile is None:
             self._reconcile = job.reason
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from propagator.core.debounce import PartitionedBuffer
 from propagator.core.redact import mask_url
 from propagator.daemon.factories import LockFactory, WriterFactory
 from propagator.daemon.housekeeping import HistoryPruner, ReconcileSchedule
-from propagator.daemon.jobs import WriteJobs
+from propagator.daemon.jobs import BUSY_RETRY_SECONDS, WriteJobs
 from propagator.daemon.leadership import Leadership
 from propagator.daemon.pipeline import ManualWaiter, Pipeline
-from propagator.daemon.requests import ReconcileRequests
+from propagator.daemon.refresh import RefreshWatcher
+from propagator.daemon.requests import ReconcileJob, ReconcileRequests
 from propagator.daemon.retry import Retrier
 from propagator.daemon.shutdown import TaskSet
-from propagator.daemon.status import DaemonState
-from propagator.daemon.writers import Lane
+from propagator.daemon.status import DaemonState, ReconcileSummary
+from propagator.daemon.triggerwatch import TriggerWatch
+from propagator.daemon.writers import Lane, SandboxWriter
 from propagator.observability.logging import bind_context, unbind_context
 from propagator.observability.mapping_metrics import MappingMetrics
 from propagator.services.history import History
@@ -74,7 +77,10 @@ class MappingRuntime:
             for number, partition in enumerate(self.buffer.partitions)
         )
         self.writer = self.lanes[0].writer  # also runs the full reconciles
+        self.triggers: TriggerWatch | None = None  # set by the daemon: one per production table
         self._build_control()
+        self.pipeline.on_reconciled = self._reconciled
+        self._build_refresh_watcher()
 
     def _build_control(self) -> None:
         """Retries, leadership and the pipeline that decides what the lanes write next."""
@@ -99,6 +105,7 @@ class MappingRuntime:
             leadership=self.leadership,
             report_limit=settings.report_limit,
             want_reconcile=lambda why: self.pipeline.want_reconcile(why),
+            requeue=lambda keys: self.buffer.defer(keys, None, BUSY_RETRY_SECONDS),
         )
         self.pipeline = Pipeline(
             self.buffer,
@@ -111,8 +118,22 @@ class MappingRuntime:
             stop=self.stop,
         )
 
+    def _build_refresh_watcher(self) -> None:
+        """A sandbox written by real writers is a real one, refreshed now and then by people."""
+        self.refresh_watcher: RefreshWatcher | None = None
+        if isinstance(self.writer, SandboxWriter):
+            self.refresh_watcher = RefreshWatcher(
+                self.settings,
+                self.metrics,
+                is_leader=lambda: self.is_leader,
+                want_refresh=self.pipeline.want_refresh,
+            )
+            self.pipeline.check_refresh = self.refresh_watcher.check
+
     def error(self, message: str) -> None:
         self.state.last_error = message
+        if self.refresh_watcher is not None:
+            self.refresh_watcher.check_soon()  # a write went wrong: was the sandbox refreshed?
 
     @property
     def is_leader(self) -> bool:
@@ -149,6 +170,8 @@ class MappingRuntime:
                 first_offset=self.schedule_offset,
             )
             tasks.start("scheduler" + suffix, schedule.run(stopping, self.sleep))
+        if self.refresh_watcher is not None:
+            tasks.start("refresh_watcher" + suffix, self.refresh_watcher.run(self.stop))
         if self.history.enabled and prune:
             pruner = HistoryPruner(self.settings, self.history, lambda: self.is_leader)
             tasks.start("history_pruner" + suffix, pruner.run(stopping, self.sleep))
@@ -173,7 +196,48 @@ class MappingRuntime:
             reasons.append("role not known yet")
         if self.state.role == "leader" and not self.state.catchup_done:
             reasons.append("catch-up reconcile not finished")
+        if self.triggers is not None and (triggers := self.triggers.readiness_reason()):
+            reasons.append(triggers)
+        if overdue := self._reconcile_overdue():
+            reasons.append(overdue)
         return reasons
+
+    def _reconcile_overdue(self) -> str | None:
+        """The writer's full reconciles stopped succeeding: drift the event path misses stays.
+
+        Measured from the daemon's start while none has succeeded yet.
+        """
+        interval = self.settings.reconcile_interval.total_seconds()
+        if interval <= 0 or self.state.role != "leader":
+            return None
+        last = self.state.last_reconcile
+        since = self.state.started_at
+        if last is not None:
+            since = max(since, datetime.fromisoformat(last.finished_at))
+        waited = (datetime.now(UTC) - since).total_seconds()
+        if waited <= 2 * interval:
+            return None
+        what = "last success" if last is not None else "none since the start"
+        return (
+            f"no reconcile succeeded in the last 2 intervals ({what} {_duration(waited)} ago, "
+            f"reconcile_interval {_duration(interval)})"
+        )
+
+    def oldest_pending_key_age(self) -> float:
+        """Seconds the oldest key not yet applied has waited, in the buffer or in a batch."""
+        return max(
+            lane.buffer.oldest_age(None if lane.in_flight is None else lane.in_flight.arrived)
+            for lane in self.lanes
+        )
+
+    def sample_stalls(self) -> None:
+        self.metrics.oldest_pending_key_age.set(self.oldest_pending_key_age())
+
+    def _reconciled(self, job: ReconcileJob[Any], summary: ReconcileSummary, notified: int) -> None:
+        """A routine reconcile (periodic or manual) tests the event path: what it found beyond
+        the keys notified before or during it is drift the event path missed."""
+        if job.source == "manual" or (job.source == "reconcile" and job.reason == "periodic"):
+            self.metrics.reconcile_missed_drift.set(max(0, summary.differences - notified))
 
     def status(self, capture: Any) -> dict[str, Any]:
         """This mapping's part of ``/status``."""
@@ -189,6 +253,7 @@ class MappingRuntime:
             "catchup_done": state.catchup_done,
             "pending_keys": len(self.buffer),
             "in_flight_keys": self.pipeline.in_flight_keys,
+            "oldest_pending_key_age_seconds": round(self.oldest_pending_key_age(), 3),
             "last_batch": None if state.last_batch is None else state.last_batch.as_dict(),
             "last_reconcile": (
                 None if state.last_reconcile is None else state.last_reconcile.as_dict()
@@ -202,8 +267,13 @@ class MappingRuntime:
             "sandbox": where(settings.sandbox_table_name, settings.sandbox_url()),
             "leader_lock_id": self.lock.lock_id,
             "history": self.history.describe(),
+            "triggers": None if self.triggers is None else self.triggers.describe(),
         }
 
 
 def where(table: object, url: str) -> str:
     return f"{table} @ {mask_url(url)}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"

@@ -33,6 +33,7 @@ from propagator.daemon.routing import build_captures
 from propagator.daemon.runtime import MappingRuntime, where
 from propagator.daemon.shutdown import StopSignals, TaskSet
 from propagator.daemon.status import DaemonState, Role
+from propagator.daemon.triggerwatch import watch_triggers
 from propagator.daemon.web import start_http
 from propagator.errors import ConfigurationError, ExitCode
 from propagator.observability.http import HttpServer
@@ -101,6 +102,7 @@ class Daemon:
             for number, mapping in enumerate(served)
         )
         self._build_captures(capture_factory)
+        self.trigger_watches = watch_triggers(self.runtimes)
         primary = self.runtimes[0]
         self.history_reader = (
             HistoryReaders([r.settings for r in self.runtimes]) if primary.history.enabled else None
@@ -297,6 +299,9 @@ class Daemon:
         for number, (_, capture) in enumerate(self.captures):
             tasks.start("listener" if number == 0 else f"listener {number}", capture.run())
         tasks.start("ticker", self.ticker.run(self._stop.is_set, self._sleep))
+        for number, watch in enumerate(self.trigger_watches):
+            name = "trigger check" if number == 0 else f"trigger check {number}"
+            tasks.start(name, watch.run(self._stop.is_set, self._sleep))
 
     def _poke_all(self) -> None:
         for runtime in self.runtimes:
@@ -328,6 +333,7 @@ class Daemon:
     def _sample(self) -> None:
         for runtime in self.runtimes:
             runtime.metrics.debounce_buffer_keys.set(len(runtime.buffer))
+            runtime.sample_stalls()
         for source, capture in self.captures:
             if source.connected:
                 capture.sample()

@@ -8,18 +8,21 @@ re-reads production and writes only real differences.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import psycopg
+from psycopg import errors as pg_errors
 
 from propagator.core.debounce import Batch, DebounceBuffer
 from propagator.core.report import ReconcileReport
 from propagator.daemon.leadership import Fence
 from propagator.daemon.requests import ReconcileSource
-from propagator.daemon.shared import SharedProduction
+from propagator.daemon.shared import SharedProduction, usable
+from propagator.errors import SchemaError
 from propagator.observability.logging import get_logger
 from propagator.services.context import SyncContext
 from propagator.services.converge import BatchResult, converge_keys
@@ -33,6 +36,10 @@ __all__ = ["Lane", "SandboxWriter", "Writer", "WriterFactory"]
 
 _log = get_logger("propagator.daemon")
 Connection = psycopg.Connection[tuple[Any, ...]]
+T = TypeVar("T")
+
+# What a refreshed sandbox raises at a writer: its table or propagator's history gone.
+_VANISHED = (SchemaError, pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)
 
 
 class Writer(Protocol):
@@ -89,6 +96,7 @@ class SandboxWriter:
         self.session: SyncSession | None = None
         self.context: SyncContext | None = None
         self._proved_now = False  # the context was just prepared: its keys were just proved
+        self._last_used = 0.0  # monotonic time the connections last did work
 
     def _production(self) -> AbstractContextManager[Connection]:
         """The production connection, held for the duration of the block."""
@@ -98,6 +106,9 @@ class SandboxWriter:
         return _borrowed(self.shared)
 
     def ensure(self) -> tuple[SyncContext, Connection, Connection]:
+        if self.session is not None and not self._still_usable(self.session):
+            _log.info("writer_reconnecting", reason="connection lost while idle")
+            self.reset()
         if self.session is None or self.context is None:
             session = SyncSession(self.settings, application_name="propagator applier")
             try:
@@ -121,7 +132,38 @@ class SandboxWriter:
         assert self.session.production is not None
         return self.context, self.session.production, self.session.sandbox
 
+    def _still_usable(self, session: SyncSession) -> bool:
+        """Whether the kept connections still work: a restarted server closed them."""
+        idle = time.monotonic() - self._last_used
+        own = (
+            [session.sandbox] if self.shared is not None else [session.sandbox, session.production]
+        )
+        return all(conn is not None and usable(conn, idle) for conn in own)
+
+    def _healing(self, work: Callable[[], T]) -> T:
+        """Run ``work``; when the table or the history vanished, reconnect and set up once more.
+
+        A recreated sandbox lacks propagator's history schema and may have a table
+        of another shape: a new session re-runs the history setup and re-reads the
+        table, so the retry needs no wait. A table still missing fails again, as before.
+        """
+        try:
+            return self._used(work)
+        except _VANISHED as error:
+            _log.warning("sandbox_changed_reconnecting", error=str(error).splitlines()[0])
+        self.reset()
+        return self._used(work)
+
+    def _used(self, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        finally:
+            self._last_used = time.monotonic()
+
     def apply(self, batch: Batch, fence: Fence) -> BatchResult:
+        return self._healing(lambda: self._apply(batch, fence))
+
+    def _apply(self, batch: Batch, fence: Fence) -> BatchResult:
         context, production, sandbox = self.ensure()
         return converge_keys(
             context,
@@ -134,6 +176,11 @@ class SandboxWriter:
         )
 
     def reconcile(self, source: ReconcileSource, fence: Fence) -> ReconcileReport:
+        if source == "refresh":
+            self.reset()  # new connections, and the refreshed table described afresh
+        return self._healing(lambda: self._reconcile(source, fence))
+
+    def _reconcile(self, source: ReconcileSource, fence: Fence) -> ReconcileReport:
         context, _, sandbox = self.ensure()
         if not self._proved_now:
             # Proved again: after a refused batch the keys may have stopped being unique.

@@ -41,6 +41,10 @@ class MappingMetrics:
         self.leader = metrics.leader.labels(mapping=name)
         self.heartbeat_age = metrics.heartbeat_age.labels(mapping=name)
         self.notification_queue_usage = metrics.notification_queue_usage.labels(mapping=name)
+        self.triggers_current = metrics.triggers_current.labels(mapping=name)
+        self.oldest_pending_key_age = metrics.oldest_pending_key_age.labels(mapping=name)
+        self.reconcile_missed_drift = metrics.reconcile_missed_drift.labels(mapping=name)
+        self.sandbox_refreshes = metrics.sandbox_refreshes.labels(mapping=name)
 
     def observe_lag(self, change_epoch_seconds: float, now: float | None = None) -> float:
         """Record lag from a payload's change time to now; clock skew never yields < 0."""
@@ -56,6 +60,12 @@ class MappingMetrics:
             self.metrics.rows_applied.labels(**labels).inc(applied)
         if failed:
             self.metrics.rows_failed.labels(**labels).inc(failed)
+
+    def record_deferred(self, source: str, rows: int) -> None:
+        """Rows a sandbox user held were handed back to be retried later."""
+        if rows:
+            labels = {"mapping": self.name, "source": checked(source, APPLY_SOURCES, "source")}
+            self.metrics.rows_deferred.labels(**labels).inc(rows)
 
     def record_reconcile(
         self,
@@ -85,11 +95,18 @@ class MappingMetrics:
         cause = checked(cause, RETRY_CAUSES, "cause")
         self.metrics.retries.labels(mapping=self.name, cause=cause).inc()
 
+    def record_sandbox_refresh(self) -> None:
+        """The sandbox was refreshed under the daemon; a full reconcile follows."""
+        self.sandbox_refreshes.inc()
+
     def set_database_connected(self, database: str, connected: bool) -> None:
         database = checked(database, DATABASES, "database")
         self.metrics.database_connected.labels(mapping=self.name, database=database).set(
             1 if connected else 0
         )
+
+    def set_triggers_current(self, current: bool) -> None:
+        self.triggers_current.set(1 if current else 0)
 
     # Process-wide, passed through.
 

@@ -44,8 +44,9 @@ __all__ = [
 NAMESPACE: Final = "propagator"
 
 #: Where a write came from: a notification, the catch-up after (re)connect, the
-#: periodic reconcile, or one asked for by a person (CLI or HTTP).
-APPLY_SOURCES: Final = ("event", "catchup", "reconcile", "manual")
+#: periodic reconcile, one asked for by a person (CLI or HTTP), or the reconcile
+#: run because the sandbox was refreshed under the daemon.
+APPLY_SOURCES: Final = ("event", "catchup", "reconcile", "manual", "refresh")
 RECONCILE_RESULTS: Final = ("success", "failure")
 DATABASES: Final = ("production", "sandbox")
 RETRY_CAUSES: Final = ("production_unavailable", "sandbox_unavailable", "transient", "permanent")
@@ -108,6 +109,8 @@ class Metrics:
         self._declare_event_path()
         self._declare_reconcile()
         self._declare_health()
+        self._declare_refresh()
+        self._declare_stalls()
         self.build_info.info({"version": __version__})
         self._create_series(mappings)
 
@@ -161,6 +164,11 @@ class Metrics:
         self.rows_failed = self._counter(
             "rows_failed",
             "Rows the sandbox rejected (isolated and reported), by source.",
+            ["mapping", "source"],
+        )
+        self.rows_deferred = self._counter(
+            "rows_deferred",
+            "Rows not written because a sandbox session held them; retried later, not failed.",
             ["mapping", "source"],
         )
         self.propagation_lag = self._histogram(
@@ -252,6 +260,36 @@ class Metrics:
             ["reason"],
         )
 
+    def _declare_refresh(self) -> None:
+        """Sandbox refreshes: a table or database replaced under the daemon."""
+        self.sandbox_refreshes = self._counter(
+            "sandbox_refreshes",
+            "Sandbox refreshes noticed (table recreated, truncated or reloaded, database "
+            "recreated), each answered by a full reconcile with source refresh.",
+            ["mapping"],
+        )
+
+    def _declare_stalls(self) -> None:
+        """What the event path alone cannot tell: triggers gone, keys stuck, changes missed."""
+        self.triggers_current = self._gauge(
+            "triggers_current",
+            "1 while the production triggers of the mapping's table are installed, enabled and "
+            "current, else 0 (checked every heartbeat interval).",
+            ["mapping"],
+        )
+        self.oldest_pending_key_age = self._gauge(
+            "oldest_pending_key_age_seconds",
+            "Seconds the oldest key waiting to be applied (buffered or in a batch) has waited; "
+            "0 when nothing waits.",
+            ["mapping"],
+        )
+        self.reconcile_missed_drift = self._gauge(
+            "reconcile_missed_drift",
+            "Rows the last periodic or manual reconcile found different although no change "
+            "notification for them was pending: drift the event path missed.",
+            ["mapping"],
+        )
+
     def _create_series(self, mappings: Sequence[str]) -> None:
         for reason in HTTP_REFUSALS:
             self.http_refused.labels(reason=reason)
@@ -269,6 +307,7 @@ class Metrics:
             self.batches_applied.labels(mapping=mapping, source=source)
             self.rows_applied.labels(mapping=mapping, source=source)
             self.rows_failed.labels(mapping=mapping, source=source)
+            self.rows_deferred.labels(mapping=mapping, source=source)
             self.reconcile_duration.labels(mapping=mapping, source=source)
             self.reconcile_differences.labels(mapping=mapping, source=source)
             for result in RECONCILE_RESULTS:
@@ -290,6 +329,13 @@ class Metrics:
         ):
             family.labels(mapping=mapping)
         self.propagation_lag.labels(mapping=mapping)
+        for stall in (
+            self.triggers_current,
+            self.oldest_pending_key_age,
+            self.reconcile_missed_drift,
+        ):
+            stall.labels(mapping=mapping)
+        self.sandbox_refreshes.labels(mapping=mapping)
 
     # Process-wide helpers; per-mapping ones are on ``MappingMetrics``.
 

@@ -67,6 +67,13 @@ def _links(connections: Any, *, short: bool = False) -> str:
     )
 
 
+def _trouble(status: Mapping[str, Any]) -> str:
+    """The last error, after the production trigger problem ``/status`` reports, if any."""
+    triggers, error = status.get("triggers"), status.get("last_error")
+    told = triggers.get("problem") if isinstance(triggers, dict) else None
+    return "; ".join(str(part) for part in (told, error) if part) or "none"
+
+
 def _pending(status: Mapping[str, Any]) -> str:
     return f"{status.get('pending_keys', 0)} (+{status.get('in_flight_keys', 0)} in flight)"
 
@@ -85,7 +92,7 @@ def _cards(status: Mapping[str, Any], mappings: list[Mapping[str, Any]]) -> dict
         "connections": _links(status.get("connections")),
         "lag": _seconds(status.get("last_lag_seconds")),
         "last_reconcile": _reconcile_summary(status.get("last_reconcile")),
-        "last_error": str(status.get("last_error") or "none"),
+        "last_error": _trouble(status),
     }
     return {**cards, **_overall(mappings)} if mappings else cards
 
@@ -104,7 +111,7 @@ def _overall(mappings: list[Mapping[str, Any]]) -> dict[str, str]:
         key=lambda m: str(m["last_reconcile"].get("finished_at") or ""),
         default=None,
     )
-    errors = sum(1 for m in mappings if m.get("last_error"))
+    errors = sum(1 for m in mappings if _trouble(m) != "none")
     told = {0: "none", 1: "1 mapping reports an error"}.get(errors)
     return {
         "connections": "; ".join(broken) or "all up",
@@ -130,7 +137,7 @@ def _mapping_row(mapping: Mapping[str, Any]) -> str:
             _seconds(mapping.get("last_lag_seconds")),
             _pending(mapping),
             _reconcile_summary(mapping.get("last_reconcile"), short=True),
-            mapping.get("last_error") or "none",
+            _trouble(mapping),
         )
     )
     cells = "".join(f"<td>{cell}</td>" for cell in rest)
@@ -280,6 +287,8 @@ const several = $("mappings") !== null;
 const seconds = (v) => typeof v !== "number" ? "—"
   : v < 1 ? Math.round(v * 1000) + " ms" : v.toFixed(1) + " s";
 const clock = (v) => v ? new Date(v).toLocaleTimeString([], {hour12: false}) : "—";
+const trouble = (m) => [m.triggers && m.triggers.problem, m.last_error].filter((v) => v)
+  .join("; ") || "none";  // the last error, after a production trigger problem
 const pending = (m) => (m.pending_keys || 0) + " (+" + (m.in_flight_keys || 0) + " in flight)";
 const reconciled = (r, short) => !r ? "none yet" : r.source + " at " + clock(r.finished_at)
   + ": " + r.differences + " differences, " + r.updated + " updated"
@@ -295,7 +304,7 @@ function overall(ms) {
   const at = (m) => String(m.last_reconcile.finished_at || "");
   const newest = ms.filter((m) => m.last_reconcile).reduce(
     (found, m) => !found || at(m) > at(found) ? m : found, null);
-  const errors = ms.filter((m) => m.last_error).length;
+  const errors = ms.filter((m) => trouble(m) !== "none").length;
   return {
     connections: broken.map((m) => m.name + ": " + links(m.connections, true)).join("; ")
       || "all up",
@@ -325,10 +334,10 @@ function showStatus(s) {
   setText("lag", all ? all.lag : seconds(s.last_lag_seconds));
   setText("pending", pending(s));
   setText("last-reconcile", all ? all.reconcile : reconciled(s.last_reconcile, false));
-  setText("last-error", all ? all.error : s.last_error || "none");
+  setText("last-error", all ? all.error : trouble(s));
   if (ms) $("mappings").replaceChildren(...ms.map((m) => row([m.name, m.role,
     links(m.connections, true), seconds(m.last_lag_seconds), pending(m),
-    reconciled(m.last_reconcile, true), m.last_error || "none"], 1)));
+    reconciled(m.last_reconcile, true), trouble(m)], 1)));
 }
 function showChanges(entries) {
   const rows = entries.map((c) => row([clock(c.applied_at), ...(several ? [c.mapping] : []),

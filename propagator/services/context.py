@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 from propagator.adapters.connections import Connection
@@ -49,6 +50,7 @@ class SyncContext:
     production_filter: str | None = None
     batch_size: int = 1000
     key_proofs: tuple[KeyProof, ...] = ()
+    sandbox_lock_timeout: timedelta | None = None  # None: wait for sandbox locks as long as needed
 
     @classmethod
     def prepare(
@@ -61,6 +63,7 @@ class SyncContext:
         *,
         production_filter: str | None = None,
         batch_size: int = 1000,
+        sandbox_lock_timeout: timedelta | None = None,
     ) -> SyncContext:
         production = describe_table(production_conn, production_table, "production")
         sandbox = describe_table(sandbox_conn, sandbox_table, "sandbox")
@@ -68,7 +71,9 @@ class SyncContext:
         proofs = preflight(
             production_conn, sandbox_conn, production, sandbox, spec.key_columns, production_filter
         )
-        return cls(spec, production, sandbox, production_filter, batch_size, proofs)
+        return cls(
+            spec, production, sandbox, production_filter, batch_size, proofs, sandbox_lock_timeout
+        )
 
     @classmethod
     def from_settings(
@@ -83,6 +88,7 @@ class SyncContext:
             settings.sandbox_table_name,
             production_filter=settings.production_filter,
             batch_size=settings.batch_size,
+            sandbox_lock_timeout=settings.sandbox_lock_timeout,
         )
 
     @property

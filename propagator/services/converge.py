@@ -6,12 +6,17 @@ only real differences. The listener, the catch-up, the periodic reconcile and
 ``propagator reconcile --apply`` all write through it, so a notification that
 is duplicated, reordered or stale can never write a wrong value.
 ``converge_differences`` feeds it the differences a full compare finds.
+
+Sandbox users come first: rows another session holds are not waited for but
+returned as deferred (``BatchResult.deferred``), for the caller to retry later;
+they are neither written, recorded in history nor counted as failed.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +29,7 @@ from propagator.adapters.writes import apply_values
 from propagator.core.mapping import Key
 from propagator.core.plan import JobMappingResult, MappingStatistics, plan_against_lookup
 from propagator.core.report import ReconcileReport
+from propagator.errors import LockTimeoutError
 from propagator.services.context import (
     AppliedHook,
     Connection,
@@ -37,6 +43,8 @@ from propagator.services.typefit import fit_checks
 __all__ = ["BatchResult", "converge_differences", "converge_keys"]
 
 _CONVERGE_LANES = 2
+# Rows still held after a reconcile's batches are tried again this long after, then reported busy.
+_BUSY_RETRY_DELAYS = (0.5, 1.0, 2.0)
 T = TypeVar("T")
 
 
@@ -46,6 +54,7 @@ class BatchResult:
 
     planned: list[JobMappingResult] = field(default_factory=list)
     updated: list[Key] = field(default_factory=list)
+    deferred: list[Key] = field(default_factory=list)  # held by a sandbox user: retry later
     statistics: MappingStatistics = field(default_factory=MappingStatistics)
     duration_seconds: float = 0.0
 
@@ -69,6 +78,7 @@ def converge_keys(
     """
     started = time.perf_counter()
     result = BatchResult()
+    _limit_lock_waits(sandbox_conn, context)
     unique = list(dict.fromkeys(keys))
     for offset in range(0, len(unique), context.batch_size):
         _converge_slice(
@@ -129,9 +139,14 @@ def _converge_slice(
     production_lock: AbstractContextManager[Any] | None = None,
 ) -> None:
     spec, width = context.spec, context.key_width
-    production_rows, sandbox_rows = _read_both(
-        context, production_conn, sandbox_conn, keys, production_lock
-    )
+    try:
+        production_rows, sandbox_rows = _read_both(
+            context, production_conn, sandbox_conn, keys, production_lock
+        )
+    except LockTimeoutError:
+        # The table is locked (ALTER, LOCK TABLE): nothing was read, all is retried later.
+        _defer(result, keys)
+        return
     lookup = {tuple(row[:width]): row[width:] for row in sandbox_rows}
     planned = [
         r
@@ -164,12 +179,37 @@ def _converge_slice(
         spec.target_columns,
         [(r.key, desired[r.key]) for r in planned],
         in_transaction=record if on_applied is not None else None,
+        lock_timeout=context.sandbox_lock_timeout,
+        skip_locked=True,
     )
+    _defer(result, outcome.busy)
     result.planned.extend(planned)
     result.updated.extend(outcome.updated)
     result.statistics.updated += len(outcome.updated)
     result.statistics.failed += len(outcome.failures)
     result.statistics.failures.extend(outcome.failures)
+
+
+def _defer(result: BatchResult, keys: Sequence[Key]) -> None:
+    result.deferred.extend(keys)
+    result.statistics.busy += len(keys)
+
+
+_lock_limited: weakref.WeakKeyDictionary[Connection, object] = weakref.WeakKeyDictionary()
+
+
+def _limit_lock_waits(conn: Connection, context: SyncContext) -> None:
+    """Give a sandbox connection its ``lock_timeout`` once, so its reads never queue long
+    behind a user's table lock either (each write transaction also sets its own)."""
+    timeout = context.sandbox_lock_timeout
+    if timeout is None or _lock_limited.get(conn) == timeout:
+        return
+    milliseconds = max(1, int(timeout.total_seconds() * 1000))
+    with conn.transaction():
+        conn.execute(
+            "SELECT pg_catalog.set_config('lock_timeout', %s, false)", (f"{milliseconds}ms",)
+        )
+    _lock_limited[conn] = timeout
 
 
 def converge_differences(
@@ -193,8 +233,9 @@ def converge_differences(
     UPDATE, ~5% of a 1%-differing reconcile of 1M rows. Memory stays bounded by
     two batches; every outcome is added to the report before this returns.
     Batches hold disjoint keys, so their order does not matter; ``on_applied``
-    is called by one batch at a time. Without ``open_connection`` (a dry run)
-    nothing is written.
+    is called by one batch at a time. Rows a sandbox user held are tried again
+    a few times with a short backoff, then counted ``busy`` in the report
+    (never failed). Without ``open_connection`` (a dry run) nothing is written.
     """
     if open_connection is None:
         for result in results:
@@ -220,6 +261,7 @@ def converge_differences(
             lanes.flush(pool, pending)
         finally:
             lanes.drain()
+    lanes.retry_busy()
 
 
 class _Lanes:
@@ -244,6 +286,7 @@ class _Lanes:
         self.on_applied = on_applied
         self.idle = [(open_connection("production"), open_connection("sandbox"))]
         self.in_flight: deque[tuple[Future[BatchResult], tuple[Connection, Connection]]] = deque()
+        self.busy: list[Key] = []
 
     def flush(self, pool: ThreadPoolExecutor, pending: list[Key]) -> None:
         """Converge the keys of ``pending`` on a free lane (waiting for one), and empty it."""
@@ -271,9 +314,34 @@ class _Lanes:
         future, writers = self.in_flight.popleft()
         batch = future.result()
         self.idle.append(writers)
+        self._add(batch)
+
+    def _add(self, batch: BatchResult) -> None:
         self.stats.updated += batch.statistics.updated
         self.stats.failed += batch.statistics.failed
         self.stats.failures.extend(batch.statistics.failures)
+        self.busy.extend(batch.deferred)
+
+    def retry_busy(self) -> None:
+        """Try the rows a sandbox user held again, after short pauses; count what stays held."""
+        for delay in _BUSY_RETRY_DELAYS:
+            if not self.busy:
+                break
+            time.sleep(delay)
+            keys, self.busy = self.busy, []
+            production, sandbox = self.idle[-1]
+            self._add(
+                converge_keys(
+                    self.context,
+                    production,
+                    sandbox,
+                    keys,
+                    source=self.source,
+                    on_applied=self.on_applied,
+                )
+            )
+        self.stats.busy += len(self.busy)
+        self.stats.busy_keys.extend(self.busy)
 
     def drain(self) -> None:
         """Wait for every batch still converging and collect its outcome."""

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     )
     connect_timeout: timedelta = timedelta(seconds=10)
     statement_timeout: timedelta = timedelta(minutes=5)
+    # How long a sandbox write waits for a lock someone else holds before the
+    # batch is deferred and retried later: sandbox users are never kept waiting.
+    sandbox_lock_timeout: timedelta = timedelta(seconds=2)
     pool_size: int = Field(default=4, ge=1, le=100)
 
     # What to mirror.
@@ -149,6 +152,7 @@ class Settings(BaseSettings):
     @field_validator(
         "connect_timeout",
         "statement_timeout",
+        "sandbox_lock_timeout",
         "reconcile_interval",
         "debounce_quiet",
         "debounce_max_delay",
@@ -168,6 +172,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "connect_timeout",
+        "sandbox_lock_timeout",
         "debounce_max_delay",
         "heartbeat_interval",
         "heartbeat_timeout",

@@ -268,6 +268,7 @@ def test_json_report_is_one_document_with_exact_figures(seeded: DatabasePair) ->
         "updated": 0,
         "failed": 0,
         "unfit": 0,
+        "busy": 0,
     }
     assert document["dry_run"] is True
     assert document["changes"] == [

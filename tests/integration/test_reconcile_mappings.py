@@ -176,6 +176,7 @@ def test_json_is_one_document_naming_each_mapping(three: Setup) -> None:
         "rows_with_differences": 4,
         "updated": 0,
         "failed": 0,
+        "busy": 0,
         "exit_code": 1,
     }
 

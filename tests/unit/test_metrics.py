@@ -30,6 +30,7 @@ CONTRACT: dict[str, tuple[str, str]] = {
     "batches_applied": ("propagator_batches_applied", "counter"),
     "rows_applied": ("propagator_rows_applied", "counter"),
     "rows_failed": ("propagator_rows_failed", "counter"),
+    "rows_deferred": ("propagator_rows_deferred", "counter"),
     "propagation_lag": ("propagator_propagation_lag_seconds", "histogram"),
     "debounce_buffer_keys": ("propagator_debounce_buffer_keys", "gauge"),
     "reconcile_runs": ("propagator_reconcile_runs", "counter"),

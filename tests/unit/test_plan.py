@@ -425,6 +425,7 @@ def test_merge_example_with_every_outcome() -> None:
         "updated": 1,
         "failed": 0,
         "unfit": 0,
+        "busy": 0,
         "duration_seconds": 1.234568,
     }
 

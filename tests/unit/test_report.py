@@ -162,6 +162,7 @@ def test_json_parses_with_exact_figures() -> None:
         "updated": 0,
         "failed": 0,
         "unfit": 0,
+        "busy": 0,
         "duration_seconds": 0.0,
     }
     assert document["changes"][0] == {

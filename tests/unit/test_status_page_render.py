@@ -301,3 +301,25 @@ def test_the_script_builds_text_nodes_and_asks_for_every_mappings_history() -> N
     assert "insertAdjacentHTML" not in script
     assert 'api("/history?limit=" + limit + "&mapping=*")' in script
     assert "td.textContent = text;" in script
+
+
+def test_a_production_trigger_problem_shows_in_the_last_error_card() -> None:
+    """Triggers not current: the Last error card (and a mapping's row) says so first, escaped;
+    current triggers leave the page as it was."""
+    problem = f"production triggers missing or not current on {HOSTILE}: not installed"
+    status = {**hostile_status(), "last_error": None}
+    calm = {**status, "triggers": {"current": True, "problem": None}}
+    plain = render_status_page(status, [], history_enabled=True, can_reconcile=False)
+    assert render_status_page(calm, [], history_enabled=True, can_reconcile=False) == plain
+    troubled = {**status, "triggers": {"current": False, "problem": problem}}
+    page = render_status_page(troubled, [], history_enabled=True, can_reconcile=False)
+    assert card(page, "last-error") == problem
+    assert "img" not in [tag for tag, _ in parse(page).tags]
+    both = {**troubled, "last_error": "sandbox refused"}
+    page = render_status_page(both, [], history_enabled=True, can_reconcile=False)
+    assert card(page, "last-error") == f"{problem}; sandbox refused"
+    several = two_mappings(last_error=None)
+    several["mappings"][0]["triggers"] = {"current": False, "problem": problem}
+    page = render_status_page(several, [], history_enabled=True, can_reconcile=False)
+    assert card(page, "last-error") == "1 mapping reports an error"
+    assert table_cells(page, "mappings")[0][-1] == problem
