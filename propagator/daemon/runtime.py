@@ -85,8 +85,13 @@ class MappingRuntime:
     def _build_control(self) -> None:
         """Retries, leadership and the pipeline that decides what the lanes write next."""
         settings, metrics = self.settings, self.metrics
+        self._retry_now = asyncio.Event()
         self.retrier = Retrier(
-            settings, metrics, sleep=self.sleep, stopping=self.stop.is_set, on_error=self.error
+            settings,
+            metrics,
+            sleep=self._retry_sleep,
+            stopping=self.stop.is_set,
+            on_error=self.error,
         )
         self.leadership = Leadership(
             self.lock,
@@ -126,9 +131,26 @@ class MappingRuntime:
                 self.settings,
                 self.metrics,
                 is_leader=lambda: self.is_leader,
-                want_refresh=self.pipeline.want_refresh,
+                want_refresh=self._refresh_wanted,
             )
             self.pipeline.check_refresh = self.refresh_watcher.check
+
+    def _refresh_wanted(self, why: str) -> None:
+        """A refreshed sandbox is worth a try at once: a write waiting out a permanent
+        error (its table was missing mid-restore) retries now instead of a minute later."""
+        self.pipeline.want_refresh(why)
+        self._retry_now.set()
+
+    async def _retry_sleep(self, seconds: float) -> None:
+        """A retry's wait: ends early on stop, or when a sandbox refresh was seen."""
+        self._retry_now.clear()
+        woken = asyncio.ensure_future(self._retry_now.wait())
+        waited = asyncio.ensure_future(self.sleep(seconds))
+        try:
+            await asyncio.wait({woken, waited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            waited.cancel()
 
     def error(self, message: str) -> None:
         self.state.last_error = message

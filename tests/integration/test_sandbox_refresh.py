@@ -109,6 +109,24 @@ def test_table_recreated_from_an_older_snapshot(
     wait_until(lambda: converged(prepared), timeout=10, what="an event after the refresh")
 
 
+def test_a_change_while_the_table_is_missing_does_not_wait_out_a_retry(
+    prepared: DatabasePair, daemon: DaemonRunner
+) -> None:
+    """Mid-restore, the table is gone when a production change arrives: that batch fails
+    for good, yet once the table is back the refresh ends the minute-long retry wait."""
+    prepared.sandbox.execute("DROP TABLE public.jobs")
+    prepared.production.execute("UPDATE jobs SET fab_order = 9999 WHERE job = 5")
+    runtime = daemon.daemon.runtimes[0]
+    wait_until(lambda: runtime.state.last_error is not None, timeout=10, what="the refused batch")
+    with prepared.sandbox.connect() as conn, conn.transaction():
+        conn.execute(JOBS_DDL)
+        with conn.cursor().copy("COPY public.jobs (job, release, fab_order) FROM STDIN") as copy:
+            for row in snapshot_rows():
+                copy.write_row(row)
+    settle(prepared, daemon, time.monotonic())
+    assert daemon.metric(REFRESHES) >= 1
+
+
 def test_truncate_and_reload(prepared: DatabasePair, daemon: DaemonRunner) -> None:
     prepared.sandbox.execute("TRUNCATE public.jobs")
     prepared.sandbox.insert_jobs(snapshot_rows())
