@@ -162,3 +162,16 @@ def mappings_toml(mappings: Iterable[Mapping[str, Any]], **top_level: Any) -> st
         lines += ["", "[[mappings]]"]
         lines += [f"{key} = {json.dumps(value)}" for key, value in mapping.items()]
     return "\n".join(lines) + "\n"
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (the debounce buffer's tests)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -59,6 +59,11 @@ class _Pending:
     def waiting_since(self) -> float:
         return self.arrived if self.since is None else self.since
 
+    def note_change(self, changed_at: float | None) -> None:
+        """The key changed again: keep the earliest production time (the lag is from it)."""
+        if changed_at is not None and (self.changed_at is None or changed_at < self.changed_at):
+            self.changed_at = changed_at
+
 
 class DebounceBuffer:
     """Pending keys in arrival order, with the rules that decide when to flush them."""
@@ -107,10 +112,7 @@ class DebounceBuffer:
             entry = self._pending.get(key) or self._deferred.get(key)
             if entry is not None:
                 coalesced += 1
-                if changed_at is not None and (
-                    entry.changed_at is None or changed_at < entry.changed_at
-                ):
-                    entry.changed_at = changed_at
+                entry.note_change(changed_at)
                 continue
             if len(self) >= self.hard_cap:
                 self._overflow()
@@ -137,10 +139,7 @@ class DebounceBuffer:
         for key in keys:
             entry = self._pending.get(key) or self._deferred.get(key)
             if entry is not None:
-                if changed_at is not None and (
-                    entry.changed_at is None or changed_at < entry.changed_at
-                ):
-                    entry.changed_at = changed_at
+                entry.note_change(changed_at)
                 continue
             if len(self) >= self.hard_cap:
                 self._overflow()

@@ -8,17 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from propagator.core.debounce import DebounceBuffer, PartitionedBuffer
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.helpers import FakeClock
 
 
 def make(clock: FakeClock, *, max_keys: int = 100, hard_cap: int = 1000) -> DebounceBuffer:

@@ -5,17 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from propagator.core.debounce import DebounceBuffer, PartitionedBuffer
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.helpers import FakeClock
 
 
 def make(clock: FakeClock, *, hard_cap: int = 1000) -> DebounceBuffer:

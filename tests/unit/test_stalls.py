@@ -11,18 +11,8 @@ from propagator.daemon import Daemon
 from propagator.daemon.triggerwatch import TriggerWatch
 from propagator.services.triggers import TriggerStatus
 from propagator.settings import watched_tables
+from tests.helpers import FakeClock
 from tests.unit.daemon_fakes import build_daemon, eventually, fast_settings
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make(clock: FakeClock, *, max_keys: int = 100) -> DebounceBuffer:
