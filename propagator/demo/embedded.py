@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -183,7 +184,14 @@ class EmbeddedPostgres:
         if self.keep:
             return
         self.stop("immediate")
-        shutil.rmtree(self.root, ignore_errors=True)
+        # A server's last processes may still be writing as it goes: a file created
+        # mid-removal would leave the folder behind, so remove until it is gone.
+        deadline = time.monotonic() + 3.0
+        while True:
+            shutil.rmtree(self.root, ignore_errors=True)
+            if not self.root.exists() or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     def pgbench(self, *args: str, database: str = "postgres") -> subprocess.CompletedProcess[str]:
         """Run the wheel's pgbench against this server (the benchmark load)."""
