@@ -388,6 +388,7 @@ def assert_reported_down(running: MappingsDaemon) -> None:
     assert all(reason.startswith("mapping jobs_qa: ") for reason in reasons), reasons
 
 
+@pytest.mark.slow
 def test_a_dropped_sandbox_column_breaks_only_its_mapping(estate: Estate) -> None:
     """orders' sandbox column dropped: reported and retried while jobs converges; once the
     column is back, orders converges again without a restart."""
@@ -448,6 +449,7 @@ def test_the_selected_mapping_alone_is_served(
     assert refused.stdout == ""
 
 
+@pytest.mark.slow
 def test_two_replicas_are_active_and_standby_per_mapping(estate: Estate) -> None:
     """Two daemons serving the same mappings: each mapping has exactly one leader, and a
     replica told to serve one half leads that half while the other leads the rest."""

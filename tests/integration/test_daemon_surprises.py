@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import psycopg
+import pytest
 
 from propagator.daemon.triggerwatch import read_status
 from propagator.services import triggers
@@ -175,6 +176,7 @@ def test_triggers_never_installed_are_reported_but_do_not_make_the_daemon_unread
         assert readyz(daemon) == (200, [])
 
 
+@pytest.mark.slow
 def test_keys_held_up_by_a_locked_sandbox_age_visibly(databases: DatabasePair) -> None:
     """A sandbox session locks the table: the changed key waits, its age grows in the metric
     and /status; once the lock is gone it converges and the age drops to 0."""
@@ -204,6 +206,7 @@ def test_keys_held_up_by_a_locked_sandbox_age_visibly(databases: DatabasePair) -
         )
 
 
+@pytest.mark.slow
 def test_readiness_fails_when_no_reconcile_succeeded_within_two_intervals(
     databases: DatabasePair,
 ) -> None:

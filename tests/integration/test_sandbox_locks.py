@@ -90,6 +90,7 @@ def test_a_row_held_for_30_seconds_waits_while_every_other_row_converges(
     _row_lock_does_not_stall_the_sync(databases, running, hold_seconds=30.0)
 
 
+@pytest.mark.slow
 def test_reconcile_apply_skips_a_held_row_and_says_so(databases: DatabasePair) -> None:
     """``reconcile --apply`` applies every row nobody holds, reports the held one as busy
     (exit 0), ``--check`` still finds it, and a run after the release applies it."""

@@ -109,6 +109,7 @@ def test_table_recreated_from_an_older_snapshot(
     wait_until(lambda: converged(prepared), timeout=10, what="an event after the refresh")
 
 
+@pytest.mark.slow
 def test_a_change_while_the_table_is_missing_does_not_wait_out_a_retry(
     prepared: DatabasePair, daemon: DaemonRunner
 ) -> None:
@@ -127,6 +128,7 @@ def test_a_change_while_the_table_is_missing_does_not_wait_out_a_retry(
     assert daemon.metric(REFRESHES) >= 1
 
 
+@pytest.mark.slow
 def test_truncate_and_reload(prepared: DatabasePair, daemon: DaemonRunner) -> None:
     prepared.sandbox.execute("TRUNCATE public.jobs")
     prepared.sandbox.insert_jobs(snapshot_rows())
@@ -159,6 +161,7 @@ def _tool(name: str) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_pg_restore_clean_of_an_older_dump(
     databases: DatabasePair, tmp_path: Path, sandbox_server: Server
 ) -> None:
