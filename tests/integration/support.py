@@ -28,6 +28,7 @@ __all__ = [
     "QUICK",
     "ObservedDaemon",
     "Scrape",
+    "caught_up_daemon",
     "converged",
     "daemon_settings",
     "differences",
@@ -145,3 +146,15 @@ def running_daemon(settings: Settings) -> Iterator[ObservedDaemon]:
     with ObservedDaemon(settings, thread_name="observed-daemon").start(timeout=30) as daemon:
         daemon.wait_for(lambda d: d.http is not None, timeout=10, what="the HTTP endpoint")
         yield daemon
+
+
+@contextmanager
+def caught_up_daemon(databases: DatabasePair, rows: int = 200) -> Iterator[DaemonRunner]:
+    """Triggers installed, ``rows`` matching rows, and a caught-up daemon on quick settings."""
+    settings = daemon_settings(databases)
+    install_triggers(databases, settings)
+    seed(databases, rows, sandbox_value=None)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
+    with DaemonRunner(settings) as runner:
+        runner.wait_caught_up()
+        yield runner

@@ -12,6 +12,7 @@ import pytest
 from propagator.testing import DaemonRunner
 from tests.helpers import DatabasePair, wait_until
 from tests.integration.support import (
+    caught_up_daemon,
     converged,
     daemon_settings,
     differences,
@@ -23,13 +24,8 @@ from tests.integration.support import (
 @pytest.fixture
 def running(databases: DatabasePair) -> Iterator[DaemonRunner]:
     """Triggers installed, 200 matching rows, and a caught-up daemon."""
-    settings = daemon_settings(databases)
-    install_triggers(databases, settings)
-    seed(databases, 200, sandbox_value=None)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    with DaemonRunner(settings) as running:
-        running.wait_caught_up()
-        yield running
+    with caught_up_daemon(databases) as runner:
+        yield runner
 
 
 def test_mapped_update_propagates_and_unmapped_update_sends_nothing(

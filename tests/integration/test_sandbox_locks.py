@@ -12,7 +12,13 @@ import pytest
 
 from propagator.testing import DaemonRunner
 from tests.helpers import DatabasePair, run_cli, wait_until
-from tests.integration.support import converged, daemon_settings, install_triggers, seed
+from tests.integration.support import (
+    caught_up_daemon,
+    converged,
+    daemon_settings,
+    install_triggers,
+    seed,
+)
 
 LOCKED_JOB = 7
 
@@ -41,12 +47,7 @@ def others_converged(databases: DatabasePair, locked: int) -> bool:
 @pytest.fixture
 def running(databases: DatabasePair) -> Iterator[DaemonRunner]:
     """Triggers installed, 200 matching rows, and a caught-up daemon with default lock timeout."""
-    settings = daemon_settings(databases)
-    install_triggers(databases, settings)
-    seed(databases, 200, sandbox_value=None)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    with DaemonRunner(settings) as runner:
-        runner.wait_caught_up()
+    with caught_up_daemon(databases) as runner:
         yield runner
 
 
