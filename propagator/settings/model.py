@@ -38,6 +38,25 @@ from propagator.settings.values import (
 __all__ = ["DEFAULT_MAPPING", "MAPPING_NAME", "Settings"]
 
 DEFAULT_MAPPING = "default"
+# Every duration setting, by the values it may take (each list read by one validator).
+_POSITIVE_DURATIONS = (
+    "connect_timeout",
+    "sandbox_lock_timeout",
+    "debounce_max_delay",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "retry_initial",
+    "retry_max",
+    "permanent_retry_interval",
+    "standby_poll_interval",
+    "shutdown_timeout",
+)
+_NON_NEGATIVE_DURATIONS = (
+    "statement_timeout",
+    "reconcile_interval",
+    "debounce_quiet",
+    "history_retention",
+)
 MAPPING_NAME = re.compile(r"[a-z0-9_]{1,40}", re.ASCII)
 
 
@@ -149,48 +168,19 @@ class Settings(BaseSettings):
             sources.append(_TomlWithoutMappings(settings_cls, toml_file=cls.toml_file))
         return tuple(sources)
 
-    @field_validator(
-        "connect_timeout",
-        "statement_timeout",
-        "sandbox_lock_timeout",
-        "reconcile_interval",
-        "debounce_quiet",
-        "debounce_max_delay",
-        "heartbeat_interval",
-        "heartbeat_timeout",
-        "retry_initial",
-        "retry_max",
-        "permanent_retry_interval",
-        "standby_poll_interval",
-        "shutdown_timeout",
-        "history_retention",
-        mode="before",
-    )
+    @field_validator(*_POSITIVE_DURATIONS, *_NON_NEGATIVE_DURATIONS, mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value)
 
-    @field_validator(
-        "connect_timeout",
-        "sandbox_lock_timeout",
-        "debounce_max_delay",
-        "heartbeat_interval",
-        "heartbeat_timeout",
-        "retry_initial",
-        "retry_max",
-        "permanent_retry_interval",
-        "standby_poll_interval",
-        "shutdown_timeout",
-    )
+    @field_validator(*_POSITIVE_DURATIONS)
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
             raise ValueError("must be a positive duration")
         return value
 
-    @field_validator(
-        "statement_timeout", "reconcile_interval", "debounce_quiet", "history_retention"
-    )
+    @field_validator(*_NON_NEGATIVE_DURATIONS)
     @classmethod
     def _not_negative(cls, value: timedelta) -> timedelta:
         if value < timedelta(0):

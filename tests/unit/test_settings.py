@@ -470,3 +470,14 @@ def test_every_setting_is_read_from_its_variable(
     if field == "http_read_protection":  # it needs a token to be accepted at all
         monkeypatch.setenv(env_name("read_token"), "tok-read-456")
     assert load_settings().describe()[field] != default
+
+
+def test_every_duration_setting_is_parsed_and_bounded() -> None:
+    """A new timedelta setting must join one of the two duration lists (parsed, bounded)."""
+    from propagator.settings import model
+
+    durations = {
+        name for name, field in Settings.model_fields.items() if field.annotation is timedelta
+    }
+    listed = [*model._POSITIVE_DURATIONS, *model._NON_NEGATIVE_DURATIONS]
+    assert sorted(listed) == sorted(durations)
