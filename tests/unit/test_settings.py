@@ -462,6 +462,9 @@ def test_every_setting_is_read_from_its_variable(
         "channel": "other_channel",
         "history_schema": "other_schema",
         "selected_mappings": "default",
+        "capture": "logical",
+        "logical_slot": "other_slot",
+        "logical_publication": "other_publication",
     }
     annotation = Settings.model_fields[field].annotation
     value = special.get(field) or samples[annotation]
