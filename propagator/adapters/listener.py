@@ -141,6 +141,15 @@ class Listener:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
 
+    def describe(self) -> dict[str, Any]:
+        """The capture's part of ``/status``."""
+        return {"kind": "notify", "channels": list(self.key_widths)}
+
+    @property
+    def missed(self) -> str:
+        """NOTIFY keeps nothing for a listener that is away: every (re)connect catches up."""
+        return "listener connected"
+
     @property
     def heartbeat_age(self) -> float:
         """Seconds since this connection last heard its own heartbeat (or was opened)."""

@@ -172,14 +172,22 @@ class DebounceBuffer:
             return entry.arrived
         return None
 
+    def waiting_since(self) -> float | None:
+        """Buffer clock when the oldest key still buffered first arrived (None: none is).
+
+        Every key that arrived before it has been taken in a batch: a durable capture
+        may let go of changes older than the oldest of these and the batches in flight.
+        """
+        if self._handed_back or self._deferred:  # rare (rows held): worth a look at every key
+            entries = [*self._pending.values(), *self._deferred.values()]
+            return min((entry.waiting_since for entry in entries), default=None)
+        return self._oldest_arrival()
+
     def oldest_age(self, since: float | None = None) -> float:
         """Seconds the oldest pending key (or ``since``, an older arrival) has waited; 0 when
         nothing waits. Keys that only wait for a quiet window stay young; a stall ages them,
         however often its keys were handed back for a retry."""
-        oldest = self._oldest_arrival()
-        if self._handed_back:  # rare (rows held in the sandbox): worth a look at every key
-            entries = [*self._pending.values(), *self._deferred.values()]
-            oldest = min((entry.waiting_since for entry in entries), default=None)
+        oldest = self.waiting_since()
         if since is not None and (oldest is None or since < oldest):
             oldest = since
         return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
@@ -304,6 +312,7 @@ class PartitionedBuffer:
             raise ValueError("at least one partition is needed")
         self.max_keys = max_keys
         self.hard_cap = hard_cap
+        self.clock = clock
         share = max(1, hard_cap // partitions)
         self.partitions = tuple(
             DebounceBuffer(
@@ -341,6 +350,11 @@ class PartitionedBuffer:
 
     def clear(self) -> int:
         return sum(partition.clear() for partition in self.partitions)
+
+    def waiting_since(self) -> float | None:
+        """The oldest arrival still buffered in any partition (see ``DebounceBuffer``)."""
+        times = [p.waiting_since() for p in self.partitions]
+        return min((t for t in times if t is not None), default=None)
 
     @property
     def received_total(self) -> int:

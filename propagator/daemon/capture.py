@@ -10,7 +10,7 @@ connected, reconnecting with backoff, and tells the pipeline on every
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from propagator.core.payload import MalformedNotification, Notification
 from propagator.daemon.retry import Retrier, Stopping
@@ -41,6 +41,14 @@ class CaptureSource(Protocol):
     @property
     def queue_usage(self) -> float | None: ...
 
+    def describe(self) -> dict[str, Any]:
+        """The capture's part of ``/status``: its kind and state."""
+
+    @property
+    def missed(self) -> str | None:
+        """Why changes may have been missed before this (re)connect, asking for a catch-up
+        reconcile; None when the source kept every change meanwhile (a slot)."""
+
     async def connect(self) -> None: ...
 
     async def receive(self, timeout: float) -> Captured: ...
@@ -62,7 +70,7 @@ class CaptureLoop:
         metrics: CaptureMetrics,
         retrier: Retrier,
         stopping: Callable[[], bool],
-        on_connected: Callable[[], None],
+        on_connected: Callable[[str | None], None],
         on_captured: Callable[[Captured], None],
         on_lost: Callable[[str], None],
     ) -> None:
@@ -88,7 +96,7 @@ class CaptureLoop:
                 backend_pid=self.source.backend_pid,
             )
             connected_before = True
-            self._on_connected()
+            self._on_connected(self.source.missed)
             try:
                 await self._receive_until_stopped()
             except TransientError as error:

@@ -8,8 +8,11 @@ from collections.abc import Callable, Sequence
 from propagator.adapters.connections import url_for
 from propagator.adapters.leader import LeaderLock, lock_id_for
 from propagator.adapters.listener import Listener
+from propagator.adapters.slot_reader import SlotReader
+from propagator.adapters.slot_stream import SlotStream
 from propagator.daemon.capture import CaptureSource
 from propagator.daemon.leadership import LeaderLockPort
+from propagator.daemon.logical import LogicalCapture, watched_relations
 from propagator.daemon.shared import SharedProduction
 from propagator.daemon.writers import SandboxWriter, Writer
 from propagator.services.history import History
@@ -21,6 +24,8 @@ __all__ = [
     "SharedProductionWriters",
     "WriterFactory",
     "advisory_lock",
+    "capture_for",
+    "logical_capture",
     "notify_capture",
     "sandbox_writer",
 ]
@@ -51,6 +56,38 @@ def notify_capture(mappings: Sequence[Settings], instance_id: str) -> Listener:
         connect_timeout=settings.connect_timeout,
         application_name=f"propagator listener {instance_id}"[:63],
     )
+
+
+def logical_capture(mappings: Sequence[Settings], instance_id: str) -> LogicalCapture:
+    """A pgoutput slot on one production database, read by the leader (``capture = logical``)."""
+    settings = mappings[0]
+    url = url_for(settings, "production")
+    slot, publication = settings.logical_slot, settings.logical_publication
+    return LogicalCapture(
+        SlotReader(
+            url,
+            slot=slot,
+            publication=publication,
+            connect_timeout=settings.connect_timeout,
+            application_name=f"propagator slot {instance_id}"[:63],
+        ),
+        SlotStream(
+            url,
+            slot=slot,
+            publication=publication,
+            connect_timeout=settings.connect_timeout,
+            application_name=f"propagator stream {instance_id}"[:63],
+        ),
+        watched_relations(mappings),
+        max_keys=settings.buffer_max_keys,
+        state_interval=settings.heartbeat_interval.total_seconds(),
+        silence_limit=settings.heartbeat_timeout.total_seconds(),
+    )
+
+
+def capture_for(settings: Settings) -> CaptureFactory:
+    """The capture the settings choose: triggers and NOTIFY, or a logical slot."""
+    return logical_capture if settings.capture == "logical" else notify_capture
 
 
 def advisory_lock(settings: Settings, instance_id: str) -> LeaderLock:

@@ -65,6 +65,13 @@ class Pipeline:
         )
         # Reads the sandbox's identity now, asking for a refresh if it changed (None: not watched).
         self.check_refresh: Callable[[], Awaitable[bool]] | None = None
+        # Buffer clock of the first full reconcile owed for keys let go (overflow, refusal,
+        # resync, catch-up): a durable capture keeps what came after it until it is done.
+        self._owed_since: float | None = None
+        # A durable capture (a slot) keeps every change until told it is written:
+        # no catch-up on takeover, and a change of role (``generation``) makes it re-read.
+        self.durable_capture = False
+        self.generation = 0
 
     @property
     def in_flight_keys(self) -> int:
@@ -78,30 +85,55 @@ class Pipeline:
 
     # Requests for full reconciles.
 
+    def unsettled_since(self) -> float | None:
+        """Buffer clock of the oldest change not yet in the sandbox (None: every one is).
+
+        Changes captured before it were all written (or found equal) and committed:
+        a durable capture source may forget them.
+        """
+        times = [self.buffer.waiting_since(), self._owed_since]
+        times += [lane.in_flight.arrived for lane in self.lanes if lane.in_flight is not None]
+        if self.requests.running is not None and self._owed_since is None:
+            times.append(self.buffer.clock())  # a reconcile runs: nothing settles meanwhile
+        return min((t for t in times if t is not None), default=None)
+
+    def _owe_reconcile(self) -> None:
+        if self._owed_since is None:
+            self._owed_since = self.buffer.clock()
+
     def request_catchup(self, why: str) -> None:
+        self._owe_reconcile()
         self.requests.want_catchup(why)
         self.state.catchup_done = False
         _log.info("catchup_requested", reason=why)
         self.poke()
 
     def want_reconcile(self, why: str) -> None:
+        self._owe_reconcile()
         self.requests.want_reconcile(why)
         self.poke()
 
     def want_refresh(self, why: str) -> None:
+        self._owe_reconcile()
         self.requests.want_refresh(why)
         self.poke()
 
-    def on_capture_connected(self) -> None:
-        if self.leadership.is_leader:
-            self.request_catchup("listener connected")
+    def on_capture_connected(self, missed: str | None = "listener connected") -> None:
+        """The capture (re)connected; ``missed`` says why changes may have been missed
+        meanwhile (None: a durable capture kept them all, no catch-up is owed)."""
+        if self.leadership.is_leader and missed is not None:
+            self.request_catchup(missed)
 
     def on_promoted(self) -> None:
         self.buffer.clear()
-        if self.capture_connected():
+        self.generation += 1
+        if self.durable_capture:
+            self.state.catchup_done = True  # the capture still holds every unwritten change
+        elif self.capture_connected():
             self.request_catchup("leadership acquired")
 
     def on_demoted(self, why: str) -> None:
+        self.generation += 1
         if self.state.role == "leader":
             _log.error("leadership_lost", reason=why, dropped_keys=len(self.buffer))
         self.buffer.clear()
@@ -212,6 +244,8 @@ class Pipeline:
             self.requests.finish(job, succeeded=succeeded, still_leader=self.leadership.is_leader)
             self.poke()  # the other lanes resume
         _answer(job.waiters, result=summary.as_dict())
+        if not self.requests.pending:
+            self._owed_since = None  # what was let go before this reconcile began is covered
         self.on_reconciled(job, summary, notified + self.buffer.received_total)
         if job.covers_catchup and not self.requests.catchup_wanted:
             self.state.catchup_done = True

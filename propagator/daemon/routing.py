@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from propagator.core.payload import Heartbeat
 from propagator.daemon.capture import Captured, CaptureLoop, CaptureSource
+from propagator.daemon.logical import LogicalCapture
 from propagator.daemon.pipeline import Pipeline
 from propagator.daemon.retry import Retrier
 from propagator.daemon.runtime import MappingRuntime
@@ -44,9 +45,9 @@ class Router:
             for pipeline in self.routes.get(channel, ()):
                 pipeline.on_captured(heard)  # type: ignore[arg-type]
 
-    def on_connected(self) -> None:
+    def on_connected(self, missed: str | None) -> None:
         for pipeline in self.pipelines:
-            pipeline.on_capture_connected()
+            pipeline.on_capture_connected(missed)
 
 
 def build_captures(
@@ -69,6 +70,8 @@ def build_captures(
             runtime.pipeline.capture_connected = _connected_of(source)
         router = Router(routes)
         metrics = CaptureMetrics([r.metrics for r in group])
+        if isinstance(source, LogicalCapture):
+            _follow(source, group, metrics)
         report = _errors_to(group)
         loop = CaptureLoop(
             source,
@@ -84,6 +87,39 @@ def build_captures(
         )
         captures.append((source, loop, tuple(group)))
     return captures
+
+
+class _Progress:
+    """How far the mappings fed by one slot have got (``daemon.logical.CaptureProgress``)."""
+
+    def __init__(self, runtimes: Sequence[MappingRuntime]) -> None:
+        self.pipelines = [runtime.pipeline for runtime in runtimes]
+        self.clock = self.pipelines[0].buffer.clock
+
+    def all_leading(self) -> bool:
+        return all(pipeline.leadership.is_leader for pipeline in self.pipelines)
+
+    def unsettled_since(self) -> float | None:
+        times = [pipeline.unsettled_since() for pipeline in self.pipelines]
+        return min((t for t in times if t is not None), default=None)
+
+    def generation(self) -> int:
+        return sum(pipeline.generation for pipeline in self.pipelines)
+
+    def backlog(self) -> int:
+        return max(len(pipeline.buffer) for pipeline in self.pipelines)
+
+
+def _follow(
+    source: LogicalCapture, runtimes: Sequence[MappingRuntime], metrics: CaptureMetrics
+) -> None:
+    """A slot keeps every change: its pipelines owe no catch-up on takeover, and it moves
+    only as far as they have written."""
+    for runtime in runtimes:
+        runtime.pipeline.durable_capture = True
+    source.follow(_Progress(runtimes))
+    source.on_slot = metrics.set_slot_retained
+    source.on_recreated = metrics.record_slot_recreated
 
 
 def _connected_of(source: CaptureSource) -> Callable[[], bool]:

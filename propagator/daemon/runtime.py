@@ -211,7 +211,7 @@ class MappingRuntime:
         """Why this mapping is not ready (empty: ready)."""
         reasons: list[str] = []
         if not capture_connected:
-            reasons.append("production listener not connected")
+            reasons.append(self._capture_reason())
         if not self.lock.connected:
             reasons.append("sandbox not connected")
         if self.state.role == "starting":
@@ -223,6 +223,12 @@ class MappingRuntime:
         if overdue := self._reconcile_overdue():
             reasons.append(overdue)
         return reasons
+
+    def _capture_reason(self) -> str:
+        if self.settings.capture == "notify":
+            return "production listener not connected"
+        error = self.state.last_error
+        return "production slot not streaming" + (f": {error}" if error else "")
 
     def _reconcile_overdue(self) -> str | None:
         """The writer's full reconciles stopped succeeding: drift the event path misses stays.
@@ -290,6 +296,7 @@ class MappingRuntime:
             "leader_lock_id": self.lock.lock_id,
             "history": self.history.describe(),
             "triggers": None if self.triggers is None else self.triggers.describe(),
+            "capture": capture.describe(),
         }
 
 

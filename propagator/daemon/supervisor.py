@@ -26,14 +26,14 @@ from propagator.daemon.factories import (
     SharedProductionWriters,
     WriterFactory,
     advisory_lock,
-    notify_capture,
+    capture_for,
 )
 from propagator.daemon.housekeeping import Ticker
 from propagator.daemon.routing import build_captures
 from propagator.daemon.runtime import MappingRuntime, where
 from propagator.daemon.shutdown import StopSignals, TaskSet
 from propagator.daemon.status import DaemonState, Role
-from propagator.daemon.triggerwatch import watch_triggers
+from propagator.daemon.triggerwatch import TriggerWatch, watch_triggers
 from propagator.daemon.web import start_http
 from propagator.errors import ConfigurationError, ExitCode
 from propagator.observability.http import HttpServer
@@ -66,7 +66,7 @@ class Daemon:
         instance_id: str | None = None,
         handle_signals: bool = True,
         serve_http: bool = True,
-        capture_factory: CaptureFactory = notify_capture,
+        capture_factory: CaptureFactory | None = None,
         lock_factory: LockFactory = advisory_lock,
         writer_factory: WriterFactory | None = None,
         history: History | None = None,
@@ -101,8 +101,8 @@ class Daemon:
             )
             for number, mapping in enumerate(served)
         )
-        self._build_captures(capture_factory)
-        self.trigger_watches = watch_triggers(self.runtimes)
+        self._build_captures(capture_factory or capture_for(settings))
+        self.trigger_watches = self._watch_triggers()
         primary = self.runtimes[0]
         self.history_reader = (
             HistoryReaders([r.settings for r in self.runtimes]) if primary.history.enabled else None
@@ -127,6 +127,14 @@ class Daemon:
         self._capture_of = {
             runtime.name: (source, loop) for source, loop, runtimes in built for runtime in runtimes
         }
+
+    def _watch_triggers(self) -> list[TriggerWatch]:
+        """The production triggers to watch: none for a logical slot, nor their metric."""
+        if self.settings.capture == "notify":
+            return watch_triggers(self.runtimes)
+        for runtime in self.runtimes:
+            self.metrics.triggers_current.remove(runtime.name)
+        return []
 
     # Public surface: state, status, readiness, liveness, stop.
 

@@ -144,6 +144,17 @@ class CaptureMetrics:
         for mapping in self.mappings:
             mapping.record_retry(cause)
 
+    def set_slot_retained(self, retained_bytes: int | None) -> None:
+        """The WAL the logical slot retains (None: the slot is missing)."""
+        for mapping in self.mappings:
+            mapping.metrics.slot_retained_wal.labels(mapping=mapping.name).set(
+                -1 if retained_bytes is None else retained_bytes
+            )
+
+    def record_slot_recreated(self) -> None:
+        for mapping in self.mappings:
+            mapping.metrics.slot_recreated.labels(mapping=mapping.name).inc()
+
     def set_database_connected(self, database: str, connected: bool) -> None:
         for mapping in self.mappings:
             mapping.set_database_connected(database, connected)

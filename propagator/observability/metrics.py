@@ -110,6 +110,7 @@ class Metrics:
         self._declare_reconcile()
         self._declare_health()
         self._declare_refresh()
+        self._declare_slot()
         self._declare_stalls()
         self.build_info.info({"version": __version__})
         self._create_series(mappings)
@@ -269,6 +270,21 @@ class Metrics:
             ["mapping"],
         )
 
+    def _declare_slot(self) -> None:
+        """Logical capture: what the slot costs production, and slots lost and recreated."""
+        self.slot_retained_wal = self._gauge(
+            "capture_slot_retained_wal_bytes",
+            "WAL production keeps for the logical capture's slot (pg_current_wal_lsn() minus its "
+            "restart_lsn); -1 while the slot is missing. Absent with capture = notify.",
+            ["mapping"],
+        )
+        self.slot_recreated = self._counter(
+            "capture_slot_recreated",
+            "Logical slots found invalidated (WAL removed past max_slot_wal_keep_size) and "
+            "recreated, each followed by a full reconcile.",
+            ["mapping"],
+        )
+
     def _declare_stalls(self) -> None:
         """What the event path alone cannot tell: triggers gone, keys stuck, changes missed."""
         self.triggers_current = self._gauge(
@@ -336,6 +352,7 @@ class Metrics:
         ):
             stall.labels(mapping=mapping)
         self.sandbox_refreshes.labels(mapping=mapping)
+        self.slot_recreated.labels(mapping=mapping)
 
     # Process-wide helpers; per-mapping ones are on ``MappingMetrics``.
 

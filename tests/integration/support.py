@@ -16,10 +16,13 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from propagator.core.report import ReconcileReport
+from propagator.services.capture import install as install_capture
+from propagator.services.capture_plan import logical_targets
 from propagator.services.reconcile import reconcile
 from propagator.services.sync import SyncSession
 from propagator.services.triggers import install
 from propagator.settings import Settings, load_settings
+from propagator.settings.mappings import watched_tables
 from propagator.testing import DaemonRunner
 from tests.helpers import DatabasePair
 
@@ -32,6 +35,7 @@ __all__ = [
     "converged",
     "daemon_settings",
     "differences",
+    "install_logical",
     "install_triggers",
     "observed_settings",
     "running_daemon",
@@ -69,6 +73,13 @@ def daemon_settings(databases: DatabasePair, **overrides: Any) -> Settings:
 def install_triggers(databases: DatabasePair, settings: Settings) -> None:
     with psycopg.connect(databases.production.url, autocommit=True) as conn:
         install(conn, settings)
+
+
+def install_logical(databases: DatabasePair, settings: Settings) -> None:
+    """The publication and slot ``propagator capture install`` creates for ``settings``."""
+    (target,) = logical_targets(watched_tables([settings]))
+    with psycopg.connect(databases.production.url, autocommit=True) as conn:
+        install_capture(conn, target)
 
 
 def seed(databases: DatabasePair, count: int, *, sandbox_value: Any = 0) -> None:

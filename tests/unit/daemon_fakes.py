@@ -70,6 +70,8 @@ class FakeCapture:
         self.connected = False
         self.backend_pid: int | None = None
         self.heartbeat_age = 0.0
+        self.missed: str | None = "listener connected"
+        self.describe = lambda: {"kind": "notify", "channels": ["propagator_jobs"]}
         self.queue_usage: float | None = 0.0
         self.connects = 0
         self._pending: list[Notification | MalformedNotification] = []

@@ -1,0 +1,229 @@
+"""Logical capture: production changes streamed from a slot, kept while the daemon is away.
+
+Each test runs the real daemon against a production server with
+``wal_level = logical`` and a separate sandbox server; no trigger is installed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+
+from propagator.settings import Settings
+from propagator.testing import DaemonRunner
+from tests.conftest import TEMPLATE, Server
+from tests.helpers import DatabasePair, wait_until
+from tests.integration.support import converged, daemon_settings, install_logical, seed
+
+ROWS = 200
+
+
+def logical_settings(databases: DatabasePair, **overrides: object) -> Settings:
+    """Quick daemon settings in logical mode, with a slot of the test's own (names are global)."""
+    return daemon_settings(
+        databases,
+        capture="logical",
+        logical_slot=databases.production.name,
+        **overrides,
+    )
+
+
+@contextmanager
+def started(settings: Settings) -> Iterator[DaemonRunner]:
+    with DaemonRunner(settings) as runner:
+        runner.wait_ready(timeout=30)
+        yield runner
+
+
+def reconciles(runner: DaemonRunner) -> float:
+    return runner.metric("propagator_reconcile_runs_total")
+
+
+def update_production(databases: DatabasePair, where: str, value: str = "job * 10") -> None:
+    databases.production.execute(f"UPDATE jobs SET fab_order = {value} WHERE {where}")
+
+
+def test_a_new_slot_is_caught_up_once_then_changes_stream_with_no_trigger(
+    logical_databases: DatabasePair,
+) -> None:
+    databases = logical_databases
+    seed(databases, ROWS, sandbox_value=None)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
+    settings = logical_settings(databases)
+    install_logical(databases, settings)
+    with started(settings) as runner:
+        update_production(databases, "job <= 50")
+        databases.production.execute(
+            "INSERT INTO jobs (job, release, fab_order) VALUES (9999, 'A', 1)"
+        )
+        databases.sandbox.execute("INSERT INTO jobs (job, release) VALUES (9999, 'A')")
+        wait_until(lambda: converged(databases), timeout=20, what="the sandbox converged")
+        # What changed before the slot existed is not in it: one catch-up, then the stream.
+        assert runner.metric("propagator_reconcile_runs_total", source="catchup") == 1
+        assert reconciles(runner) == 1
+        wait_until(
+            lambda: runner.metric("propagator_capture_slot_retained_wal_bytes") > 0,
+            timeout=10,
+            what="the slot's retained WAL exported",
+        )
+        status = runner.daemon.status()
+    triggers = databases.production.fetchall(
+        "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal"
+    )
+    assert triggers == [(0,)]
+    assert status["capture"]["kind"] == "logical"
+
+
+def test_changes_made_while_the_daemon_is_stopped_arrive_after_a_restart_without_a_reconcile(
+    logical_databases: DatabasePair,
+) -> None:
+    databases = logical_databases
+    seed(databases, ROWS, sandbox_value=None)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
+    settings = logical_settings(databases)
+    install_logical(databases, settings)
+    with started(settings) as runner:
+        update_production(databases, "job <= 10")
+        wait_until(lambda: converged(databases), timeout=20, what="the first changes")
+    update_production(databases, "job > 10", "job * 7")  # nobody listens now
+    with started(settings) as runner:
+        wait_until(lambda: converged(databases), timeout=20, what="what changed while away")
+        assert reconciles(runner) == 0  # the slot kept them: no catch-up after a restart
+
+
+@pytest.fixture
+def small_wal_databases(small_wal_server: Server, sandbox_server: Server) -> Iterator[DatabasePair]:
+    """Production on a server whose slots keep at most 1 MB of WAL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    pair = DatabasePair(
+        small_wal_server.create_database(name, TEMPLATE),
+        sandbox_server.create_database(name, TEMPLATE),
+    )
+    try:
+        yield pair
+    finally:
+        small_wal_server.drop_slots(name)
+        small_wal_server.drop_database(name)
+        sandbox_server.drop_database(name)
+
+
+def _invalidate_slot(server: Server, databases: DatabasePair, slot: str) -> None:
+    """Write WAL past the 1 MB a slot may keep until a checkpoint drops the slot's WAL."""
+    with server.admin() as admin:
+
+        def lost() -> bool:
+            update_production(databases, "true", "fab_order + 1")
+            admin.execute("SELECT pg_catalog.pg_switch_wal()")
+            admin.execute("CHECKPOINT")
+            state = admin.execute(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            ).fetchone()
+            return state is not None and state[0] == "lost"
+
+        wait_until(lost, timeout=60, interval=0.1, what="the slot invalidated")
+
+
+def test_an_invalidated_slot_is_recreated_and_answered_by_a_full_reconcile(
+    small_wal_databases: DatabasePair, small_wal_server: Server
+) -> None:
+    databases = small_wal_databases
+    seed(databases, ROWS, sandbox_value=None)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
+    settings = logical_settings(databases)
+    install_logical(databases, settings)
+    with started(settings):
+        pass  # the slot is read once, then nobody reads it while production goes on
+    _invalidate_slot(small_wal_server, databases, settings.logical_slot)
+    with DaemonRunner(settings) as runner:
+        wait_until(lambda: converged(databases), timeout=30, what="the sandbox converged")
+        assert runner.metric("propagator_capture_slot_recreated_total") == 1
+        assert runner.metric("propagator_reconcile_runs_total", source="catchup") >= 1
+        state = databases.production.fetchall(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
+            (settings.logical_slot,),
+        )
+        assert state
+        assert state[0][0] != "lost"
+
+
+def test_a_missing_publication_is_reported_then_the_daemon_recovers_once_installed(
+    logical_databases: DatabasePair,
+) -> None:
+    databases = logical_databases
+    seed(databases, ROWS, sandbox_value=None)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
+    settings = logical_settings(databases)
+    with DaemonRunner(settings) as runner:
+        wait_until(
+            lambda: any(
+                "publication" in reason and "capture install" in reason
+                for reason in runner.daemon.readiness()[1]
+            ),
+            timeout=20,
+            what="readiness naming the missing publication",
+        )
+        install_logical(databases, settings)
+        update_production(databases, "job <= 5")
+        wait_until(lambda: converged(databases), timeout=30, what="recovery after install")
+
+
+@pytest.mark.parametrize("standby_first", [False])
+def test_only_the_leader_streams_the_slot(
+    logical_databases: DatabasePair, standby_first: bool
+) -> None:
+    databases = logical_databases
+    seed(databases, ROWS, sandbox_value=None)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
+    settings = logical_settings(databases)
+    install_logical(databases, settings)
+    with started(settings) as leader, DaemonRunner(settings, instance_id="standby") as standby:
+        standby.wait_for(lambda d: d.role == "standby", timeout=20, what="the standby")
+        update_production(databases, "job <= 20")
+        wait_until(lambda: converged(databases), timeout=20, what="the leader's writes")
+        with psycopg.connect(databases.production.url, autocommit=True) as conn:
+            streams = conn.execute("SELECT application_name FROM pg_stat_replication").fetchall()
+        assert [name for (name,) in streams] == [
+            f"propagator stream {leader.daemon.instance_id}"[:63]
+        ]
+
+
+def test_a_server_without_logical_wal_is_reported_and_retried_slowly(
+    databases: DatabasePair,
+) -> None:
+    """The ordinary production server runs with wal_level = replica."""
+    settings = logical_settings(databases)
+    with DaemonRunner(settings) as runner:
+        wait_until(
+            lambda: any("wal_level = logical" in reason for reason in runner.daemon.readiness()[1]),
+            timeout=20,
+            what="readiness naming wal_level",
+        )
+        assert runner.metric("propagator_retries_total", cause="permanent") >= 1
+
+
+def test_a_role_without_replication_is_told_the_grant_it_lacks(
+    logical_databases: DatabasePair,
+) -> None:
+    databases = logical_databases
+    role = f"r_{databases.production.name}"
+    databases.production.execute(f"CREATE ROLE {role} LOGIN")
+    databases.production.execute(f"GRANT SELECT ON jobs TO {role}")
+    try:
+        url = databases.production.url.replace("postgres@", f"{role}@", 1)
+        settings = logical_settings(databases, production_database_url=url)
+        with DaemonRunner(settings) as runner:
+            wait_until(
+                lambda: any(
+                    f"ALTER ROLE {role} REPLICATION" in reason
+                    for reason in runner.daemon.readiness()[1]
+                ),
+                timeout=20,
+                what="readiness naming the REPLICATION grant",
+            )
+    finally:
+        databases.production.execute(f"DROP OWNED BY {role}")
+        databases.production.execute(f"DROP ROLE {role}")
