@@ -7,7 +7,8 @@ module imports neither: ``require_extra`` can say what is missing before
 anything needs it.
 
 The parts: ``embedded`` (throwaway servers), ``data`` (seed-shaped tables),
-``servers`` (the pair and its settings), ``events``, ``changes`` and ``live``
+``servers`` (the pair and its settings), ``capture`` (the triggers, or the
+publication and slot, on production), ``events``, ``changes`` and ``live``
 (the live phase), ``interrupts`` and ``views`` (the terminal), ``session``
 (the steps, in order).
 """

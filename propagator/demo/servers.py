@@ -2,9 +2,10 @@
 
 The sandbox server holds two databases: the sandbox (``app``, mapping ``jobs``)
 and a QA copy of it (``app_qa``, mapping ``jobs_qa``), both mirroring
-production's ``public.jobs``. The settings come from arguments only: a user's
-environment may hold a real deployment's variables, and the demo must never
-pick those up.
+production's ``public.jobs``. With logical capture the production server runs
+with ``wal_level = logical`` and a bounded ``max_slot_wal_keep_size``. The
+settings come from arguments only: a user's environment may hold a real
+deployment's variables, and the demo must never pick those up.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from propagator.errors import ConfigurationError
 from propagator.settings import Settings
 
 __all__ = [
+    "LOGICAL_SERVER_SETTINGS",
     "MAIN_MAPPING",
     "QA_MAPPING",
     "Connection",
@@ -39,13 +41,25 @@ __all__ = [
 Connection = psycopg.Connection[tuple[Any, ...]]
 MAIN_MAPPING = "jobs"  # production public.jobs -> the sandbox
 QA_MAPPING = "jobs_qa"  # the same table -> the QA copy of the sandbox
+Capture = Literal["notify", "logical"]
+LOGICAL_SERVER_SETTINGS = {
+    "wal_level": "logical",
+    "max_slot_wal_keep_size": "1GB",
+    "synchronous_commit": "on",
+}
+"""Production for logical capture: a slot to stream and a bound on the WAL it may keep.
+
+A slot streams only flushed WAL: without synchronous commits a change would wait
+for the WAL writer (up to ``wal_writer_delay``), which the latencies would show.
+"""
 
 
 class DemoServers:
     """Production and sandbox: two separate throwaway servers, started side by side."""
 
-    def __init__(self) -> None:
-        self.production = EmbeddedPostgres("demo-production")
+    def __init__(self, capture: Capture = "notify") -> None:
+        logical = LOGICAL_SERVER_SETTINGS if capture == "logical" else None
+        self.production = EmbeddedPostgres("demo-production", settings=logical)
         self.sandbox = EmbeddedPostgres("demo-sandbox")
         self._starting: list[EmbeddedPostgres] = []
 
@@ -103,8 +117,13 @@ class _DemoSettings(Settings):
         return (init_settings,)
 
 
-def demo_settings(production_url: str, sandbox_url: str, *, api_token: str) -> Settings:
-    """The seed's mapping (``public.jobs`` by ``(job, release)``, ``fab_order``), demo servers."""
+def demo_settings(
+    production_url: str, sandbox_url: str, *, api_token: str, capture: Capture = "notify"
+) -> Settings:
+    """The seed's mapping (``public.jobs`` by ``(job, release)``, ``fab_order``), demo servers.
+
+    ``capture`` is how production changes reach the daemon: triggers or the slot.
+    """
     register_secret(api_token)
     return _DemoSettings(
         production_database_url=SecretStr(production_url),
@@ -114,6 +133,7 @@ def demo_settings(production_url: str, sandbox_url: str, *, api_token: str) -> S
         api_token=SecretStr(api_token),
         log_format="json",
         log_level="info",
+        capture=capture,
     )
 
 

