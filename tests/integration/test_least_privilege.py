@@ -101,6 +101,37 @@ def grants(
         _drop_role(sandbox_server, databases.sandbox, role)
 
 
+@pytest.fixture
+def logical_grants(
+    logical_databases: DatabasePair, logical_server: Server, sandbox_server: Server
+) -> Iterator[Grants]:
+    """``grants`` on a production server with wal_level = logical, for logical capture."""
+    role = f"propagator_lp_{uuid.uuid4().hex[:8]}"
+    psql(
+        logical_databases.production.url,
+        SQL_DIR / "production_roles.sql",
+        role=role,
+        password=PASSWORD,
+        capture="logical",
+    )
+    psql(
+        logical_databases.sandbox.url,
+        SQL_DIR / "sandbox_roles.sql",
+        role=role,
+        password=PASSWORD,
+        update_columns="fab_order",
+    )
+    try:
+        yield Grants(
+            role,
+            url_as(logical_databases.production, role, PASSWORD),
+            url_as(logical_databases.sandbox, role, PASSWORD),
+        )
+    finally:
+        _drop_role(logical_server, logical_databases.production, role)
+        _drop_role(sandbox_server, logical_databases.sandbox, role)
+
+
 def _seed(databases: DatabasePair) -> None:
     databases.production.insert_jobs(
         [(job, "A", Decimal(job * 10), "red", "cut") for job in range(1, 51)]
@@ -304,3 +335,95 @@ def test_history_schema_grant_is_enough_for_setup_and_recording(
         "SELECT DISTINCT tableowner FROM pg_catalog.pg_tables WHERE schemaname = 'propagator'"
     )
     assert owners == [(grants.role,)]
+
+
+def _role_facts(database: Database, role: str) -> tuple[object, ...]:
+    return database.fetchall(
+        "SELECT r.rolreplication, r.rolsuper, "
+        "  array(SELECT privilege_type::text FROM information_schema.role_table_grants "
+        "        WHERE grantee = r.rolname ORDER BY 1) "
+        "FROM pg_catalog.pg_roles r WHERE r.rolname = %s",
+        (role,),
+    )[0]
+
+
+def test_capture_logical_adds_replication_and_nothing_else_and_rerunning_takes_it_away(
+    databases: DatabasePair, grants: Grants
+) -> None:
+    """`-v capture=logical` sets REPLICATION only; a run without it resets NOREPLICATION."""
+    script = SQL_DIR / "production_roles.sql"
+    url = databases.production.url
+
+    psql(url, script, role=grants.role, password=PASSWORD, capture="logical")
+    assert _role_facts(databases.production, grants.role) == (True, False, ["SELECT"])
+    with psycopg.connect(grants.production_url, autocommit=True) as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+
+    psql(url, script, role=grants.role, password=PASSWORD)
+    assert _role_facts(databases.production, grants.role) == (False, False, ["SELECT"])
+
+    command = [str(binary_dir() / "psql"), "-X", "-q", "-d", url, "-f", str(script)]
+    for name, value in {"role": grants.role, "password": PASSWORD, "capture": "slot"}.items():
+        command[1:1] = ["-v", f"{name}={value}"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0
+    assert "capture must be notify or logical" in refused.stderr
+    assert _role_facts(databases.production, grants.role) == (False, False, ["SELECT"])
+
+
+def test_daemon_streams_logical_capture_with_exactly_the_scripted_grants(
+    logical_databases: DatabasePair, logical_grants: Grants, tmp_path: Path
+) -> None:
+    """With REPLICATION from the script, the daemon's role creates its slot and streams it."""
+    databases = logical_databases
+    _seed(databases)
+    slot = databases.production.name  # slot names are server-wide: one per test
+    capture = {"PROPAGATOR_CAPTURE": "logical", "PROPAGATOR_LOGICAL_SLOT": slot}
+    installed = run_cli(["capture", "install"], databases.env(**capture))  # the owner
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    # The slot goes: the daemon's role, in its read-only sessions, creates it again.
+    databases.production.execute("SELECT pg_catalog.pg_drop_replication_slot(%s)", (slot,))
+    port = free_port()
+    log = (tmp_path / "daemon.log").open("w+", encoding="utf-8")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "propagator", "run"],
+        env=logical_grants.env(
+            databases,
+            PROPAGATOR_HTTP_PORT=str(port),
+            PROPAGATOR_RECONCILE_INTERVAL="1h",
+            **capture,
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: _ready(port) or daemon.poll() is not None, timeout=60, what="/readyz")
+        assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
+        wait_until(
+            lambda: databases.sandbox.fab_orders() == databases.production.fab_orders(),
+            what="the reconcile after the slot was created, as the least-privilege role",
+        )
+
+        databases.production.execute("UPDATE public.jobs SET fab_order = 4242 WHERE job = 7")
+
+        wait_until(
+            lambda: (
+                databases.sandbox.scalar("SELECT fab_order FROM public.jobs WHERE job = 7")
+                == Decimal("4242.00")
+            ),
+            what="the change to reach the sandbox through the slot",
+        )
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=30)
+        log.close()
+    output = (tmp_path / "daemon.log").read_text()
+    assert daemon.returncode == 0, output
+    assert '"event": "slot_created"' in output
+    assert databases.production.scalar("SELECT count(*) FROM pg_catalog.pg_trigger") == 0
+    for refusal in ("permission denied", "read-only transaction", '"level": "error"'):
+        assert refusal not in output, output

@@ -80,6 +80,10 @@ def test_every_alert_has_for_severity_summary_description_and_runbook() -> None:
         "PropagatorNotificationQueueFilling",
         "PropagatorListenerHeartbeatStale",
         "PropagatorDatabaseDisconnected",
+        "PropagatorSlotRetainingWal",
+        "PropagatorSlotRetainingWalCritical",
+        "PropagatorSlotMissing",
+        "PropagatorSlotRecreated",
     ):
         assert wanted in names, wanted
     for rule in rules:
@@ -179,7 +183,7 @@ def test_dashboard_covers_the_agreed_views_on_exported_metrics() -> None:
     titles = " | ".join(panel["title"].lower() for panel in dashboard_panels())
     for topic in ("in sync", "lag", "rows applied", "reconcile", "rejected", "malformed"):
         assert topic in titles, topic
-    for topic in ("retries", "connections", "writer", "heartbeat", "queue"):
+    for topic in ("retries", "connections", "writer", "heartbeat", "queue", "slot"):
         assert topic in titles, topic
     used = {
         name for expr in dashboard_queries() for name in re.findall(r"propagator_[a-z_]+", expr)
