@@ -22,6 +22,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
+from propagator.core import redact
 from propagator.demo.embedded import EmbeddedPostgres
 from tests.helpers import JOBS_DDL, Database, DatabasePair, wait_until
 
@@ -55,6 +56,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if slow:
         items[:] = [item for item in items if item.get_closest_marker("slow") is None]
         config.hook.pytest_deselected(items=slow)
+
+
+@pytest.fixture(autouse=True)
+def _secrets_registered_by_one_test_stay_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password a test registers ("pass") would mask that word in every later test's output."""
+    monkeypatch.setattr(redact, "_secrets", set(redact._secrets))
 
 
 @dataclass

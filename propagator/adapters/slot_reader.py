@@ -136,6 +136,13 @@ class SlotReader:
         )
         return bool(rows and rows[0][0])
 
+    async def visible(self, xids: list[int]) -> bool:
+        """Whether these committed transactions are visible to a read of production now."""
+        rows = await self._rows(
+            "checking the changes are visible", load_sql("logical/xids_visible.sql"), {"xids": xids}
+        )
+        return bool(rows[0][0])
+
     async def create(self) -> int:
         rows = await self._rows(
             "creating the replication slot",

@@ -49,10 +49,11 @@ class WatchedRelation:
 
 @dataclass(frozen=True, slots=True)
 class Transaction:
-    """One committed production transaction: its notifications and where it ends."""
+    """One committed production transaction: its notifications, where it ends, its xid."""
 
     end_lsn: int
     changes: tuple[Change | Resync, ...]
+    xid: int = 0
 
 
 def key_part(text: str | bytes, type_oid: int) -> object:
@@ -97,6 +98,7 @@ class ChangeCollector:
         self.max_keys = max_keys
         self._routes: dict[int, _Route | None] = {}
         self._commit_time = 0.0
+        self._xid = 0
         self._keys: dict[str, dict[Key, None]] = {}
         self._resync: set[str] = set()
 
@@ -128,6 +130,7 @@ class ChangeCollector:
                 self._collect(route, message)
         elif isinstance(message, Begin):
             self._commit_time = message.commit_time.timestamp()
+            self._xid = message.xid
             self._keys.clear()
             self._resync.clear()
         elif isinstance(message, Commit):
@@ -167,7 +170,7 @@ class ChangeCollector:
         changes += [Resync(self._commit_time, channel) for channel in sorted(self._resync)]
         self._keys.clear()
         self._resync.clear()
-        return Transaction(commit.end_lsn, tuple(changes))
+        return Transaction(commit.end_lsn, tuple(changes), self._xid)
 
 
 def _key_of(row: TupleData, route: _Route) -> Key | None:

@@ -258,6 +258,7 @@ class LogicalCapture:
         if messages:
             self._last_seen = time.monotonic()
         captured: list[Notification] = []
+        xids: list[int] = []
         upto = None
         for message in messages:
             if isinstance(message, Keepalive):
@@ -279,9 +280,26 @@ class LogicalCapture:
             if transaction is not None:
                 captured += transaction.changes
                 upto = max(upto or 0, transaction.end_lsn)
+                if transaction.changes:
+                    xids.append(transaction.xid)
+        if xids:
+            await self._wait_visible(xids)
         if upto is not None:
             self._reads.append(_Read(upto))
         return captured
+
+    async def _wait_visible(self, xids: list[int]) -> None:
+        """Hand keys over only once their transactions are visible to other sessions.
+
+        The server sends a commit as soon as its WAL is flushed, which can be a moment
+        before the committing session's change is visible: re-read then, production
+        would still show the old row and the change would be let go unwritten.
+        """
+        deadline = time.monotonic() + self.silence_limit
+        while not await self.reader.visible(xids):
+            if time.monotonic() > deadline:  # never let go unread: the stream sends it again
+                raise TransientError("production changes sent by the slot never became visible")
+            await asyncio.sleep(0.001)
 
     async def _settle(self) -> None:
         """Let the slot go past every read whose keys are all in the sandbox."""

@@ -178,6 +178,7 @@ def production_capture(url: str) -> dict[str, object]:
         }
 
 
+@pytest.mark.slow
 def test_logical_capture_demo_streams_a_slot_and_converges(demo_tmp: Path) -> None:
     """--capture logical: production runs with wal_level = logical, one publication and one
     slot (no trigger) serve both mappings, and the final check finds 0 differences in both."""
@@ -224,6 +225,7 @@ def test_logical_capture_demo_streams_a_slot_and_converges(demo_tmp: Path) -> No
     assert list(demo_tmp.iterdir()) == [], "the demo left folders behind"
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_demo_summarises_and_leaves_no_server(demo_tmp: Path) -> None:
     """SIGINT during the live stream ends it with a summary, 0 differences and no postgres left."""
     demo = DemoProcess(["--duration", "120"], demo_env(demo_tmp))
@@ -246,6 +248,7 @@ def test_ctrl_c_mid_demo_summarises_and_leaves_no_server(demo_tmp: Path) -> None
     assert not any(folder.exists() for folder in folders)
 
 
+@pytest.mark.slow
 def test_sigterm_during_start_up_aborts_and_leaves_no_server(demo_tmp: Path) -> None:
     """SIGTERM while the servers start waits for them, stops them, removes them, exits 130."""
     demo = DemoProcess(["--duration", "60"], demo_env(demo_tmp))

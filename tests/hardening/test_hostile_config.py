@@ -89,6 +89,7 @@ def assert_refused(result: object, *, code: int = 2) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_hostile_names_work_through_reconcile_triggers_and_the_daemon(
     databases: DatabasePair, tmp_path: Path, measure: Callable[..., float]
 ) -> None:

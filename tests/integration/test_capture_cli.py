@@ -409,6 +409,7 @@ def test_an_unbounded_slot_is_refused_unless_allowed(
     assert "max_slot_wal_keep_size -1 (unbounded)" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dedicated_pair", ["small_wal_server"], indirect=True)
 def test_a_slot_that_lost_its_wal_is_reported_and_install_recreates_it(
     dedicated_pair: DatabasePair, cli: Cli

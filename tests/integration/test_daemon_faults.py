@@ -157,6 +157,7 @@ def test_sandbox_restart_during_a_batch_converges(
     assert differences(daemon_settings(prepared)) == 0
 
 
+@pytest.mark.slow
 def test_dropped_sandbox_column_is_reported_and_retried_without_crashing(
     prepared: DatabasePair,
 ) -> None:
@@ -178,6 +179,7 @@ def test_dropped_sandbox_column_is_reported_and_retried_without_crashing(
         assert running.metric("propagator_retries_total", cause="permanent") <= 3
 
 
+@pytest.mark.slow
 def test_two_daemons_elect_one_writer_and_fail_over(prepared: DatabasePair) -> None:
     """Of two replicas exactly one leads; when its lock session dies the other takes over."""
     settings = daemon_settings(prepared)
@@ -208,6 +210,7 @@ def test_two_daemons_elect_one_writer_and_fail_over(prepared: DatabasePair) -> N
                 replica.stop()
 
 
+@pytest.mark.slow
 def test_listener_that_stops_hearing_its_heartbeat_is_replaced(
     prepared: DatabasePair, capsys: pytest.CaptureFixture[str]
 ) -> None:

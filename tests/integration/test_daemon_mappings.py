@@ -284,6 +284,7 @@ def trigger_sets(production: Database) -> dict[str, list[str]]:
 # The tests.
 
 
+@pytest.mark.slow
 def test_three_mappings_converge_under_concurrent_updates(estate: Estate) -> None:
     """Two tables into one sandbox and one table into a second: all converge, one trigger
     set per production table, and /status lists the three mappings."""

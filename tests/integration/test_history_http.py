@@ -196,6 +196,7 @@ def test_reconcile_is_refused_when_no_token_is_configured(databases: DatabasePai
         )
 
 
+@pytest.mark.slow
 def test_a_standby_refuses_to_reconcile_and_the_leader_prunes_history(
     databases: DatabasePair,
 ) -> None:

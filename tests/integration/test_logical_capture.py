@@ -127,6 +127,7 @@ def _invalidate_slot(server: Server, databases: DatabasePair, slot: str) -> None
         wait_until(lost, timeout=60, interval=0.1, what="the slot invalidated")
 
 
+@pytest.mark.slow
 def test_an_invalidated_slot_is_recreated_and_answered_by_a_full_reconcile(
     small_wal_databases: DatabasePair, small_wal_server: Server
 ) -> None:
@@ -150,6 +151,7 @@ def test_an_invalidated_slot_is_recreated_and_answered_by_a_full_reconcile(
         assert state[0][0] != "lost"
 
 
+@pytest.mark.slow
 def test_a_missing_publication_is_reported_then_the_daemon_recovers_once_installed(
     logical_databases: DatabasePair,
 ) -> None:
