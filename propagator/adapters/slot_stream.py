@@ -180,10 +180,15 @@ class SlotStream:
                 )
             await asyncio.sleep(0.005)
 
-    async def receive(self, timeout: float, limit: int) -> list[WalData | Keepalive]:
-        """What arrived, waiting at most ``timeout`` seconds for the first message."""
+    async def receive(
+        self, timeout: float, limit: int, gather: float = 0.0
+    ) -> list[WalData | Keepalive]:
+        """What arrived, waiting at most ``timeout`` seconds for the first message, then
+        ``gather`` seconds more for what follows it (a commit at a time costs a wake-up each)."""
         messages = self._available(limit)
         if not messages and timeout > 0 and await self._readable(timeout):
+            if gather > 0:
+                await asyncio.sleep(gather)
             messages = self._available(limit)
         return messages
 

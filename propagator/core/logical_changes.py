@@ -49,11 +49,12 @@ class WatchedRelation:
 
 @dataclass(frozen=True, slots=True)
 class Transaction:
-    """One committed production transaction: its notifications, where it ends, its xid."""
+    """One committed production transaction: where it ends, its xid, and whether it
+    changed a watched table (its keys wait in the collector until ``take``)."""
 
     end_lsn: int
-    changes: tuple[Change | Resync, ...]
-    xid: int = 0
+    xid: int
+    announced: bool
 
 
 def key_part(text: str | bytes, type_oid: int) -> object:
@@ -86,10 +87,13 @@ class _Route:
 
 
 class ChangeCollector:
-    """Feeds on decoded messages, hands back each watched transaction at its commit.
+    """Feeds on decoded messages; ``take`` hands over what committed since, one notification
+    per table, stamped with the earliest commit time among them.
 
-    A transaction touching more than ``max_keys`` keys of one table is announced as
-    a resync of that table instead, as the triggers do, so memory stays bounded.
+    One notification per transaction would cost the pipelines a call each, thousands a
+    second; merged, a busy stream costs them one per read. A transaction touching more
+    than ``max_keys`` keys of one table is announced as a resync of that table instead,
+    as the triggers do, so memory stays bounded.
     """
 
     def __init__(self, watched: Sequence[WatchedRelation], *, max_keys: int) -> None:
@@ -99,8 +103,11 @@ class ChangeCollector:
         self._routes: dict[int, _Route | None] = {}
         self._commit_time = 0.0
         self._xid = 0
-        self._keys: dict[str, dict[Key, None]] = {}
+        self._keys: dict[str, dict[Key, None]] = {}  # of the transaction being read
         self._resync: set[str] = set()
+        self._taken_keys: dict[str, dict[Key, None]] = {}  # committed, not taken yet
+        self._taken_since: dict[str, float] = {}
+        self._taken_resync: dict[str, float] = {}
 
     def _watched(self, relation: Relation) -> WatchedRelation | None:
         return self._exact.get((relation.namespace, relation.name)) or self._by_name.get(
@@ -162,15 +169,29 @@ class ChangeCollector:
             keys.clear()
 
     def _commit(self, commit: Commit) -> Transaction:
-        changes: list[Change | Resync] = [
-            Change(tuple(keys), self._commit_time, channel)
-            for channel, keys in self._keys.items()
-            if keys and channel not in self._resync
-        ]
-        changes += [Resync(self._commit_time, channel) for channel in sorted(self._resync)]
+        when = self._commit_time
+        announced = False
+        for channel, keys in self._keys.items():
+            if keys and channel not in self._resync:
+                self._taken_keys.setdefault(channel, {}).update(keys)
+                self._taken_since[channel] = min(self._taken_since.get(channel, when), when)
+                announced = True
+        for channel in self._resync:
+            self._taken_resync[channel] = min(self._taken_resync.get(channel, when), when)
+            announced = True
         self._keys.clear()
         self._resync.clear()
-        return Transaction(commit.end_lsn, tuple(changes), self._xid)
+        return Transaction(commit.end_lsn, self._xid, announced)
+
+    def take(self) -> list[Change | Resync]:
+        """What committed since the last call: one change per table, then any resync."""
+        taken: list[Change | Resync] = [
+            Change(tuple(keys), self._taken_since[channel], channel)
+            for channel, keys in self._taken_keys.items()
+        ]
+        taken += [Resync(when, channel) for channel, when in sorted(self._taken_resync.items())]
+        self._taken_keys, self._taken_since, self._taken_resync = {}, {}, {}
+        return taken
 
 
 def _key_of(row: TupleData, route: _Route) -> Key | None:

@@ -35,6 +35,7 @@ __all__ = ["CaptureProgress", "LogicalCapture", "watched_relations"]
 _log = get_logger("propagator.daemon")
 _WAIT_SECONDS = 0.05  # a pause while the stream may not be read
 _MESSAGES_PER_RECEIVE = 50_000  # hand over at least this often, however busy the stream
+_GATHER_SECONDS = 0.005  # as the NOTIFY listener: what commits together is read together
 _STATUS_SECONDS = 10.0  # the server hears from us at least this often (wal_sender_timeout)
 
 
@@ -254,7 +255,7 @@ class LogicalCapture:
         return True
 
     async def _read(self, timeout: float) -> list[Notification]:
-        messages = await self.stream.receive(timeout, _MESSAGES_PER_RECEIVE)
+        messages = await self.stream.receive(timeout, _MESSAGES_PER_RECEIVE, _GATHER_SECONDS)
         if messages:
             self._last_seen = time.monotonic()
         captured: list[Notification] = []
@@ -278,10 +279,10 @@ class LogicalCapture:
                 self._in_transaction or isinstance(decoded, Begin)
             )
             if transaction is not None:
-                captured += transaction.changes
                 upto = max(upto or 0, transaction.end_lsn)
-                if transaction.changes:
+                if transaction.announced:
                     xids.append(transaction.xid)
+        captured += self._collector.take()
         if xids:
             await self._wait_visible(xids)
         if upto is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from propagator.core.logical_changes import ChangeCollector, WatchedRelation, key_part
@@ -38,11 +39,24 @@ def collector(max_keys: int = 1000) -> ChangeCollector:
     return ChangeCollector(watched, max_keys=max_keys)
 
 
-def transaction(c: ChangeCollector, *messages: object, end_lsn: int = 500) -> object:
-    assert c.feed(Begin(400, COMMITTED, 7)) is None
+@dataclass
+class Read:
+    end_lsn: int
+    announced: bool
+    changes: tuple[Change | Resync, ...]
+
+
+def transaction(
+    c: ChangeCollector, *messages: object, end_lsn: int = 500, when: datetime = COMMITTED
+) -> Read:
+    """Feed one transaction and take what it announced."""
+    assert c.feed(Begin(400, when, 7)) is None
     for message in messages:
         assert c.feed(message) is None  # type: ignore[arg-type]
-    return c.feed(Commit(0, 450, end_lsn, COMMITTED))
+    committed = c.feed(Commit(0, 450, end_lsn, when))
+    assert committed is not None
+    assert committed.xid == 7
+    return Read(committed.end_lsn, committed.announced, tuple(c.take()))
 
 
 def test_inserts_and_updates_of_a_transaction_become_one_change_with_its_commit_time() -> None:
@@ -54,8 +68,8 @@ def test_inserts_and_updates_of_a_transaction_become_one_change_with_its_commit_
         Update(16384, None, False, ("2", "B", "6.00")),
         Update(16384, None, False, ("1", "A", "7.00")),  # the same key again: once
     )
-    assert result.end_lsn == 500  # type: ignore[attr-defined]
-    assert result.changes == (  # type: ignore[attr-defined]
+    assert result.end_lsn == 500
+    assert result.changes == (
         Change(((1, "A"), (2, "B")), COMMITTED.timestamp(), "propagator_jobs"),
     )
 
@@ -68,7 +82,7 @@ def test_a_key_change_announces_the_old_key_and_the_new_one_and_a_delete_its_old
         Update(16384, ("1", "A", None), True, ("9", "A", "5.00")),
         Delete(16384, ("3", "C", None), True),
     )
-    assert set(result.changes[0].keys) == {(9, "A"), (1, "A"), (3, "C")}  # type: ignore[attr-defined]
+    assert set(result.changes[0].keys) == {(9, "A"), (1, "A"), (3, "C")}
 
 
 def test_rows_with_a_null_or_unsent_key_part_and_other_tables_are_not_announced() -> None:
@@ -81,21 +95,21 @@ def test_rows_with_a_null_or_unsent_key_part_and_other_tables_are_not_announced(
         Update(16384, None, False, ("2", UNCHANGED, "6.00")),
         Insert(16390, ("77",)),
     )
-    assert result.changes == ()  # type: ignore[attr-defined]
+    assert result.changes == ()
 
 
 def test_a_transaction_over_the_key_limit_is_announced_as_a_resync() -> None:
     c = collector(max_keys=2)
     c.feed(JOBS)
     result = transaction(c, *(Insert(16384, (str(n), "A", "1")) for n in range(5)))
-    assert result.changes == (Resync(COMMITTED.timestamp(), "propagator_jobs"),)  # type: ignore[attr-defined]
+    assert result.changes == (Resync(COMMITTED.timestamp(), "propagator_jobs"),)
 
 
 def test_a_publication_without_a_key_column_makes_every_change_a_resync() -> None:
     c = collector()
     c.feed(Relation(16384, "public", "jobs", "d", (RelationColumn(1, "job", 23, -1),)))
     result = transaction(c, Insert(16384, ("1",)))
-    assert result.changes == (Resync(COMMITTED.timestamp(), "propagator_jobs"),)  # type: ignore[attr-defined]
+    assert result.changes == (Resync(COMMITTED.timestamp(), "propagator_jobs"),)
 
 
 def test_a_table_named_without_schema_is_matched_in_any_schema() -> None:
@@ -103,7 +117,7 @@ def test_a_table_named_without_schema_is_matched_in_any_schema() -> None:
     c = ChangeCollector(watched, max_keys=10)
     c.feed(Relation(1, "sales", "jobs", "d", JOBS.columns))
     result = transaction(c, Insert(1, ("4", "D", "1")))
-    assert result.changes[0].keys == ((4, "D"),)  # type: ignore[attr-defined]
+    assert result.changes[0].keys == ((4, "D"),)
 
 
 def test_key_parts_are_typed_as_the_triggers_json_types_them() -> None:
@@ -116,3 +130,17 @@ def test_key_parts_are_typed_as_the_triggers_json_types_them() -> None:
     assert key_part("f", 16) is False
     assert key_part("2026-12-06", 1082) == "2026-12-06"
     assert key_part(b"A", 25) == "A"
+
+
+def test_transactions_read_together_are_handed_over_as_one_change_with_the_earliest_time() -> None:
+    c = collector()
+    c.feed(JOBS)
+    later = COMMITTED + timedelta(milliseconds=40)
+    for when, job in ((COMMITTED, "1"), (later, "2"), (later, "1")):
+        c.feed(Begin(400, when, 7))
+        c.feed(Update(16384, None, False, (job, "A", "5.00")))
+        committed = c.feed(Commit(0, 450, 500, when))
+        assert committed is not None
+        assert committed.announced
+    assert c.take() == [Change(((1, "A"), (2, "A")), COMMITTED.timestamp(), "propagator_jobs")]
+    assert c.take() == []
