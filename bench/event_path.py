@@ -33,11 +33,24 @@ Lag, measured two ways:
 "Backlog at load end" is what the daemon still held (buffer plus the batch in
 flight) when pgbench stopped; "drain" the time until the sandbox equalled
 production afterwards.
+
+``--capture logical`` measures the same path from a pgoutput slot: production
+starts with ``wal_level=logical`` (and a bounded ``max_slot_wal_keep_size``), the
+publication and slot (``propagator capture install``) stand where the trigger
+stands (the lines keep their names so both modes compare line by line: "trigger
+only" is then the slot with nobody reading it), and the daemon runs with
+``capture = "logical"``. A slot has no catch-up: before each daemon run a
+reconcile brings the sandbox up to production (what the run without any capture
+changed) and the daemon then streams what the slot kept of the capture-only run
+before the load starts. Rows the daemon leaves stale for good (it holds no key,
+the slot is let go past the load, and rows still differ) are reported on stderr
+and reconciled, so the run's figures stand for the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import re
@@ -46,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,11 +69,19 @@ import psycopg
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.capture_cost import (
+    capture_command,
+    confirmed_past,
+    current_lsn,
+    slot_active,
+    wait_converged,
+)
 from bench.common import load_jobs, machine_description, servers
 from propagator.daemon import tune_garbage_collection
 from propagator.demo.embedded import EmbeddedPostgres
 from propagator.observability.logging import configure_logging
 from propagator.services import triggers
+from propagator.services.reconcile import run_reconcile
 from propagator.settings import Settings, load_settings
 from propagator.testing import DaemonRunner
 
@@ -69,6 +90,9 @@ UPDATE jobs SET fab_order = fab_order + 1 WHERE id = :id;
 """
 
 PROBE_JOB = 2_000_000_000  # a key pgbench's ids never reach
+
+# Production's settings with --capture logical (notify keeps the embedded defaults).
+LOGICAL_PRODUCTION = {"wal_level": "logical", "max_slot_wal_keep_size": "4GB"}
 
 # The sandbox notes when each probe value commits (deferred: fires at COMMIT).
 PROBE_SANDBOX_SQL = """
@@ -202,11 +226,20 @@ def daemon_run(
     probe_value: int,
 ) -> DaemonRun:
     production_url = production.url()
+    logical = settings.capture == "logical"
+    if logical:
+        # The slot kept only what the capture-only run changed: a reconcile stands for
+        # the catch-up, the rest is streamed below before the load starts.
+        run_reconcile(settings, apply=True, source="reconcile")
+        with psycopg.connect(production_url, autocommit=True) as conn:
+            kept_until = current_lsn(conn)
     running = DaemonRunner(settings)
     batch_lag_log = keep_batch_lags(running)
     running.start(timeout=30)
     # The catch-up converges what the runs without the daemon changed.
     running.wait_caught_up(timeout=120)
+    if logical:
+        wait_slot(running, production_url, settings.logical_slot, kept_until)
     daemon = running.daemon
     with psycopg.connect(sandbox_url, autocommit=True) as conn:
         conn.execute("TRUNCATE bench_probe_seen")
@@ -224,12 +257,15 @@ def daemon_run(
         probe.stop()
     load_ended = time.monotonic()
     backlog = len(daemon.buffer) + daemon.in_flight_keys
-    target = table_sum(production_url)
-    while table_sum(sandbox_url) != target:
-        if time.monotonic() - load_ended > 180:
-            raise RuntimeError("the sandbox did not converge within 180 s")
-        time.sleep(0.02)
-    converged = time.monotonic()
+    if logical:
+        converged = converge_logical(running, settings, production_url, sandbox_url)
+    else:
+        target = table_sum(production_url)
+        while table_sum(sandbox_url) != target:
+            if time.monotonic() - load_ended > 180:
+                raise RuntimeError("the sandbox did not converge within 180 s")
+            time.sleep(0.02)
+        converged = time.monotonic()
     cpu = time.process_time() - cpu_started
     rows = running.metric("propagator_rows_applied_total", source="event") - rows_before
     batches = running.metric("propagator_batches_applied_total", source="event") - batches_before
@@ -256,6 +292,73 @@ def daemon_run(
     )
 
 
+def wait_slot(running: DaemonRunner, production_url: str, slot: str, lsn: str) -> None:
+    """Until the daemon streams ``slot`` and has let it go to ``lsn`` (what it kept)."""
+    deadline = time.monotonic() + 180
+    with psycopg.connect(production_url, autocommit=True) as conn:
+        while not slot_active(conn, slot) or not confirmed_past(conn, slot, lsn):
+            running.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon did not stream slot {slot} to {lsn} within 180 s")
+            time.sleep(0.02)
+
+
+def converge_logical(
+    running: DaemonRunner, settings: Settings, production_url: str, sandbox_url: str
+) -> float:
+    """When the sandbox equalled production (monotonic); rows left stale go to stderr."""
+    with psycopg.connect(production_url, autocommit=True) as conn:
+        load_end = current_lsn(conn)
+    converged = wait_converged(production_url, sandbox_url, running, settings, load_end)
+    if converged.stale:
+        shown = ", ".join(str(i) for i in converged.stale[:20])
+        more = ", ..." if len(converged.stale) > 20 else ""
+        print(
+            f"event_path: {len(converged.stale)} rows left stale after the daemon let its slot "
+            f"go past the load (ids {shown}{more}); reconciled",
+            file=sys.stderr,
+            flush=True,
+        )
+    return converged.at
+
+
+def install_capture(settings: Settings, production_url: str, sandbox_url: str) -> None:
+    if settings.capture == "logical":
+        capture_command(production_url, sandbox_url, "logical", "capture", "install")
+        return
+    with psycopg.connect(production_url, autocommit=True) as conn:
+        triggers.install(conn, settings)
+
+
+def uninstall_capture(settings: Settings, production_url: str, sandbox_url: str) -> None:
+    if settings.capture == "logical":
+        with psycopg.connect(production_url, autocommit=True) as conn:
+            deadline = time.monotonic() + 30
+            while slot_active(conn, settings.logical_slot) and time.monotonic() < deadline:
+                time.sleep(0.02)  # the stopped daemon's walsender is on its way out
+        capture_command(production_url, sandbox_url, "logical", "capture", "uninstall")
+        return
+    with psycopg.connect(production_url, autocommit=True) as conn:
+        triggers.uninstall(conn, settings)
+
+
+@contextlib.contextmanager
+def bench_servers(capture: str) -> Iterator[tuple[EmbeddedPostgres, EmbeddedPostgres]]:
+    """Production and sandbox: ``bench.common.servers``, production for logical decoding."""
+    if capture == "notify":
+        with servers("production", "sandbox") as (production, sandbox):
+            yield production, sandbox
+        return
+    started: list[EmbeddedPostgres] = []
+    try:
+        started.append(EmbeddedPostgres("bench-production", settings=LOGICAL_PRODUCTION).start())
+        started.append(EmbeddedPostgres("bench-sandbox").start())
+        yield started[0], started[1]
+    finally:
+        for server in started:
+            server.cleanup()
+
+
 def median_of(runs: list[DaemonRun], pick: Callable[[DaemonRun], float]) -> float:
     return statistics.median(pick(run) for run in runs)
 
@@ -274,13 +377,19 @@ def main() -> int:
         default=0,
         help="throttle the daemon runs to this many TPS (0: as fast as production goes)",
     )
+    parser.add_argument(
+        "--capture",
+        choices=("notify", "logical"),
+        default="notify",
+        help="triggers and NOTIFY (default), or a pgoutput slot (production wal_level=logical)",
+    )
     args = parser.parse_args()
     configure_logging(
         log_level=os.environ.get("BENCH_LOG_LEVEL", "warning"), log_format="json", stream=sys.stderr
     )
 
     with (
-        servers("production", "sandbox") as (production, sandbox),
+        bench_servers(args.capture) as (production, sandbox),
         tempfile.TemporaryDirectory(prefix="propagator-bench-") as folder,
     ):
         production_url, sandbox_url = production.url(), sandbox.url()
@@ -300,24 +409,28 @@ def main() -> int:
             sandbox_database_url=sandbox_url,
             http_port=0,
             reconcile_interval="0",
+            capture=args.capture,
         )
         machine = machine_description(production_url)
         throttle = f", daemon runs throttled to {args.rate:,} TPS" if args.rate else ""
+        capture = (
+            "; capture logical (wal_level=logical; trigger below: the publication and slot)"
+            if args.capture == "logical"
+            else ""
+        )
         print(
             f"rows {args.rows:,}, {args.clients} pgbench clients{throttle}, both servers local; "
             f"{machine['nproc']} CPUs, PostgreSQL {machine['postgresql']}, "
-            f"Python {machine['python']}; {args.repeat} repetitions"
+            f"Python {machine['python']}; {args.repeat} repetitions{capture}"
         )
         baselines: list[float] = []
         with_triggers: list[float] = []
         runs: list[DaemonRun] = []
         probe_value = 0
         for repetition in range(1, args.repeat + 1):
-            with psycopg.connect(production_url, autocommit=True) as conn:
-                triggers.uninstall(conn, settings)
+            uninstall_capture(settings, production_url, sandbox_url)
             baselines.append(pgbench(production, script, args.clients, args.baseline_duration))
-            with psycopg.connect(production_url, autocommit=True) as conn:
-                triggers.install(conn, settings)
+            install_capture(settings, production_url, sandbox_url)
             with_triggers.append(pgbench(production, script, args.clients, args.baseline_duration))
             run = daemon_run(settings, production, sandbox_url, script, args, probe_value)
             probe_value += 1_000_000

@@ -255,11 +255,7 @@ class _Demo:
         )
         main = {"mapping": MAIN_MAPPING}
         received = daemon.metric("propagator_notifications_received_total", **main)
-        how = (
-            "notifications received"
-            if self.args.capture == "notify"
-            else "transactions read from the slot"
-        )
+        how = "notifications received" if self.args.capture == "notify" else "reads from the slot"
         batches = daemon.metric("propagator_batches_applied_total", source="event", **main)
         rows = daemon.metric("propagator_rows_applied_total", source="event", **main)
         self.say(

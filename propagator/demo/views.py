@@ -163,9 +163,7 @@ class RichView:
             f"p50 {ms(figures.p50)} · p99 {ms(figures.p99)}"
         )
         main = {"mapping": MAIN_MAPPING}  # the sandbox this view watches
-        received = (
-            "notifications" if daemon.daemon.settings.capture == "notify" else "transactions read"
-        )
+        received = "notifications" if daemon.daemon.settings.capture == "notify" else "slot reads"
         metrics = Text(
             f"daemon, mapping {MAIN_MAPPING}: "
             f"{daemon.metric('propagator_notifications_received_total', **main):.0f} "

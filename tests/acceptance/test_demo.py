@@ -216,7 +216,7 @@ def test_logical_capture_demo_streams_a_slot_and_converges(demo_tmp: Path) -> No
     assert "triggers install" not in out
     assert "streaming the slot, leader" in out
     assert len(LATENCY_LINE.findall(out)) >= 5, out
-    read = re.search(r"Daemon: +(\d+) transactions read from the slot, \d+ batches", out)
+    read = re.search(r"Daemon: +(\d+) reads from the slot, \d+ batches", out)
     assert read, out
     assert int(read.group(1)) > 0, out
     assert FINAL_LINE.findall(out) == [("jobs", "0"), ("jobs_qa", "0")], out
