@@ -180,32 +180,40 @@ def small_wal_server() -> Iterator[Server]:
     yield from dedicated_logical_server("test-small-wal", "1MB")
 
 
-@pytest.fixture
-def databases(production_server: Server, sandbox_server: Server) -> Iterator[DatabasePair]:
-    """A fresh production database and a fresh sandbox database, each with an empty ``jobs``."""
+def fresh_pair(
+    production: Server, sandbox: Server, *, slots: bool = True
+) -> Iterator[DatabasePair]:
+    """A new database on each server, cloned from the template; dropped after (with
+    ``slots``, its replication slots first: a database holding one cannot be dropped)."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     pair = DatabasePair(
-        production_server.create_database(name, TEMPLATE),
-        sandbox_server.create_database(name, TEMPLATE),
+        production.create_database(name, TEMPLATE),
+        sandbox.create_database(name, TEMPLATE),
     )
     try:
         yield pair
     finally:
-        production_server.drop_database(name)
-        sandbox_server.drop_database(name)
+        if slots:
+            production.drop_slots(name)
+        production.drop_database(name)
+        sandbox.drop_database(name)
+
+
+@pytest.fixture
+def databases(production_server: Server, sandbox_server: Server) -> Iterator[DatabasePair]:
+    """A fresh production database and a fresh sandbox database, each with an empty ``jobs``."""
+    yield from fresh_pair(production_server, sandbox_server, slots=False)
 
 
 @pytest.fixture
 def logical_databases(logical_server: Server, sandbox_server: Server) -> Iterator[DatabasePair]:
     """Fresh databases as ``databases``, production on the logical server; slots dropped after."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pair = DatabasePair(
-        logical_server.create_database(name, TEMPLATE),
-        sandbox_server.create_database(name, TEMPLATE),
-    )
-    try:
-        yield pair
-    finally:
-        logical_server.drop_slots(name)
-        logical_server.drop_database(name)
-        sandbox_server.drop_database(name)
+    yield from fresh_pair(logical_server, sandbox_server)
+
+
+@pytest.fixture
+def dedicated_pair(
+    request: pytest.FixtureRequest, sandbox_server: Server
+) -> Iterator[DatabasePair]:
+    """Production on the dedicated server the test names (indirect), sandbox as usual."""
+    yield from fresh_pair(request.getfixturevalue(request.param), sandbox_server)

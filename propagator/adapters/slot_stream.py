@@ -22,6 +22,7 @@ from datetime import timedelta
 import psycopg
 from psycopg import pq
 
+from propagator.adapters.slot_reader import SlotReader
 from propagator.core.redact import mask_url, redact
 from propagator.errors import DatabaseUnavailableError, PermanentError, TransientError
 
@@ -76,6 +77,17 @@ class SlotStream:
         self.connect_timeout = connect_timeout
         self.application_name = application_name
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    @classmethod
+    def beside(cls, reader: SlotReader, *, application_name: str) -> SlotStream:
+        """The stream of the slot and publication ``reader`` looks after."""
+        return cls(
+            reader.url,
+            slot=reader.slot,
+            publication=reader.publication,
+            connect_timeout=reader.connect_timeout,
+            application_name=application_name,
+        )
 
     @property
     def open(self) -> bool:

@@ -61,23 +61,16 @@ def notify_capture(mappings: Sequence[Settings], instance_id: str) -> Listener:
 def logical_capture(mappings: Sequence[Settings], instance_id: str) -> LogicalCapture:
     """A pgoutput slot on one production database, read by the leader (``capture = logical``)."""
     settings = mappings[0]
-    url = url_for(settings, "production")
-    slot, publication = settings.logical_slot, settings.logical_publication
+    reader = SlotReader(
+        url_for(settings, "production"),
+        slot=settings.logical_slot,
+        publication=settings.logical_publication,
+        connect_timeout=settings.connect_timeout,
+        application_name=f"propagator slot {instance_id}"[:63],
+    )
     return LogicalCapture(
-        SlotReader(
-            url,
-            slot=slot,
-            publication=publication,
-            connect_timeout=settings.connect_timeout,
-            application_name=f"propagator slot {instance_id}"[:63],
-        ),
-        SlotStream(
-            url,
-            slot=slot,
-            publication=publication,
-            connect_timeout=settings.connect_timeout,
-            application_name=f"propagator stream {instance_id}"[:63],
-        ),
+        reader,
+        SlotStream.beside(reader, application_name=f"propagator stream {instance_id}"[:63]),
         watched_relations(mappings),
         max_keys=settings.buffer_max_keys,
         state_interval=settings.heartbeat_interval.total_seconds(),

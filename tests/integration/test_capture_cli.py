@@ -368,25 +368,6 @@ def unbounded_server() -> Iterator[Server]:
     yield from dedicated_logical_server("test-unbounded", "-1")
 
 
-@pytest.fixture
-def dedicated_pair(
-    request: pytest.FixtureRequest, sandbox_server: Server
-) -> Iterator[DatabasePair]:
-    """Production on the dedicated server the test names (indirect), sandbox as usual."""
-    production_server: Server = request.getfixturevalue(request.param)
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pair = DatabasePair(
-        production_server.create_database(name, TEMPLATE),
-        sandbox_server.create_database(name, TEMPLATE),
-    )
-    try:
-        yield pair
-    finally:
-        production_server.drop_slots(name)
-        production_server.drop_database(name)
-        sandbox_server.drop_database(name)
-
-
 @pytest.mark.parametrize("dedicated_pair", ["unbounded_server"], indirect=True)
 def test_an_unbounded_slot_is_refused_unless_allowed(
     dedicated_pair: DatabasePair, cli: Cli

@@ -252,35 +252,26 @@ def _ready(port: int) -> bool:
         return False
 
 
-def test_daemon_propagates_with_exactly_the_scripted_grants(
-    databases: DatabasePair, grants: Grants, tmp_path: Path
-) -> None:
-    """After a DBA installed the triggers, `propagator run` as the scripted role propagates."""
-    _seed(databases)
-    installed = run_cli(["triggers", "install"], databases.env())  # as the table owner (a DBA)
-    assert installed.returncode == 0, installed.stderr
-    checked = run_cli(["triggers", "status", "--check"], grants.env(databases))
-    assert checked.returncode == 0, checked.stdout + checked.stderr  # the role may read it
+def _daemon_streams_one_update(
+    databases: DatabasePair, env: dict[str, str], log_path: Path, *, converged: str
+) -> str:
+    """`propagator run` with ``env``: ready, converged (``converged`` says how), then one
+    production update reaches the sandbox; stopped with SIGTERM. Its log, after exit 0."""
     port = free_port()
-    log = (tmp_path / "daemon.log").open("w+", encoding="utf-8")
+    log = log_path.open("w+", encoding="utf-8")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "propagator", "run"],
-        env=grants.env(
-            databases,
-            PROPAGATOR_HTTP_PORT=str(port),
-            PROPAGATOR_RECONCILE_INTERVAL="1h",
-        ),
+        env={**env, "PROPAGATOR_HTTP_PORT": str(port), "PROPAGATOR_RECONCILE_INTERVAL": "1h"},
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
         wait_until(lambda: _ready(port) or daemon.poll() is not None, timeout=60, what="/readyz")
-        assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
-        # The catch-up reconcile on start has converged what differed before.
+        assert daemon.poll() is None, log_path.read_text()
         wait_until(
             lambda: databases.sandbox.fab_orders() == databases.production.fab_orders(),
-            what="catch-up as the least-privilege role",
+            what=converged,
         )
 
         databases.production.execute("UPDATE public.jobs SET fab_order = 4242 WHERE job = 7")
@@ -299,11 +290,29 @@ def test_daemon_propagates_with_exactly_the_scripted_grants(
             daemon.kill()
             daemon.wait(timeout=30)
         log.close()
-    output = (tmp_path / "daemon.log").read_text()
+    output = log_path.read_text()
     assert daemon.returncode == 0, output
-    assert '"event": "batch_applied"' in output
     for refusal in ("permission denied", "read-only transaction", '"level": "error"'):
         assert refusal not in output, output
+    return output
+
+
+def test_daemon_propagates_with_exactly_the_scripted_grants(
+    databases: DatabasePair, grants: Grants, tmp_path: Path
+) -> None:
+    """After a DBA installed the triggers, `propagator run` as the scripted role propagates."""
+    _seed(databases)
+    installed = run_cli(["triggers", "install"], databases.env())  # as the table owner (a DBA)
+    assert installed.returncode == 0, installed.stderr
+    checked = run_cli(["triggers", "status", "--check"], grants.env(databases))
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # the role may read it
+    output = _daemon_streams_one_update(
+        databases,
+        grants.env(databases),
+        tmp_path / "daemon.log",
+        converged="catch-up as the least-privilege role",  # the catch-up reconcile on start
+    )
+    assert '"event": "batch_applied"' in output
     assert databases.sandbox.fetchall("SELECT DISTINCT paint_color, stage FROM public.jobs") == [
         ("blue", "weld")
     ]
@@ -383,47 +392,11 @@ def test_daemon_streams_logical_capture_with_exactly_the_scripted_grants(
     assert installed.returncode == 0, installed.stdout + installed.stderr
     # The slot goes: the daemon's role, in its read-only sessions, creates it again.
     databases.production.execute("SELECT pg_catalog.pg_drop_replication_slot(%s)", (slot,))
-    port = free_port()
-    log = (tmp_path / "daemon.log").open("w+", encoding="utf-8")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "propagator", "run"],
-        env=logical_grants.env(
-            databases,
-            PROPAGATOR_HTTP_PORT=str(port),
-            PROPAGATOR_RECONCILE_INTERVAL="1h",
-            **capture,
-        ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
+    output = _daemon_streams_one_update(
+        databases,
+        logical_grants.env(databases, **capture),
+        tmp_path / "daemon.log",
+        converged="the reconcile after the slot was created, as the least-privilege role",
     )
-    try:
-        wait_until(lambda: _ready(port) or daemon.poll() is not None, timeout=60, what="/readyz")
-        assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
-        wait_until(
-            lambda: databases.sandbox.fab_orders() == databases.production.fab_orders(),
-            what="the reconcile after the slot was created, as the least-privilege role",
-        )
-
-        databases.production.execute("UPDATE public.jobs SET fab_order = 4242 WHERE job = 7")
-
-        wait_until(
-            lambda: (
-                databases.sandbox.scalar("SELECT fab_order FROM public.jobs WHERE job = 7")
-                == Decimal("4242.00")
-            ),
-            what="the change to reach the sandbox through the slot",
-        )
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(timeout=30)
-        log.close()
-    output = (tmp_path / "daemon.log").read_text()
-    assert daemon.returncode == 0, output
     assert '"event": "slot_created"' in output
     assert databases.production.scalar("SELECT count(*) FROM pg_catalog.pg_trigger") == 0
-    for refusal in ("permission denied", "read-only transaction", '"level": "error"'):
-        assert refusal not in output, output

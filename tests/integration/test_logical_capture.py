@@ -6,7 +6,6 @@ Each test runs the real daemon against a production server with
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,7 +14,7 @@ import pytest
 
 from propagator.settings import Settings
 from propagator.testing import DaemonRunner
-from tests.conftest import TEMPLATE, Server
+from tests.conftest import Server
 from tests.helpers import DatabasePair, wait_until
 from tests.integration.support import converged, daemon_settings, install_logical, seed
 
@@ -30,6 +29,16 @@ def logical_settings(databases: DatabasePair, **overrides: object) -> Settings:
         logical_slot=databases.production.name,
         **overrides,
     )
+
+
+def prepared(databases: DatabasePair, *, install: bool = True) -> Settings:
+    """``ROWS`` equal rows on both sides, logical settings, and (``install``) the capture."""
+    seed(databases, ROWS, sandbox_value=None)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
+    settings = logical_settings(databases)
+    if install:
+        install_logical(databases, settings)
+    return settings
 
 
 @contextmanager
@@ -51,10 +60,7 @@ def test_a_new_slot_is_caught_up_once_then_changes_stream_with_no_trigger(
     logical_databases: DatabasePair,
 ) -> None:
     databases = logical_databases
-    seed(databases, ROWS, sandbox_value=None)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    settings = logical_settings(databases)
-    install_logical(databases, settings)
+    settings = prepared(databases)
     with started(settings) as runner:
         update_production(databases, "job <= 50")
         databases.production.execute(
@@ -82,10 +88,7 @@ def test_changes_made_while_the_daemon_is_stopped_arrive_after_a_restart_without
     logical_databases: DatabasePair,
 ) -> None:
     databases = logical_databases
-    seed(databases, ROWS, sandbox_value=None)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    settings = logical_settings(databases)
-    install_logical(databases, settings)
+    settings = prepared(databases)
     with started(settings) as runner:
         update_production(databases, "job <= 10")
         wait_until(lambda: converged(databases), timeout=20, what="the first changes")
@@ -93,22 +96,6 @@ def test_changes_made_while_the_daemon_is_stopped_arrive_after_a_restart_without
     with started(settings) as runner:
         wait_until(lambda: converged(databases), timeout=20, what="what changed while away")
         assert reconciles(runner) == 0  # the slot kept them: no catch-up after a restart
-
-
-@pytest.fixture
-def small_wal_databases(small_wal_server: Server, sandbox_server: Server) -> Iterator[DatabasePair]:
-    """Production on a server whose slots keep at most 1 MB of WAL."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pair = DatabasePair(
-        small_wal_server.create_database(name, TEMPLATE),
-        sandbox_server.create_database(name, TEMPLATE),
-    )
-    try:
-        yield pair
-    finally:
-        small_wal_server.drop_slots(name)
-        small_wal_server.drop_database(name)
-        sandbox_server.drop_database(name)
 
 
 def _invalidate_slot(server: Server, databases: DatabasePair, slot: str) -> None:
@@ -128,14 +115,12 @@ def _invalidate_slot(server: Server, databases: DatabasePair, slot: str) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dedicated_pair", ["small_wal_server"], indirect=True)
 def test_an_invalidated_slot_is_recreated_and_answered_by_a_full_reconcile(
-    small_wal_databases: DatabasePair, small_wal_server: Server
+    dedicated_pair: DatabasePair, small_wal_server: Server
 ) -> None:
-    databases = small_wal_databases
-    seed(databases, ROWS, sandbox_value=None)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    settings = logical_settings(databases)
-    install_logical(databases, settings)
+    databases = dedicated_pair
+    settings = prepared(databases)
     with started(settings):
         pass  # the slot is read once, then nobody reads it while production goes on
     _invalidate_slot(small_wal_server, databases, settings.logical_slot)
@@ -156,9 +141,7 @@ def test_a_missing_publication_is_reported_then_the_daemon_recovers_once_install
     logical_databases: DatabasePair,
 ) -> None:
     databases = logical_databases
-    seed(databases, ROWS, sandbox_value=None)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    settings = logical_settings(databases)
+    settings = prepared(databases, install=False)
     with DaemonRunner(settings) as runner:
         wait_until(
             lambda: any(
@@ -178,10 +161,7 @@ def test_only_the_leader_streams_the_slot(
     logical_databases: DatabasePair, standby_first: bool
 ) -> None:
     databases = logical_databases
-    seed(databases, ROWS, sandbox_value=None)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    settings = logical_settings(databases)
-    install_logical(databases, settings)
+    settings = prepared(databases)
     with started(settings) as leader, DaemonRunner(settings, instance_id="standby") as standby:
         standby.wait_for(lambda d: d.role == "standby", timeout=20, what="the standby")
         update_production(databases, "job <= 20")
