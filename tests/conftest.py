@@ -133,7 +133,12 @@ def _server(role: str, env_name: str, settings: dict[str, str] | None = None) ->
         server.prepare_template()
         yield server
         return
-    embedded = EmbeddedPostgres(f"test-{role}", settings=settings).start()
+    yield from _embedded(f"test-{role}", settings)
+
+
+def _embedded(name: str, settings: dict[str, str] | None) -> Iterator[Server]:
+    """A throwaway embedded server with the template prepared, removed afterwards."""
+    embedded = EmbeddedPostgres(name, settings=settings).start()
     try:
         server = Server(embedded.url(), embedded)
         server.prepare_template()
@@ -164,14 +169,7 @@ def dedicated_logical_server(name: str, keep: str) -> Iterator[Server]:
     The setting is given on the command line, where ``ALTER SYSTEM`` cannot change it:
     a test that needs another value needs a server of its own.
     """
-    settings = {**LOGICAL_SETTINGS, "max_slot_wal_keep_size": keep}
-    embedded = EmbeddedPostgres(name, settings=settings).start()
-    try:
-        server = Server(embedded.url(), embedded)
-        server.prepare_template()
-        yield server
-    finally:
-        embedded.cleanup()
+    yield from _embedded(name, {**LOGICAL_SETTINGS, "max_slot_wal_keep_size": keep})
 
 
 @pytest.fixture(scope="session")

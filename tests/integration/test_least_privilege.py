@@ -81,8 +81,28 @@ def grants(
     databases: DatabasePair, production_server: Server, sandbox_server: Server
 ) -> Iterator[Grants]:
     """One role, created on both servers by the deploy scripts, dropped afterwards."""
+    yield from _scripted_role(databases, production_server, sandbox_server)
+
+
+@pytest.fixture
+def logical_grants(
+    logical_databases: DatabasePair, logical_server: Server, sandbox_server: Server
+) -> Iterator[Grants]:
+    """``grants`` on a production server with wal_level = logical, for logical capture."""
+    yield from _scripted_role(logical_databases, logical_server, sandbox_server, capture="logical")
+
+
+def _scripted_role(
+    databases: DatabasePair, production: Server, sandbox: Server, **production_options: str
+) -> Iterator[Grants]:
     role = f"propagator_lp_{uuid.uuid4().hex[:8]}"
-    psql(databases.production.url, SQL_DIR / "production_roles.sql", role=role, password=PASSWORD)
+    psql(
+        databases.production.url,
+        SQL_DIR / "production_roles.sql",
+        role=role,
+        password=PASSWORD,
+        **production_options,
+    )
     psql(
         databases.sandbox.url,
         SQL_DIR / "sandbox_roles.sql",
@@ -97,39 +117,8 @@ def grants(
             url_as(databases.sandbox, role, PASSWORD),
         )
     finally:
-        _drop_role(production_server, databases.production, role)
-        _drop_role(sandbox_server, databases.sandbox, role)
-
-
-@pytest.fixture
-def logical_grants(
-    logical_databases: DatabasePair, logical_server: Server, sandbox_server: Server
-) -> Iterator[Grants]:
-    """``grants`` on a production server with wal_level = logical, for logical capture."""
-    role = f"propagator_lp_{uuid.uuid4().hex[:8]}"
-    psql(
-        logical_databases.production.url,
-        SQL_DIR / "production_roles.sql",
-        role=role,
-        password=PASSWORD,
-        capture="logical",
-    )
-    psql(
-        logical_databases.sandbox.url,
-        SQL_DIR / "sandbox_roles.sql",
-        role=role,
-        password=PASSWORD,
-        update_columns="fab_order",
-    )
-    try:
-        yield Grants(
-            role,
-            url_as(logical_databases.production, role, PASSWORD),
-            url_as(logical_databases.sandbox, role, PASSWORD),
-        )
-    finally:
-        _drop_role(logical_server, logical_databases.production, role)
-        _drop_role(sandbox_server, logical_databases.sandbox, role)
+        _drop_role(production, databases.production, role)
+        _drop_role(sandbox, databases.sandbox, role)
 
 
 def _seed(databases: DatabasePair) -> None:
