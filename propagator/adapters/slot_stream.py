@@ -210,8 +210,11 @@ class SlotStream:
         messages: list[WalData | Keepalive] = []
         while len(messages) < limit:
             size, data = pgconn.get_copy_data(1)
-            if size == 0:
-                break
+            if size == 0:  # the buffer is empty: whatever the socket holds meanwhile, too
+                self._consume()
+                size, data = pgconn.get_copy_data(1)
+                if size == 0:
+                    break
             if size < 0:
                 result = pgconn.get_result()
                 raise (

@@ -35,7 +35,10 @@ __all__ = ["CaptureProgress", "LogicalCapture", "watched_relations"]
 _log = get_logger("propagator.daemon")
 _WAIT_SECONDS = 0.05  # a pause while the stream may not be read
 _MESSAGES_PER_RECEIVE = 50_000  # hand over at least this often, however busy the stream
-_GATHER_SECONDS = 0.005  # as the NOTIFY listener: what commits together is read together
+# What commits meanwhile is read together: fewer reads, each checked at once (see
+# ``_wait_visible``), for a delay well inside the debounce's quiet window.
+_GATHER_SECONDS = 0.02
+_VISIBLE_PAUSE_SECONDS = 0.002
 _STATUS_SECONDS = 10.0  # the server hears from us at least this often (wal_sender_timeout)
 
 
@@ -104,6 +107,7 @@ class LogicalCapture:
         self._told = 0  # the position last sent to the server
         self._generation: int | None = None
         self._last_status = 0.0
+        self._last_read = 0.0
         self._last_state = 0.0
         self._last_seen = time.monotonic()
         self._collector = ChangeCollector(self.watched, max_keys=max_keys)
@@ -255,7 +259,10 @@ class LogicalCapture:
         return True
 
     async def _read(self, timeout: float) -> list[Notification]:
+        # A busy stream always has something waiting: read it at most every gather interval.
+        await asyncio.sleep(max(0.0, self._last_read + _GATHER_SECONDS - time.monotonic()))
         messages = await self.stream.receive(timeout, _MESSAGES_PER_RECEIVE, _GATHER_SECONDS)
+        self._last_read = time.monotonic()
         if messages:
             self._last_seen = time.monotonic()
         captured: list[Notification] = []
@@ -297,10 +304,13 @@ class LogicalCapture:
         would still show the old row and the change would be let go unwritten.
         """
         deadline = time.monotonic() + self.silence_limit
+        # The gap is microseconds: a moment's pause spares nearly every second query (each
+        # takes a snapshot, and with it a lock every committing writer needs too).
+        await asyncio.sleep(_VISIBLE_PAUSE_SECONDS)
         while not await self.reader.visible(xids):
             if time.monotonic() > deadline:  # never let go unread: the stream sends it again
                 raise TransientError("production changes sent by the slot never became visible")
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(_VISIBLE_PAUSE_SECONDS)
 
     async def _settle(self) -> None:
         """Let the slot go past every read whose keys are all in the sandbox."""
