@@ -27,10 +27,12 @@ from propagator.daemon.shutdown import TaskSet
 from propagator.daemon.status import DaemonState, ReconcileSummary
 from propagator.daemon.triggerwatch import TriggerWatch
 from propagator.daemon.writers import Lane, SandboxWriter
-from propagator.observability.logging import bind_context, unbind_context
+from propagator.observability.logging import bind_context, get_logger, unbind_context
 from propagator.observability.mapping_metrics import MappingMetrics
 from propagator.services.history import History
 from propagator.settings import Settings
+
+_log = get_logger("propagator.daemon")
 
 __all__ = ["APPLIERS", "MappingRuntime"]
 
@@ -265,7 +267,11 @@ class MappingRuntime:
         """A routine reconcile (periodic or manual) tests the event path: what it found beyond
         the keys notified before or during it is drift the event path missed."""
         if job.source == "manual" or (job.source == "reconcile" and job.reason == "periodic"):
-            self.metrics.reconcile_missed_drift.set(max(0, summary.differences - notified))
+            missed = max(0, summary.differences - notified)
+            self.metrics.reconcile_missed_drift.set(missed)
+            if missed:
+                what = "the slot" if self.settings.capture == "logical" else "the notifications"
+                _log.warning("reconcile_found_missed_drift", rows=missed, missed_by=what)
 
     def status(self, capture: Any) -> dict[str, Any]:
         """This mapping's part of ``/status``."""

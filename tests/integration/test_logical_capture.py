@@ -31,11 +31,11 @@ def logical_settings(databases: DatabasePair, **overrides: object) -> Settings:
     )
 
 
-def prepared(databases: DatabasePair, *, install: bool = True) -> Settings:
+def prepared(databases: DatabasePair, *, install: bool = True, **overrides: object) -> Settings:
     """``ROWS`` equal rows on both sides, logical settings, and (``install``) the capture."""
     seed(databases, ROWS, sandbox_value=None)
     databases.sandbox.execute("UPDATE jobs SET fab_order = job")
-    settings = logical_settings(databases)
+    settings = logical_settings(databases, **overrides)
     if install:
         install_logical(databases, settings)
     return settings
@@ -209,3 +209,21 @@ def test_a_role_without_replication_is_told_the_grant_it_lacks(
     finally:
         databases.production.execute(f"DROP OWNED BY {role}")
         databases.production.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.slow
+def test_a_periodic_reconcile_counts_drift_the_slot_never_carried(
+    logical_databases: DatabasePair,
+) -> None:
+    """A sandbox row changed by hand is no production change: the reconcile repairs it and
+    says the event path (here the slot) missed it."""
+    databases = logical_databases
+    settings = prepared(databases, reconcile_interval="2s")
+    with started(settings) as runner:
+        databases.sandbox.execute("UPDATE jobs SET fab_order = -1 WHERE job = 5")
+        wait_until(lambda: converged(databases), timeout=20, what="the periodic reconcile")
+        wait_until(
+            lambda: runner.metric("propagator_reconcile_missed_drift") == 1,
+            timeout=10,
+            what="the drift the slot missed counted",
+        )
