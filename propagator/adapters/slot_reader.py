@@ -9,6 +9,7 @@ slot's own troubles told apart so the capture can recreate a lost slot.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
@@ -21,7 +22,7 @@ from propagator.adapters.slots import SlotState
 from propagator.errors import PermanentError, TransientError
 from propagator.sql import load_sql
 
-__all__ = ["SlotGoneError", "SlotReader", "SlotState", "format_lsn", "parse_lsn"]
+__all__ = ["SlotGoneError", "SlotReader", "SlotState", "SlotTarget", "format_lsn", "parse_lsn"]
 
 
 class SlotGoneError(TransientError):
@@ -38,24 +39,31 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
+@dataclass(frozen=True, slots=True)
+class SlotTarget:
+    """Which slot, through which publication, on which production database."""
+
+    url: str
+    slot: str
+    publication: str
+    connect_timeout: timedelta
+
+
 class SlotReader:
     """One autocommit connection that looks at, creates and recreates one slot."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        slot: str,
-        publication: str,
-        connect_timeout: timedelta,
-        application_name: str,
-    ) -> None:
-        self.url = url
-        self.slot = slot
-        self.publication = publication
-        self.connect_timeout = connect_timeout
+    def __init__(self, target: SlotTarget, *, application_name: str) -> None:
+        self.target = target
         self.application_name = application_name
         self._conn: AsyncConnection | None = None
+
+    @property
+    def slot(self) -> str:
+        return self.target.slot
+
+    @property
+    def publication(self) -> str:
+        return self.target.publication
 
     @property
     def connected(self) -> bool:
@@ -68,9 +76,9 @@ class SlotReader:
     async def connect(self) -> None:
         await self.close()
         conn = await open_async_connection(
-            self.url,
+            self.target.url,
             "production",
-            connect_timeout=self.connect_timeout,
+            connect_timeout=self.target.connect_timeout,
             application_name=self.application_name,
         )
         # pgoutput sends names and text values in the client encoding: always read UTF-8.
@@ -124,10 +132,9 @@ class SlotReader:
         )
         return SlotState(*rows[0]) if rows else None  # type: ignore[arg-type]
 
-    async def ever_read(self) -> bool:
+    async def ever_read(self, server_version_num: int) -> bool:
         """Whether the slot ever sent a transaction to a reader (PostgreSQL 13: assumed so)."""
-        facts = await self._rows("reading the server version", "SHOW server_version_num", {})
-        if int(str(facts[0][0])) < 140000:
+        if server_version_num < 140000:
             return True  # no pg_stat_replication_slots before 14
         rows = await self._rows(
             "reading the slot's statistics",

@@ -17,12 +17,11 @@ import math
 import struct
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
 import psycopg
 from psycopg import pq
 
-from propagator.adapters.slot_reader import SlotReader
+from propagator.adapters.slot_reader import SlotTarget
 from propagator.core.redact import mask_url, redact
 from propagator.errors import DatabaseUnavailableError, PermanentError, TransientError
 
@@ -62,32 +61,10 @@ def _quoted(name: str) -> str:
 class SlotStream:
     """One replication connection streaming one slot through one publication."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        slot: str,
-        publication: str,
-        connect_timeout: timedelta,
-        application_name: str,
-    ) -> None:
-        self.url = url
-        self.slot = slot
-        self.publication = publication
-        self.connect_timeout = connect_timeout
+    def __init__(self, target: SlotTarget, *, application_name: str) -> None:
+        self.target = target
         self.application_name = application_name
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
-
-    @classmethod
-    def beside(cls, reader: SlotReader, *, application_name: str) -> SlotStream:
-        """The stream of the slot and publication ``reader`` looks after."""
-        return cls(
-            reader.url,
-            slot=reader.slot,
-            publication=reader.publication,
-            connect_timeout=reader.connect_timeout,
-            application_name=application_name,
-        )
 
     @property
     def open(self) -> bool:
@@ -105,11 +82,11 @@ class SlotStream:
     async def start(self) -> None:
         """Connect and ask for the slot's changes from where it was last let go."""
         await self.close()
-        seconds = max(1, math.ceil(self.connect_timeout.total_seconds()))
+        seconds = max(1, math.ceil(self.target.connect_timeout.total_seconds()))
         try:
             self._conn = await asyncio.to_thread(
                 psycopg.connect,
-                self.url,
+                self.target.url,
                 autocommit=True,
                 replication="database",
                 connect_timeout=seconds,
@@ -128,20 +105,20 @@ class SlotStream:
                     "ALTER ROLE ... REPLICATION"
                 ) from None
             raise DatabaseUnavailableError(
-                f"cannot open a replication connection to {mask_url(self.url)}: {reason}",
+                f"cannot open a replication connection to {mask_url(self.target.url)}: {reason}",
                 "production",
             ) from None
         pgconn = self._pgconn()
         pgconn.nonblocking = 1
-        options = f"proto_version '1', publication_names '{_quoted(self.publication)}'"
-        command = f'START_REPLICATION SLOT "{self.slot}" LOGICAL 0/0 ({options})'
+        options = f"proto_version '1', publication_names '{_quoted(self.target.publication)}'"
+        command = f'START_REPLICATION SLOT "{self.target.slot}" LOGICAL 0/0 ({options})'
         pgconn.send_query(command.encode())
         await self._flush()
         while True:
             self._consume()
             if not pgconn.is_busy():
                 break
-            await self._readable(self.connect_timeout.total_seconds())
+            await self._readable(self.target.connect_timeout.total_seconds())
         result = pgconn.get_result()
         if result is None or result.status != pq.ExecStatus.COPY_BOTH:
             raise self._refused(result)
@@ -152,13 +129,15 @@ class SlotStream:
         state = (sqlstate or b"").decode()
         text = redact(message.strip().splitlines()[0] if message.strip() else message)
         if state in _SLOT_GONE_STATES and "slot" in text:
-            return StreamGoneError(f"production replication slot {self.slot!r}: {text}")
+            return StreamGoneError(f"production replication slot {self.target.slot!r}: {text}")
         if state == "55006":
-            return TransientError(f"production replication slot {self.slot!r} is in use: {text}")
+            return TransientError(
+                f"production replication slot {self.target.slot!r} is in use: {text}"
+            )
         if state in {"42501", "28000"}:
             return PermanentError(f"production role may not stream the slot: {text}")
         if state == "42704":
-            return PermanentError(f"production publication {self.publication!r}: {text}")
+            return PermanentError(f"production publication {self.target.publication!r}: {text}")
         return TransientError(f"production replication stream refused: {text}")
 
     def _consume(self) -> None:
@@ -184,7 +163,7 @@ class SlotStream:
 
     async def _flush(self) -> None:
         pgconn = self._pgconn()
-        deadline = time.monotonic() + self.connect_timeout.total_seconds()
+        deadline = time.monotonic() + self.target.connect_timeout.total_seconds()
         while pgconn.flush() == 1:  # the socket's buffer is full: wait a moment
             if time.monotonic() > deadline:
                 raise DatabaseUnavailableError(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from propagator.adapters.connections import url_for
 from propagator.adapters.leader import LeaderLock, lock_id_for
 from propagator.adapters.listener import Listener
-from propagator.adapters.slot_reader import SlotReader
+from propagator.adapters.slot_reader import SlotReader, SlotTarget
 from propagator.adapters.slot_stream import SlotStream
 from propagator.daemon.capture import CaptureSource
 from propagator.daemon.leadership import LeaderLockPort
@@ -61,16 +61,15 @@ def notify_capture(mappings: Sequence[Settings], instance_id: str) -> Listener:
 def logical_capture(mappings: Sequence[Settings], instance_id: str) -> LogicalCapture:
     """A pgoutput slot on one production database, read by the leader (``capture = logical``)."""
     settings = mappings[0]
-    reader = SlotReader(
+    target = SlotTarget(
         url_for(settings, "production"),
-        slot=settings.logical_slot,
-        publication=settings.logical_publication,
-        connect_timeout=settings.connect_timeout,
-        application_name=f"propagator slot {instance_id}"[:63],
+        settings.logical_slot,
+        settings.logical_publication,
+        settings.connect_timeout,
     )
     return LogicalCapture(
-        reader,
-        SlotStream.beside(reader, application_name=f"propagator stream {instance_id}"[:63]),
+        SlotReader(target, application_name=f"propagator slot {instance_id}"[:63]),
+        SlotStream(target, application_name=f"propagator stream {instance_id}"[:63]),
         watched_relations(mappings),
         max_keys=settings.buffer_max_keys,
         state_interval=settings.heartbeat_interval.total_seconds(),

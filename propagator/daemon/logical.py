@@ -158,7 +158,8 @@ class LogicalCapture:
         self._checked = False
         await self.stream.close()
         await self.reader.connect()
-        for problem in server_problems(await self.reader.server_facts()):
+        facts = await self.reader.server_facts()
+        for problem in server_problems(facts):
             raise PermanentError(problem)
         await self._check_publication()
         state = await self.reader.state()
@@ -185,7 +186,7 @@ class LogicalCapture:
             )
         else:
             self._confirmed = parse_lsn(state.confirmed_flush_lsn)
-            if await self.reader.ever_read():
+            if await self.reader.ever_read(facts.server_version_num):
                 _log.info(
                     "slot_resumed", slot=self.reader.slot, confirmed=state.confirmed_flush_lsn
                 )
