@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -216,6 +216,21 @@ class FakeWriter:
 
     def reset(self) -> None:
         return None
+
+
+def run_beside(daemon: Daemon, scenario: Callable[[Daemon], Awaitable[None]]) -> int:
+    """Run the daemon and ``scenario`` beside it; stop the daemon after; its exit code."""
+
+    async def main() -> int:
+        running = asyncio.create_task(daemon.run())
+        try:
+            await eventually(daemon.started.is_set, "the daemon to start")
+            await scenario(daemon)
+        finally:
+            daemon.request_stop()
+        return await asyncio.wait_for(running, timeout=10)
+
+    return asyncio.run(main())
 
 
 def build_daemon(

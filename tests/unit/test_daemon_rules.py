@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from propagator.daemon import Daemon
 from propagator.errors import ActionRefusedError, Refusal
-from tests.unit.daemon_fakes import build_daemon, eventually, fast_settings
-
-
-def _run(scenario: Callable[[Daemon], Awaitable[None]], daemon: Daemon) -> int:
-    """Run the daemon and ``scenario`` beside it; stop the daemon after; its exit code."""
-
-    async def main() -> int:
-        running = asyncio.create_task(daemon.run())
-        try:
-            await eventually(daemon.started.is_set, "the daemon to start")
-            await scenario(daemon)
-        finally:
-            daemon.request_stop()
-        return await asyncio.wait_for(running, timeout=10)
-
-    return asyncio.run(main())
+from tests.unit.daemon_fakes import build_daemon, eventually, fast_settings, run_beside
 
 
 def test_catchup_runs_on_start_and_after_every_reconnect() -> None:
@@ -43,7 +27,7 @@ def test_catchup_runs_on_start_and_after_every_reconnect() -> None:
         )
         assert daemon.readiness() == (True, [])
 
-    assert _run(scenario, daemon) == 0
+    assert run_beside(daemon, scenario) == 0
 
 
 def test_keys_wait_for_the_catchup_then_converge() -> None:
@@ -61,7 +45,7 @@ def test_keys_wait_for_the_catchup_then_converge() -> None:
             lambda: recorder.applied_keys() == {(1, "A"), (2, "B")}, "the keys to converge"
         )
 
-    assert _run(scenario, daemon) == 0
+    assert run_beside(daemon, scenario) == 0
     assert recorder.overlaps == []
 
 
@@ -82,7 +66,7 @@ def test_reconcile_requested_during_a_reconcile_runs_once_afterwards() -> None:
         await asyncio.sleep(0.1)
         assert recorder.reconciles == ["catchup", "reconcile", "reconcile"]
 
-    assert _run(scenario, daemon) == 0
+    assert run_beside(daemon, scenario) == 0
 
 
 def test_every_manual_caller_gets_an_answer() -> None:
@@ -101,7 +85,7 @@ def test_every_manual_caller_gets_an_answer() -> None:
         assert [answer["source"] for answer in answers] == ["manual"] * 5
         assert recorder.reconciles == ["catchup", "reconcile", "manual"]
 
-    assert _run(scenario, daemon) == 0
+    assert run_beside(daemon, scenario) == 0
 
 
 def test_manual_callers_are_refused_on_stop_and_by_a_standby() -> None:
@@ -122,7 +106,7 @@ def test_manual_callers_are_refused_on_stop_and_by_a_standby() -> None:
         outcome["reason"] = refused.value.reason
         recorder.reconcile_gate.set()
 
-    assert _run(scenario, daemon) == 0
+    assert run_beside(daemon, scenario) == 0
     assert outcome["reason"] is Refusal.STOPPING
 
     standby, _capture, _lock, _recorder = build_daemon(lock=type(lock)(available=False))
@@ -133,7 +117,7 @@ def test_manual_callers_are_refused_on_stop_and_by_a_standby() -> None:
             await daemon.reconcile_now()
         assert refused.value.reason is Refusal.NOT_LEADER
 
-    assert _run(ask_standby, standby) == 0
+    assert run_beside(standby, ask_standby) == 0
 
 
 def test_losing_leadership_stops_the_writers_before_the_next_write() -> None:
@@ -153,7 +137,7 @@ def test_losing_leadership_stops_the_writers_before_the_next_write() -> None:
         assert not daemon.is_leader
         assert len(daemon.buffer) == 0
 
-    assert _run(scenario, daemon) == 0
+    assert run_beside(daemon, scenario) == 0
 
 
 def test_a_fenced_write_demotes_at_once() -> None:
@@ -168,7 +152,7 @@ def test_a_fenced_write_demotes_at_once() -> None:
         await eventually(lambda: daemon.role == "standby", "the demotion by the fence")
         assert recorder.applied_keys() == set()
 
-    assert _run(scenario, daemon) == 0
+    assert run_beside(daemon, scenario) == 0
 
 
 def test_a_full_reconcile_never_runs_beside_a_batch() -> None:
@@ -186,7 +170,7 @@ def test_a_full_reconcile_never_runs_beside_a_batch() -> None:
         await eventually(lambda: len(recorder.applied_keys()) == 400, "every key to converge")
         assert recorder.reconciles.count("reconcile") >= 2
 
-    assert _run(scenario, daemon) == 0
+    assert run_beside(daemon, scenario) == 0
     assert recorder.overlaps == []
 
 
@@ -200,7 +184,7 @@ def test_a_stop_drains_what_is_buffered() -> None:
         capture.change((1, "A"), (2, "B"), (3, "C"))
         await eventually(lambda: len(daemon.buffer) == 3, "the keys to wait in the buffer")
 
-    assert _run(scenario, daemon) == 0
+    assert run_beside(daemon, scenario) == 0
     assert recorder.applied_keys() == {(1, "A"), (2, "B"), (3, "C")}
 
 
@@ -213,5 +197,5 @@ def test_a_change_notified_just_before_a_stop_is_applied_before_exit() -> None:
         capture.unread = True
         capture.change((9, "Z"))
 
-    assert _run(scenario, daemon) == 0
+    assert run_beside(daemon, scenario) == 0
     assert recorder.applied_keys() == {(9, "Z")}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from propagator.core.debounce import DebounceBuffer, PartitionedBuffer
@@ -12,7 +10,7 @@ from propagator.daemon.triggerwatch import TriggerWatch
 from propagator.services.triggers import TriggerStatus
 from propagator.settings import watched_tables
 from tests.helpers import FakeClock
-from tests.unit.daemon_fakes import build_daemon, eventually, fast_settings
+from tests.unit.daemon_fakes import build_daemon, eventually, fast_settings, run_beside
 
 
 def make(clock: FakeClock, *, max_keys: int = 100) -> DebounceBuffer:
@@ -80,19 +78,6 @@ def test_partitions_count_every_key_received() -> None:
     assert buffer.received_total == 7
 
 
-def _run(daemon: Daemon, scenario: Callable[[Daemon], Awaitable[None]]) -> int:
-    async def main() -> int:
-        running = asyncio.create_task(daemon.run())
-        try:
-            await eventually(daemon.started.is_set, "the daemon to start")
-            await scenario(daemon)
-        finally:
-            daemon.request_stop()
-        return await asyncio.wait_for(running, timeout=10)
-
-    return asyncio.run(main())
-
-
 def test_readiness_fails_when_no_reconcile_succeeded_within_two_intervals() -> None:
     """Reconciles that stop finishing make the writer unready after two intervals; the next
     success makes it ready again. An unreachable production for the trigger check (as here)
@@ -118,7 +103,7 @@ def test_readiness_fails_when_no_reconcile_succeeded_within_two_intervals() -> N
         assert triggers["current"] is None
         assert triggers["check_error"]
 
-    assert _run(daemon, scenario) == 0
+    assert run_beside(daemon, scenario) == 0
 
 
 def trigger_status(*problems: str, installed: bool = True) -> TriggerStatus:
