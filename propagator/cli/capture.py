@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from propagator.adapters.connections import Connection, open_connection
 from propagator.adapters.publication import PublishedTable
 from propagator.cli import triggers as triggers_command
-from propagator.cli.per_mapping import report_error, worst
+from propagator.cli.per_mapping import report_error, report_status, worst
 from propagator.errors import ExitCode, PropagatorError
 from propagator.services import capture
 from propagator.services.capture import CaptureStatus, LogicalPlan, LogicalTarget
@@ -131,13 +131,7 @@ def _one(args: argparse.Namespace, conn: Connection, target: LogicalTarget) -> i
     elif args.action == "sql":
         print(capture.install_script(conn, target), end="")
     else:
-        state = capture.status(conn, target)
-        if args.format == "json":
-            print(json.dumps(state.as_dict(), indent=2))
-        else:
-            print_status(state)
-        if args.check and not state.current:
-            return ExitCode.DIFFERENCES_FOUND
+        return report_status(capture.status(conn, target), args, print_status)
     return ExitCode.OK
 
 

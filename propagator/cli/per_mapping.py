@@ -9,10 +9,12 @@ its error ending the command exactly as before.
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from propagator.errors import ExitCode, PropagatorError
 from propagator.settings import Configuration, Settings
@@ -30,6 +32,27 @@ _SEVERITY = (
     ExitCode.ROWS_FAILED,
     ExitCode.DIFFERENCES_FOUND,
 )
+
+
+class Status(Protocol):
+    """What ``triggers status`` and ``capture status`` report of one table or database."""
+
+    @property
+    def current(self) -> bool: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+S = TypeVar("S", bound=Status)
+
+
+def report_status(state: S, args: argparse.Namespace, print_text: Callable[[S], None]) -> int:
+    """Print ``state`` as JSON or text; with ``--check``, exit 1 unless it is current."""
+    if args.format == "json":
+        print(json.dumps(state.as_dict(), indent=2))
+    else:
+        print_text(state)
+    return ExitCode.DIFFERENCES_FOUND if args.check and not state.current else ExitCode.OK
 
 
 def worst(codes: Iterable[int]) -> int:

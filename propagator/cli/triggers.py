@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from propagator.adapters.connections import Connection, open_connection
+from propagator.cli.per_mapping import report_status
 from propagator.core.identifiers import QualifiedName
 from propagator.errors import ConfigurationError, ExitCode, PropagatorError
 from propagator.services import triggers
@@ -218,13 +219,7 @@ def _one_table(args: argparse.Namespace, table: WatchedTable) -> int:
             print(f"✓ triggers removed from {table.table}")
             return ExitCode.OK
         state = triggers.status(conn, table)
-    if args.format == "json":
-        print(json.dumps(state.as_dict(), indent=2))
-    else:
-        _print_status(state)
-    if args.check and not state.current:
-        return ExitCode.DIFFERENCES_FOUND
-    return ExitCode.OK
+    return report_status(state, args, _print_status)
 
 
 def run(args: argparse.Namespace) -> int:
