@@ -176,9 +176,6 @@ class SlotReader:
             return None
         return [(str(schema), str(name)) for _, schema, name in rows if name is not None]
 
-    async def probe(self) -> None:
-        await self._rows("probing the slot connection", "SELECT 1", {})
-
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.closed:
