@@ -170,7 +170,11 @@ def test_connections_reset_mid_transaction_recover(
     wired.wait_converged()
     measure(f"converged after the stream stopped ({side} resets)", time.monotonic() - stopped)
     assert stream.foreign_values() == {}
-    assert wired.daemon.metric("propagator_retries_total", cause=f"{side}_unavailable") >= 1
+    # The resets were seen: as failed work, retried, or (sandbox writers since they check a
+    # kept connection before use) as a connection replaced before it failed anything.
+    retried = wired.daemon.metric("propagator_retries_total", cause=f"{side}_unavailable")
+    replaced = wired.daemon.events("writer_reconnecting") if side == "sandbox" else []
+    assert retried >= 1 or replaced
 
 
 @pytest.mark.slow
