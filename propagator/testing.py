@@ -25,6 +25,7 @@ from propagator.daemon import Daemon
 from propagator.errors import PropagatorError
 from propagator.observability.metrics import Metrics
 from propagator.settings import Settings
+from propagator.settings.webhooks import WebhookSettings
 
 __all__ = ["DaemonRunner"]
 
@@ -46,10 +47,12 @@ class DaemonRunner:
         instance_id: str | None = None,
         serve_http: bool = True,
         thread_name: str = "propagator-daemon",
+        webhooks: Sequence[WebhookSettings] = (),
     ) -> None:
         self.daemon = Daemon(
             settings,
             mappings=mappings,
+            webhooks=webhooks,
             metrics=metrics,
             instance_id=instance_id,
             handle_signals=False,

@@ -232,6 +232,40 @@ def _history(subparsers: Any, common: argparse.ArgumentParser) -> str:
     return "history"
 
 
+def _webhooks(subparsers: Any, common: argparse.ArgumentParser) -> str:
+    parser = subparsers.add_parser(
+        "webhooks",
+        parents=[common],
+        help="show how far each webhook endpoint has received the history, or send again",
+        description=(
+            "Webhook endpoints ([[webhooks]] in the config file) are sent the sync history. "
+            "Exit codes: 0 ok, 1 an endpoint is failing (status --check), 2 configuration "
+            "error, 3 database unreachable."
+        ),
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = actions.add_parser(
+        "status",
+        parents=[common],
+        help="cursor, pending changes, lag and last error of each endpoint",
+    )
+    status.add_argument("--format", choices=("text", "json"), default="text")
+    status.add_argument("--check", action="store_true", help="exit 1 when an endpoint is failing")
+    replay = actions.add_parser(
+        "replay",
+        parents=[common],
+        help="move an endpoint's cursor back: changes applied since TIME are sent again",
+    )
+    replay.add_argument("name", metavar="NAME", help="the [[webhooks]] name")
+    replay.add_argument(
+        "--since",
+        required=True,
+        metavar="TIME",
+        help="ISO 8601 (2024-05-01T10:00, local time without an offset) or an age (30m, 2h)",
+    )
+    return "webhooks"
+
+
 def _demo(subparsers: Any, common: argparse.ArgumentParser) -> str:
     parser = subparsers.add_parser(
         "demo",
@@ -288,6 +322,7 @@ SUBCOMMANDS: tuple[Callable[[Any, argparse.ArgumentParser], str], ...] = (
     _capture,
     _setup,
     _history,
+    _webhooks,
     _demo,
 )
 """In the order ``--help`` lists them; each adds its parser and names its module."""

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from propagator.observability.logging import configure_logging
 
     configure_logging(configuration.settings)
-    return run_daemon(configuration.settings, configuration.mappings)
+    return run_daemon(configuration.settings, configuration.mappings, configuration.webhooks)
 
 
 def _refuse_settings_that_do_not_fit(settings: Settings) -> None:

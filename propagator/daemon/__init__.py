@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from propagator.daemon.status import Role
 from propagator.daemon.supervisor import CRASHED, Daemon
 from propagator.settings import Settings
+from propagator.settings.webhooks import WebhookSettings
 
 __all__ = ["CRASHED", "Daemon", "Role", "run_daemon", "tune_garbage_collection"]
 
@@ -39,7 +40,11 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(*_GC_THRESHOLDS)
 
 
-def run_daemon(settings: Settings, mappings: Sequence[Settings] | None = None) -> int:
+def run_daemon(
+    settings: Settings,
+    mappings: Sequence[Settings] | None = None,
+    webhooks: Sequence[WebhookSettings] = (),
+) -> int:
     """Run the daemon (for ``mappings``, else the one mapping ``settings``) until it stops."""
     tune_garbage_collection()
-    return asyncio.run(Daemon(settings, mappings=mappings).run())
+    return asyncio.run(Daemon(settings, mappings=mappings, webhooks=webhooks).run())

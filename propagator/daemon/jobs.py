@@ -133,6 +133,8 @@ class WriteJobs:
             duration_seconds=round(result.duration_seconds, 4),
         )
         self.state.last_batch = summary
+        if stats.updated:
+            self.state.committed()
         _log.info("batch_applied", source="event", **summary.as_dict())
         if result.deferred:
             _log.info("rows_busy", source="event", rows=len(result.deferred))
@@ -184,6 +186,8 @@ class WriteJobs:
             duration_seconds=round(duration, 3),
         )
         self.state.last_reconcile = summary
+        if stats.updated:
+            self.state.committed()
         _log.info("reconcile_finished", **summary.as_dict())
         _log_failures(job.source, stats.failures[: self.report_limit])
         return summary

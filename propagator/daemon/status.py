@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -62,6 +63,13 @@ class DaemonState:
     last_lag: float | None = None
     last_error: str | None = None
     crashed: str | None = None
+    # Called (on the daemon's loop) after each commit that changed the sandbox: the
+    # webhook senders of its history look at once instead of at their next poll.
+    on_committed: list[Callable[[], None]] = field(default_factory=list)
+
+    def committed(self) -> None:
+        for listener in self.on_committed:
+            listener()
 
     def uptime_seconds(self) -> float:
         return round((datetime.now(UTC) - self.started_at).total_seconds(), 3)

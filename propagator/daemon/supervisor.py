@@ -35,6 +35,7 @@ from propagator.daemon.shutdown import StopSignals, TaskSet
 from propagator.daemon.status import DaemonState, Role
 from propagator.daemon.triggerwatch import TriggerWatch, watch_triggers
 from propagator.daemon.web import start_http
+from propagator.daemon.webhooks import WebhookSenders
 from propagator.errors import ConfigurationError, ExitCode
 from propagator.observability.http import HttpServer
 from propagator.observability.logging import bind_context, get_logger
@@ -42,6 +43,7 @@ from propagator.observability.mapping_metrics import MappingMetrics
 from propagator.observability.metrics import Metrics
 from propagator.services.history import History, HistoryReaders
 from propagator.settings import Settings
+from propagator.settings.webhooks import WebhookSettings
 from propagator.version import __version__
 
 __all__ = ["CRASHED", "Daemon"]
@@ -70,6 +72,7 @@ class Daemon:
         lock_factory: LockFactory = advisory_lock,
         writer_factory: WriterFactory | None = None,
         history: History | None = None,
+        webhooks: Sequence[WebhookSettings] = (),
     ) -> None:
         self.settings = settings
         served = tuple(mappings) if mappings else (settings,)
@@ -107,6 +110,7 @@ class Daemon:
         self.history_reader = (
             HistoryReaders([r.settings for r in self.runtimes]) if primary.history.enabled else None
         )
+        self.webhooks = WebhookSenders(webhooks, self.runtimes, self.metrics, self._stop.is_set)
         self.ticker = Ticker(self.metrics, self._sample)
         # The first mapping's parts, by their old names: one-mapping callers use them.
         self.state, self.lock, self.history = primary.state, primary.lock, primary.history
@@ -228,6 +232,7 @@ class Daemon:
             "uptime_seconds": state.uptime_seconds(),
             **flat,
             "mappings": mappings,
+            **self.webhooks.status_fields(),
         }
 
     def readiness(self) -> tuple[bool, list[str]]:
@@ -253,17 +258,7 @@ class Daemon:
         bind_context(instance=self.instance_id)
         signals = StopSignals(self._stop, self._poke_all, enabled=self.handle_signals)
         signals.install(self._loop)
-        for runtime in self.runtimes:
-            settings = runtime.settings
-            _log.info(
-                "daemon_starting",
-                version=__version__,
-                mapping=runtime.name,
-                production=where(settings.production_table_name, settings.production_url()),
-                sandbox=where(settings.sandbox_table_name, settings.sandbox_url()),
-                channel=settings.channel,
-                leader_lock_id=runtime.lock.lock_id,
-            )
+        _log_starting(self.runtimes)
         if self.serve_http:
             self.http = await start_http(
                 self.settings,
@@ -307,6 +302,7 @@ class Daemon:
         for number, (_, capture) in enumerate(self.captures):
             tasks.start("listener" if number == 0 else f"listener {number}", capture.run())
         tasks.start("ticker", self.ticker.run(self._stop.is_set, self._sleep))
+        self.webhooks.start_tasks(tasks, self._sleep)
         for number, watch in enumerate(self.trigger_watches):
             name = "trigger check" if number == 0 else f"trigger check {number}"
             tasks.start(name, watch.run(self._stop.is_set, self._sleep))
@@ -324,6 +320,7 @@ class Daemon:
             await runtime.close()
         for source, _ in self.captures:
             await source.close()
+        await self.webhooks.close()
         if self._shared_writers is not None:
             await asyncio.to_thread(self._shared_writers.close)
         if self.http is not None:
@@ -345,6 +342,21 @@ class Daemon:
         for source, capture in self.captures:
             if source.connected:
                 capture.sample()
+        self.webhooks.sample()
+
+
+def _log_starting(runtimes: Sequence[MappingRuntime]) -> None:
+    for runtime in runtimes:
+        settings = runtime.settings
+        _log.info(
+            "daemon_starting",
+            version=__version__,
+            mapping=runtime.name,
+            production=where(settings.production_table_name, settings.production_url()),
+            sandbox=where(settings.sandbox_table_name, settings.sandbox_url()),
+            channel=settings.channel,
+            leader_lock_id=runtime.lock.lock_id,
+        )
 
 
 def _stagger(mapping: Settings, number: int, count: int) -> float:

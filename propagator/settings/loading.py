@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from propagator.core.mapping import MappingSpec
 from propagator.errors import ConfigurationError
 from propagator.settings.mappings import Configuration, read_mapping_tables, resolve_mappings
 from propagator.settings.model import Settings
+from propagator.settings.webhooks import read_webhook_tables, resolve_webhooks
 
 __all__ = ["env_name", "load_configuration", "load_settings"]
 
@@ -64,6 +66,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 def load_configuration(
     config_file: Path | None = None, *, selection: Sequence[str] = (), **overrides: Any
 ) -> Configuration:
-    """The settings and the selected mappings (``selection``, else ``PROPAGATOR_MAPPINGS``)."""
+    """The settings, the selected mappings (``selection``, else ``PROPAGATOR_MAPPINGS``) and
+    the webhooks (checked against every mapping the file defines)."""
     settings = load_settings(config_file, **overrides)
-    return resolve_mappings(settings, read_mapping_tables(config_file), selection)
+    tables = read_mapping_tables(config_file)
+    configuration = resolve_mappings(settings, tables, selection)
+    every = configuration.mappings
+    if len(every) != len(configuration.defined):  # a selection: check against them all
+        every = resolve_mappings(settings, tables).mappings
+    webhooks = resolve_webhooks(read_webhook_tables(config_file), every)
+    return dataclasses.replace(configuration, webhooks=webhooks)

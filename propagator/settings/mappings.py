@@ -24,6 +24,7 @@ from propagator.core.identifiers import QualifiedName, parse_qualified_name
 from propagator.core.mapping import MappingSpec
 from propagator.errors import ConfigurationError
 from propagator.settings.model import DEFAULT_MAPPING, MAPPING_NAME, Settings
+from propagator.settings.webhooks import WebhookSettings
 
 __all__ = [
     "MAPPING_KEYS",
@@ -60,6 +61,7 @@ class Configuration:
     mappings: tuple[Settings, ...]
     defined: tuple[str, ...]
     named: bool = False  # the file has [[mappings]] (else the one mapping is "default")
+    webhooks: tuple[WebhookSettings, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -50,6 +50,7 @@ _POSITIVE_DURATIONS = (
     "permanent_retry_interval",
     "standby_poll_interval",
     "shutdown_timeout",
+    "webhook_hold_max",
 )
 _NON_NEGATIVE_DURATIONS = (
     "statement_timeout",
@@ -62,11 +63,13 @@ MAPPING_NAME = re.compile(r"[a-z0-9_]{1,40}", re.ASCII)
 
 
 class _TomlWithoutMappings(TomlConfigSettingsSource):
-    """The TOML file's top-level settings; its ``[[mappings]]`` are resolved separately."""
+    """The TOML file's top-level settings; ``[[mappings]]`` and ``[[webhooks]]`` are resolved
+    separately."""
 
     def _read_file(self, file_path: Any) -> dict[str, Any]:
         data = super()._read_file(file_path)
         data.pop("mappings", None)
+        data.pop("webhooks", None)
         return data
 
 
@@ -160,6 +163,9 @@ class Settings(BaseSettings):
     history_enabled: bool = True
     history_schema: str = "propagator"
     history_retention: timedelta = timedelta(days=30)
+    # History a webhook endpoint has not received is kept past history_retention for
+    # at most this long; older rows are pruned and the endpoint is sent a gap notice.
+    webhook_hold_max: timedelta = timedelta(days=7)
 
     @classmethod
     def settings_customise_sources(

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,8 @@ class ValueStream:
 class DaemonProcess:
     """``python -m propagator run`` with its own HTTP port and a log file of JSON lines."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
+        self.args = tuple(args)  # after ``run``: --config FILE, say
         self.port = free_port()
         self.env = {**env, "PROPAGATOR_HTTP_PORT": str(self.port)}
         self.log_path = log_path
@@ -160,7 +161,7 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "propagator", "run"],
+                [sys.executable, "-m", "propagator", "run", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -65,18 +65,20 @@ def test_setup_is_idempotent_and_versioned(databases: DatabasePair) -> None:
     first = run_cli(["setup"], env)
     assert first.returncode == ExitCode.OK, first.stderr
     assert (
-        "now at version 3 (applied 0001_sync_history, 0002_mapping, 0003_refresh_source)"
+        "now at version 4 (applied 0001_sync_history, 0002_mapping, 0003_refresh_source, "
+        "0004_webhook_cursors)"
         in first.stdout
     )
     second = run_cli(["setup", "--format", "json"], env)
     assert second.returncode == ExitCode.OK, second.stderr
     outcome = json.loads(second.stdout)
     assert outcome["applied"] == []
-    assert outcome["version"] == outcome["latest_version"] == 3
+    assert outcome["version"] == outcome["latest_version"] == 4
     assert databases.sandbox.fetchall("SELECT version, name FROM propagator.schema_version") == [
         (1, "sync_history"),
         (2, "mapping"),
         (3, "refresh_source"),
+        (4, "webhook_cursors"),
     ]
 
 

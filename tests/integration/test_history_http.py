@@ -130,7 +130,7 @@ def test_daemon_records_events_and_reconciles_on_authorized_request(
     daemon = guarded_daemon.daemon
     assert daemon.http is not None
     port = daemon.http.port
-    assert databases.sandbox.scalar("SELECT max(version) FROM propagator.schema_version") == 3
+    assert databases.sandbox.scalar("SELECT max(version) FROM propagator.schema_version") == 4
 
     databases.production.execute("UPDATE jobs SET fab_order = 333 WHERE job = 3")
     entry = wait_until(

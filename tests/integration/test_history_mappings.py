@@ -132,8 +132,8 @@ def test_migration_makes_existing_rows_the_default_mappings(
                 (uuid.uuid4(), f'[{job}, "A"]', f"{job}-A"),
             )
         result = history_service.setup(conn, SCHEMA)
-        assert [m.name for m in result.applied] == ["mapping", "refresh_source"]
-        assert history_service.installed_version(conn, SCHEMA) == 3
+        assert [m.name for m in result.applied] == ["mapping", "refresh_source", "webhook_cursors"]
+        assert history_service.installed_version(conn, SCHEMA) == 4
     assert databases.sandbox.fetchall(
         "SELECT mapping, count(*) FROM propagator.sync_history GROUP BY mapping"
     ) == [("default", 3)]

@@ -42,6 +42,8 @@ class History:
         self.mapping = settings.mapping_name
         self.schema = settings.history_schema
         self.retention = settings.history_retention
+        self.hold_max = settings.webhook_hold_max
+        self.held_by: tuple[str, ...] = ()  # webhook endpoints reading this history
         self._schedule = PruneSchedule(prune_interval, clock)
         self.rows_recorded = 0
         self.last_prune: PruneResult | None = None
@@ -110,7 +112,14 @@ class History:
         """Prune old rows (every mapping's) when due or forced; at most ``max_statements``."""
         if not self.enabled or not (force or self.prune_due()):
             return None
-        result = prune(conn, self.schema, self.retention, max_statements=max_statements)
+        result = prune(
+            conn,
+            self.schema,
+            self.retention,
+            max_statements=max_statements,
+            held_by=self.held_by,
+            hold_max=self.hold_max,
+        )
         self._schedule.finished(result)
         self.last_prune = result
         return result

@@ -9,7 +9,7 @@ history table, however many mappings write into it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -36,6 +36,7 @@ class PruneResult:
     deleted: int
     statements: int
     complete: bool  # False when it stopped at max_statements with old rows maybe left
+    endpoints_told: int = 0  # webhook endpoints sent a gap notice (rows held too long)
 
 
 def prune(
@@ -46,26 +47,38 @@ def prune(
     batch_rows: int = PRUNE_BATCH_ROWS,
     max_statements: int | None = None,
     now: datetime | None = None,
+    held_by: Sequence[str] = (),
+    hold_max: timedelta = timedelta(days=7),
 ) -> PruneResult:
-    """Delete history older than ``retention``, ``batch_rows`` per transaction."""
+    """Delete history older than ``retention``, ``batch_rows`` per transaction.
+
+    Rows the webhook endpoints ``held_by`` have not received are kept for up to
+    ``hold_max`` more; older ones go, and those endpoints are marked to be told.
+    """
     if batch_rows < 1:
         raise ValueError("batch_rows must be positive")
     cutoff = (now or datetime.now(UTC)) - retention
     statement = with_parameters(schema_statement("history/prune.sql", schema), [schema])
-    deleted = statements = 0
+    parameters = {
+        "cutoff": cutoff,
+        "hold_cutoff": cutoff - hold_max,
+        "held_by": list(held_by),
+        "batch_rows": batch_rows,
+    }
+    deleted = statements = told = 0
     try:
         while max_statements is None or statements < max_statements:
             with conn.transaction():
-                count = conn.execute(
-                    statement, {"cutoff": cutoff, "batch_rows": batch_rows}
-                ).rowcount
+                row = conn.execute(statement, parameters).fetchone()
+            count, endpoints = (int(row[0]), int(row[1])) if row else (0, 0)
             statements += 1
-            deleted += max(count, 0)
+            deleted += count
+            told += endpoints
             if count < batch_rows:
-                return PruneResult(cutoff, deleted, statements, True)
+                return PruneResult(cutoff, deleted, statements, True, told)
     except psycopg.Error as error:
         raise translate_error(error, "sandbox", "pruning the sync history") from None
-    return PruneResult(cutoff, deleted, statements, False)
+    return PruneResult(cutoff, deleted, statements, False, told)
 
 
 class PruneSchedule:
