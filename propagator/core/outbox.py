@@ -124,7 +124,7 @@ def deliverable_count(ids: Sequence[int], cursor: int, settled_through: int) -> 
     expected = cursor + 1
     count = 0
     for row_id in ids:
-        if row_id != expected and row_id > settled_through:
+        if row_id != expected and row_id - 1 > settled_through:
             break
         expected = row_id + 1
         count += 1
@@ -155,11 +155,11 @@ def next_batch(
     full = False
     for row in rows[:count]:
         if wanted.wants(row):
-            if len(chosen) == max_batch:
-                full = True
-                break
             chosen.append(row)
         cursor_after = row.id
+        if len(chosen) == max_batch:
+            full = True
+            break
     return Batch(tuple(chosen), cursor_after, gap, blocked=count < len(rows) and not full)
 
 

@@ -62,6 +62,8 @@ def address_refusal(host: str) -> str | None:
         return None
     if address in _METADATA_ADDRESSES:
         return f"{host} is a cloud metadata address"
+    if address.is_loopback:
+        return None  # ::1 counts as reserved too: loopback is decided first
     if address.is_link_local:
         return f"{host} is a link-local address"
     if address.is_multicast or address.is_unspecified or address.is_reserved:
@@ -105,9 +107,12 @@ def url_refusal(url: str, *, allow_insecure_http: bool = False) -> tuple[str, st
 
 def origin_of(url: str) -> str:
     """The scheme, host and port of a URL: what logs and status show (no path, no secrets)."""
-    parts: SplitResult = urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts: SplitResult = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(an unreadable URL)"
     if ":" in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}"

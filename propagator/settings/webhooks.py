@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from propagator.core.outbox import DeliveryFilter
-from propagator.core.redact import register_secret
+from propagator.core.redact import register_secret, secrets_of_url
 from propagator.core.vocabulary import SOURCES
 from propagator.core.webhook_urls import origin_of, url_refusal
 from propagator.errors import ConfigurationError
@@ -41,6 +42,7 @@ WEBHOOK_KEYS: Final = (
     "allow_insecure_http",
 )
 MAX_BATCH_LIMIT: Final = 10_000
+_TOKEN_CHARS: Final = 12  # a path or query this long may hold a token: masked everywhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +147,15 @@ def _resolve(
     reader = _Reader(label, table)
     url = reader.text("url", required=True)
     assert url is not None
-    register_secret(url)  # paths and queries of webhook URLs often carry tokens
+    for hidden in _secrets_of_webhook_url(url):  # paths and queries often carry tokens
+        register_secret(hidden)
     allow_insecure = reader.flag("allow_insecure_http")
     refusal = url_refusal(url, allow_insecure_http=allow_insecure)
     if refusal is not None:
         raise ConfigurationError(f"{label}: invalid {refusal[0]}: {origin_of(url)} {refusal[1]}")
-    secret = environ.get(secret_env_name(name)) or reader.text("secret")
+    in_file = reader.text("secret")
+    register_secret(in_file)  # masked even when the environment's secret wins
+    secret = environ.get(secret_env_name(name)) or in_file
     if secret is not None and len(secret) < 16:
         raise ConfigurationError(
             f"{label}: invalid secret: at least 16 characters are needed "
@@ -173,6 +178,20 @@ def _resolve(
     if webhook.retry_max < webhook.retry_initial:
         raise ConfigurationError(f"{label}: invalid retry_max: must be at least retry_initial")
     return webhook
+
+
+def _secrets_of_webhook_url(url: str) -> list[str]:
+    """What of a webhook URL must never be shown: its password, and its path and query
+    when long enough to hold a token (``/hooks/T0/B0/xyz``), never its origin."""
+    try:
+        found = secrets_of_url(url)
+        parts = urlsplit(url)
+    except ValueError:
+        return []  # refused as unreadable right after
+    for part in (parts.path, parts.query, f"{parts.path}?{parts.query}"):
+        if len(part.strip("/?")) >= _TOKEN_CHARS:
+            found.append(part)
+    return found
 
 
 def _filter(reader: _Reader, mappings: Sequence[Settings]) -> DeliveryFilter:
@@ -229,7 +248,10 @@ class _Reader:
 
     def duration(self, key: str, default: timedelta, *, zero_ok: bool = False) -> timedelta:
         raw = self.table.get(key, default)
-        value = parse_duration(raw) if not isinstance(raw, bool) else raw
+        try:
+            value = parse_duration(raw) if not isinstance(raw, bool) else raw
+        except (ValueError, OverflowError):
+            value = None
         if not isinstance(value, timedelta):
             self.fail(key, "must be a duration such as 500ms, 10s or 5m")
         assert isinstance(value, timedelta)

@@ -66,8 +66,7 @@ def test_setup_is_idempotent_and_versioned(databases: DatabasePair) -> None:
     assert first.returncode == ExitCode.OK, first.stderr
     assert (
         "now at version 4 (applied 0001_sync_history, 0002_mapping, 0003_refresh_source, "
-        "0004_webhook_cursors)"
-        in first.stdout
+        "0004_webhook_cursors)" in first.stdout
     )
     second = run_cli(["setup", "--format", "json"], env)
     assert second.returncode == ExitCode.OK, second.stderr
