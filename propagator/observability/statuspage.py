@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
+from propagator.observability import statuspage_webhooks
+
 __all__ = ["PAGE_CHANGES", "PAGE_HEADERS", "render_status_page"]
 
 PAGE_CHANGES: Final = 20
@@ -105,7 +107,7 @@ def _overall(mappings: list[Mapping[str, Any]]) -> dict[str, str]:
         for m in mappings
         if _links(m.get("connections"), short=True) != "all up"
     ]
-    lags = [m["last_lag_seconds"] for m in mappings if _is_number(m.get("last_lag_seconds"))]
+    lags = [v for m in mappings if isinstance(v := m.get("last_lag_seconds"), int | float)]
     newest = max(
         (m for m in mappings if isinstance(m.get("last_reconcile"), dict)),
         key=lambda m: str(m["last_reconcile"].get("finished_at") or ""),
@@ -121,10 +123,6 @@ def _overall(mappings: list[Mapping[str, Any]]) -> dict[str, str]:
         else f"{newest.get('name', '')}: {_reconcile_summary(newest['last_reconcile'])}",
         "last_error": told or f"{errors} mappings report errors",
     }
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float)
 
 
 def _mapping_row(mapping: Mapping[str, Any]) -> str:
@@ -172,7 +170,8 @@ def render_status_page(
     """The whole page as one string; every dynamic value passes through ``html.escape``.
 
     With several mappings (``status["mappings"]``) the cards show the process-wide
-    view, a Mappings table lists each one, and the recent changes name theirs.
+    view, a Mappings table lists each one, and the recent changes name theirs; with
+    webhooks (``status["webhooks"]``) a Webhooks table lists the endpoints.
     """
 
     def e(value: Any) -> str:
@@ -200,6 +199,7 @@ def render_status_page(
         pending=e(_pending(status)),
         **{name: e(text) for name, text in _cards(status, mappings).items()},
         mappings=_MAPPINGS.format(rows="".join(map(_mapping_row, mappings))) if mappings else "",
+        webhooks=statuspage_webhooks.section(status),
         headings="".join(f"<th>{heading}</th>" for heading in headings),
         rows=rows,
         action=action,
@@ -236,7 +236,7 @@ _PAGE: Final = """<!doctype html>
 <div><dt>Last reconcile</dt><dd id="last-reconcile">{last_reconcile}</dd></div>
 <div><dt>Last error</dt><dd id="last-error">{last_error}</dd></div>
 </dl>
-{mappings}{action}
+{mappings}{webhooks}{action}
 <h2>Recent changes</h2>
 <div class="scroll"><table>
 <thead><tr>{headings}
@@ -249,7 +249,7 @@ _PAGE: Final = """<!doctype html>
 """
 
 
-_STYLE: Final = """
+_STYLE: Final = statuspage_webhooks.with_style("""
 body { font: 15px/1.4 system-ui, sans-serif; margin: 0; padding: 1rem; color: #1d2330;
        background: #f6f7f9; }
 h1 { font-size: 1.2rem; margin: 0 0 .75rem; }
@@ -273,9 +273,9 @@ input, button { font: inherit; padding: .35rem .6rem; }
   table { font-size: .8rem; }
   th, td { padding: .3rem .25rem; }
 }
-"""
+""")
 
-_SCRIPT: Final = """
+_SCRIPT: Final = statuspage_webhooks.with_script("""
 "use strict";
 const historyEnabled = document.body.dataset.history === "true";
 const limit = Number(document.body.dataset.limit) || 20;
@@ -338,6 +338,7 @@ function showStatus(s) {
   if (ms) $("mappings").replaceChildren(...ms.map((m) => row([m.name, m.role,
     links(m.connections, true), seconds(m.last_lag_seconds), pending(m),
     reconciled(m.last_reconcile, true), trouble(m)], 1)));
+  showWebhooks(s);
 }
 function showChanges(entries) {
   const rows = entries.map((c) => row([clock(c.applied_at), ...(several ? [c.mapping] : []),
@@ -387,7 +388,7 @@ if (form) form.addEventListener("submit", async (event) => {
 });
 setInterval(refresh, 2000);
 refresh();
-"""
+""")
 
 PAGE_HEADERS: Final = (
     (

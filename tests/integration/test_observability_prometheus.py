@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from propagator.observability.metrics import Metrics
+from propagator.observability.webhook_metrics import WebhookMetrics
 from tests.helpers import DatabasePair, wait_until
 from tests.integration.support import (
     install_triggers,
@@ -84,6 +85,8 @@ def test_every_alert_has_for_severity_summary_description_and_runbook() -> None:
         "PropagatorSlotRetainingWalCritical",
         "PropagatorSlotMissing",
         "PropagatorSlotRecreated",
+        "PropagatorWebhookFailing",
+        "PropagatorWebhookLagging",
     ):
         assert wanted in names, wanted
     for rule in rules:
@@ -136,11 +139,13 @@ def test_kubernetes_scrape_config_matches_the_manifests() -> None:
 
 
 def exported_series() -> set[str]:
-    """Every sample name a daemon's /metrics can carry."""
+    """Every sample name a daemon's /metrics can carry (the webhook ones with [[webhooks]])."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    metrics = Metrics()
+    WebhookMetrics(metrics.registry, ["hook"])
     names: set[str] = set()
-    for family in text_string_to_metric_families(Metrics().render().decode()):
+    for family in text_string_to_metric_families(metrics.render().decode()):
         names.add(family.name)
         names.update(sample.name for sample in family.samples)
     return names
@@ -183,7 +188,7 @@ def test_dashboard_covers_the_agreed_views_on_exported_metrics() -> None:
     titles = " | ".join(panel["title"].lower() for panel in dashboard_panels())
     for topic in ("in sync", "lag", "rows applied", "reconcile", "rejected", "malformed"):
         assert topic in titles, topic
-    for topic in ("retries", "connections", "writer", "heartbeat", "queue", "slot"):
+    for topic in ("retries", "connections", "writer", "heartbeat", "queue", "slot", "webhook"):
         assert topic in titles, topic
     used = {
         name for expr in dashboard_queries() for name in re.findall(r"propagator_[a-z_]+", expr)
