@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +43,7 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    connections: set[socket.socket] = field(default_factory=set)
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -52,6 +55,11 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver.lock:
+                    receiver.connections.add(self.connection)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
@@ -78,10 +86,16 @@ class Receiver:
         return self
 
     def stop(self) -> None:
+        """Down as a crashed receiver is: no listener, and kept connections cut."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self.lock:
+            kept, self.connections = self.connections, set()
+        for connection in kept:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def accepted(self) -> list[Received]:
         with self.lock:
