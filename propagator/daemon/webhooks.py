@@ -74,10 +74,6 @@ class WebhookSenders:
                 by_history[table] = sender
                 self.senders.append(sender)
             runtime.state.on_committed.append(sender.ring)
-        for runtime in runtimes:  # retention keeps what the endpoint has not received
-            settings = runtime.settings
-            if (settings.sandbox_url(), settings.history_schema) in by_history:
-                runtime.history.held_by += (webhook.name,)
 
     def start_tasks(self, tasks: TaskSet, sleep: Sleep) -> None:
         for number, sender in enumerate(self.senders):

@@ -45,6 +45,8 @@ IDLE_POLL_SECONDS: Final = 1.0
 """How often an idle sender looks for rows written by another process (a CLI reconcile)."""
 SETTLE_POLL_SECONDS: Final = 0.05
 """How soon a sender looks again while a hole in the history ids waits to settle."""
+_REGROW_AFTER: Final = 10
+"""Acknowledged requests after which a batch a 413 halved doubles again."""
 SCAN_ROWS: Final = 2_000
 """History rows read per step at most, wanted or not."""
 
@@ -98,6 +100,7 @@ class EndpointDelivery:
         self._probe: SettleProbe | None = None
         self._first_seen: tuple[int, float] | None = None
         self._batch_limit = webhook.max_batch
+        self._since_shrunk = 0
         self.failures = 0
         self.failing_since: float | None = None
         self.last_error: str | None = None
@@ -199,11 +202,21 @@ class EndpointDelivery:
         if not answer.ok:
             if answer.status == 413 and len(batch.changes) > 1:
                 self._batch_limit = max(1, len(batch.changes) // 2)  # too large: halve it
+                self._since_shrunk = 0
             return self._failed(conn, "rejected", answer.describe(), answer.retry_after)
         self._advance(conn, state.delivered_id, batch.cursor_after, sent=True)
         self.failures, self.failing_since, self._first_seen = 0, None, None
+        self._grow_batch()
         self.last_delivered_at = datetime.now(UTC)
         return Step("sent", result="delivered", changes=len(batch.changes), gap=bool(batch.gap))
+
+    def _grow_batch(self) -> None:
+        """After a 413 halved it, the batch doubles back every ``_REGROW_AFTER`` successes."""
+        if self._batch_limit < self.webhook.max_batch:
+            self._since_shrunk += 1
+            if self._since_shrunk >= _REGROW_AFTER:
+                self._batch_limit = min(self.webhook.max_batch, self._batch_limit * 2)
+                self._since_shrunk = 0
 
     def _failed(self, conn: Connection, result: str, error: str, retry_after: float | None) -> Step:
         self.failures += 1

@@ -238,7 +238,6 @@ def test_retention_keeps_what_an_endpoint_has_not_received_then_says_what_it_pru
         running.wait_caught_up()
     ids = _history_ids(databases)
     assert len(ids) == 10
-    history.held_by = ("hook",)
     with databases.sandbox.connect() as conn:
         assert history.prune(conn, force=True).deleted == 0  # type: ignore[union-attr]
         history.hold_max = timedelta(microseconds=1)
@@ -259,3 +258,31 @@ def test_retention_keeps_what_an_endpoint_has_not_received_then_says_what_it_pru
     assert request.payload["gap"]["after_id"] == ids[0] - 1
     assert request.payload["gap"]["through_id"] == ids[-1]
     assert request.headers["propagator-delivery"] == f"{ids[0]}-{ids[-1]}"
+
+
+def test_bad_webhook_configuration_stops_the_command_with_one_line(tmp_path: Path) -> None:
+    """Another scheme, a metadata address, a name used twice: `run` stops before connecting,
+    exit 2, one line naming the webhook and the key."""
+    cases = {
+        'name = "ci"\nurl = "ftp://files.example.com/hook"': (
+            "webhook 'ci': invalid url: ftp://files.example.com must be an https:// URL"
+        ),
+        'name = "ci"\nurl = "http://169.254.169.254/latest/meta-data"': (
+            "webhook 'ci': invalid url: http://169.254.169.254 is refused: "
+            "169.254.169.254 is a cloud metadata address"
+        ),
+        'name = "ci"\nurl = "https://a.example.com/x"\n\n[[webhooks]]\n'
+        'name = "ci"\nurl = "https://b.example.com/y"': "webhook 'ci': the name is used twice",
+    }
+    env = cli_env(
+        PRODUCTION_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+        SANDBOX_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+    )
+    for table, message in cases.items():
+        config = tmp_path / "bad.toml"
+        config.write_text(f"[[webhooks]]\n{table}\n")
+        result = run_cli(["run", "--config", str(config)], env, timeout=30)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"propagator: error: {message}")
+        assert result.stdout == ""

@@ -43,7 +43,6 @@ class History:
         self.schema = settings.history_schema
         self.retention = settings.history_retention
         self.hold_max = settings.webhook_hold_max
-        self.held_by: tuple[str, ...] = ()  # webhook endpoints reading this history
         self._schedule = PruneSchedule(prune_interval, clock)
         self.rows_recorded = 0
         self.last_prune: PruneResult | None = None
@@ -117,7 +116,6 @@ class History:
             self.schema,
             self.retention,
             max_statements=max_statements,
-            held_by=self.held_by,
             hold_max=self.hold_max,
         )
         self._schedule.finished(result)

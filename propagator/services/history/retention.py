@@ -9,7 +9,7 @@ history table, however many mappings write into it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -47,13 +47,12 @@ def prune(
     batch_rows: int = PRUNE_BATCH_ROWS,
     max_statements: int | None = None,
     now: datetime | None = None,
-    held_by: Sequence[str] = (),
     hold_max: timedelta = timedelta(days=7),
 ) -> PruneResult:
     """Delete history older than ``retention``, ``batch_rows`` per transaction.
 
-    Rows the webhook endpoints ``held_by`` have not received are kept for up to
-    ``hold_max`` more; older ones go, and those endpoints are marked to be told.
+    Rows a webhook endpoint (any with a cursor here) has not received are kept for
+    up to ``hold_max`` more; older ones go, and those endpoints are marked to be told.
     """
     if batch_rows < 1:
         raise ValueError("batch_rows must be positive")
@@ -62,7 +61,6 @@ def prune(
     parameters = {
         "cutoff": cutoff,
         "hold_cutoff": cutoff - hold_max,
-        "held_by": list(held_by),
         "batch_rows": batch_rows,
     }
     deleted = statements = told = 0
