@@ -59,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ from propagator.observability.logging import configure_logging
 from propagator.services import triggers
 from propagator.services.reconcile import run_reconcile
 from propagator.settings import Settings, load_settings
+from propagator.settings.webhooks import WebhookSettings
 from propagator.testing import DaemonRunner
 
 SCRIPT = """\\set id random(1, {rows})
@@ -224,7 +225,11 @@ def daemon_run(
     script: Path,
     args: argparse.Namespace,
     probe_value: int,
+    *,
+    webhooks: Sequence[WebhookSettings] = (),
+    before_stop: Callable[[DaemonRunner], None] | None = None,
 ) -> DaemonRun:
+    """One daemon run under load; ``before_stop`` sees the runner once the sandbox converged."""
     production_url = production.url()
     logical = settings.capture == "logical"
     if logical:
@@ -233,7 +238,7 @@ def daemon_run(
         run_reconcile(settings, apply=True, source="reconcile")
         with psycopg.connect(production_url, autocommit=True) as conn:
             kept_until = current_lsn(conn)
-    running = DaemonRunner(settings)
+    running = DaemonRunner(settings, webhooks=webhooks)
     batch_lag_log = keep_batch_lags(running)
     running.start(timeout=30)
     # The catch-up converges what the runs without the daemon changed.
@@ -271,6 +276,8 @@ def daemon_run(
     batches = running.metric("propagator_batches_applied_total", source="event") - batches_before
     received = running.metric("propagator_notifications_received_total") - received_before
     batch_lags = batch_lag_log[lags_before:]
+    if before_stop is not None:
+        before_stop(running)
     running.stop()
     with psycopg.connect(sandbox_url) as conn:
         seen = [(int(v), float(t)) for v, t in conn.execute("SELECT * FROM bench_probe_seen")]
@@ -359,6 +366,32 @@ def bench_servers(capture: str) -> Iterator[tuple[EmbeddedPostgres, EmbeddedPost
             server.cleanup()
 
 
+def prepare(
+    production_url: str, sandbox_url: str, rows: int, folder: Path, capture: str = "notify"
+) -> tuple[Path, Settings]:
+    """``jobs`` (plus the probe row) on both servers, the probe's sandbox trigger, the
+    pgbench script in ``folder`` and the daemon's settings (defaults, no periodic reconcile)."""
+    for url in (production_url, sandbox_url):
+        load_jobs(url, rows)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, job, release, fab_order) VALUES (%s, %s, 'P', 0)",
+                (rows + 1, PROBE_JOB),
+            )
+    with psycopg.connect(sandbox_url, autocommit=True) as conn:
+        conn.execute(PROBE_SANDBOX_SQL.format(job=PROBE_JOB).encode())
+    script = folder / "update_fab_order.sql"
+    script.write_text(SCRIPT.format(rows=rows))
+    settings = load_settings(
+        production_database_url=production_url,
+        sandbox_database_url=sandbox_url,
+        http_port=0,
+        reconcile_interval="0",
+        capture=capture,
+    )
+    return script, settings
+
+
 def median_of(runs: list[DaemonRun], pick: Callable[[DaemonRun], float]) -> float:
     return statistics.median(pick(run) for run in runs)
 
@@ -393,23 +426,8 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="propagator-bench-") as folder,
     ):
         production_url, sandbox_url = production.url(), sandbox.url()
-        for url in (production_url, sandbox_url):
-            load_jobs(url, args.rows)
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(
-                    "INSERT INTO jobs (id, job, release, fab_order) VALUES (%s, %s, 'P', 0)",
-                    (args.rows + 1, PROBE_JOB),
-                )
-        with psycopg.connect(sandbox_url, autocommit=True) as conn:
-            conn.execute(PROBE_SANDBOX_SQL.format(job=PROBE_JOB).encode())
-        script = Path(folder) / "update_fab_order.sql"
-        script.write_text(SCRIPT.format(rows=args.rows))
-        settings = load_settings(
-            production_database_url=production_url,
-            sandbox_database_url=sandbox_url,
-            http_port=0,
-            reconcile_interval="0",
-            capture=args.capture,
+        script, settings = prepare(
+            production_url, sandbox_url, args.rows, Path(folder), args.capture
         )
         machine = machine_description(production_url)
         throttle = f", daemon runs throttled to {args.rate:,} TPS" if args.rate else ""

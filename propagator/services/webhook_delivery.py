@@ -108,9 +108,20 @@ class EndpointDelivery:
         self.active = False  # holds the sender lock
         self.cursor = 0
         self.pending = 0
-        self.lag = 0.0
+        self._lag, self._lag_at = 0.0, clock()
 
     # State people see.
+
+    @property
+    def lag(self) -> float:
+        """How long the oldest change after the cursor has waited, now (0: none).
+
+        Measured at the sender's last look and aged since, so a request a slow receiver
+        holds for seconds does not make the endpoint look fresher than it is.
+        """
+        if not self._lag:
+            return 0.0
+        return self._lag + max(0.0, self._clock() - self._lag_at)
 
     @property
     def failing(self) -> bool:
@@ -146,7 +157,7 @@ class EndpointDelivery:
         rows, waited = self.outbox.read_after(
             conn, max(state.delivered_id, state.pruned_through), SCAN_ROWS
         )
-        self.lag = waited or 0.0
+        self._lag, self._lag_at = waited or 0.0, self._clock()
         batch = self._plan(rows, state)
         if batch.blocked:
             batch = self._settle(conn, rows, state, batch)
