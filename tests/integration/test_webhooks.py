@@ -96,11 +96,12 @@ def test_a_receiver_answering_500_is_retried_with_the_same_changes(
             )
             == 2
         )
-        assert (
-            running.metric(
+        wait_until(  # the receiver records a request before the daemon reads its answer
+            lambda: running.metric(
                 "propagator_webhook_deliveries_total", endpoint="hook", result="delivered"
             )
-            == 1
+            == 1,
+            what="the delivery counted",
         )
         status = running.daemon.status()["webhooks"][0]
         assert status["failing"] is False
