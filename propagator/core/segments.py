@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import compress
 from operator import ne
@@ -35,8 +36,8 @@ __all__ = [
     "SqlTransform",
     "ValueKind",
     "compare_digests",
+    "differing_segments",
     "fine_segment_count",
-    "finer_segments",
     "plan_layout",
     "segment_count",
     "value_kind",
@@ -322,18 +323,48 @@ def compare_digests(production: bytes, sandbox: bytes) -> tuple[int, ...]:
     )
 
 
-def finer_segments(
-    differing: Sequence[int], count: int, fine_count: int, positions: Sequence[int]
+def differing_segments(
+    production: bytes,
+    production_ids: bytes | None,
+    sandbox: bytes,
+    sandbox_ids: bytes | None,
 ) -> tuple[int, ...]:
-    """The finer segments at ``positions`` of a finer pass over ``differing`` segments of ``count``.
+    """The segments whose digests differ, or that only one side has rows in, ascending.
 
-    Segment ``c`` splits into ``c + k * count`` for ``k`` below ``fine_count //
-    count``; the pass lists them by ``differing``, then by ``k``.
+    Each side sends its digests in segment order and, unless it has a digest for
+    every segment from 0 on, the 4-byte segment numbers they belong to (a segment
+    without rows has no digest: it differs from one that has rows).
     """
-    children = fine_count // count
+    if production_ids is None and sandbox_ids is None:
+        return compare_digests(production, sandbox)
+    production_map = _segment_map(production, production_ids)
+    sandbox_map = _segment_map(sandbox, sandbox_ids)
+    if production_map == sandbox_map:
+        return ()
     return tuple(
         sorted(
-            differing[position // children] + (position % children) * count
-            for position in positions
+            segment
+            for segment in production_map.keys() | sandbox_map.keys()
+            if production_map.get(segment) != sandbox_map.get(segment)
         )
     )
+
+
+def _segment_map(digests: bytes, ids: bytes | None) -> dict[int, int]:
+    if len(digests) % 8 or (ids is not None and len(ids) * 2 != len(digests)):
+        raise ValueError(
+            f"the packed digests are {len(digests)} bytes long with "
+            f"{'no' if ids is None else len(ids)} bytes of segment numbers, "
+            "not one 8-byte digest and one 4-byte number a segment"
+        )
+    values = array("q", digests)
+    segments = range(len(values)) if ids is None else _int4s(ids)
+    return dict(zip(segments, values, strict=True))
+
+
+def _int4s(packed: bytes) -> array[int]:
+    """Big-endian 4-byte integers (PostgreSQL's ``int4send``) as an array."""
+    numbers = array("i", packed)
+    if sys.byteorder == "little":
+        numbers.byteswap()
+    return numbers

@@ -36,9 +36,8 @@ from propagator.core.segments import (
     REFINE_ABOVE_FRACTION,
     ChecksumLayout,
     NotExpressibleError,
-    compare_digests,
+    differing_segments,
     fine_segment_count,
-    finer_segments,
     plan_layout,
     segment_count,
 )
@@ -253,12 +252,13 @@ def _locate(
     report.fallback_reason = None
     report.started_at = report.started_at or datetime.now(UTC)
     count, fine_count, queries = passes.count, passes.fine_count, passes.queries
-    (production_rows, production_digests), (sandbox_rows, sandbox_digests) = _both(
+    production_pass, sandbox_pass = _both(
         production,
         sandbox,
         lambda snapshot: snapshot.digests(queries[snapshot.side].digests(count)),
     )
-    differing = _differing(production_digests, sandbox_digests)
+    production_rows, sandbox_rows = production_pass[0], sandbox_pass[0]
+    differing = _differing(production_pass, sandbox_pass)
     _event(
         "reconcile_segments_compared",
         hashing=passes.hashing,
@@ -292,10 +292,12 @@ def _both(production: Snapshot, sandbox: Snapshot, run: Callable[[Snapshot], _T]
         return production_future.result(), sandbox_future.result()
 
 
-def _differing(production: bytes, sandbox: bytes) -> tuple[int, ...]:
-    """``compare_digests``, its refusal of a malformed pass as the reconcile's error."""
+def _differing(
+    production: tuple[int, bytes, bytes | None], sandbox: tuple[int, bytes, bytes | None]
+) -> tuple[int, ...]:
+    """``differing_segments``, its refusal of a malformed pass as the reconcile's error."""
     try:
-        return compare_digests(production, sandbox)
+        return differing_segments(production[1], production[2], sandbox[1], sandbox[2])
     except ValueError as error:
         raise PermanentError(
             f"checksum reconcile: {error}; set PROPAGATOR_RECONCILE_METHOD=stream"
@@ -313,21 +315,20 @@ def _refine(
     """The differing segments of a second, finer pass over the rows of ``differing`` only."""
     for snapshot in (production, sandbox):
         snapshot.allow_fine_pass_memory()
-    (production_rows, production_digests), (sandbox_rows, sandbox_digests) = _both(
+    production_pass, sandbox_pass = _both(
         production,
         sandbox,
         lambda snapshot: snapshot.digests(
             queries[snapshot.side].finer_digests(count, differing, fine_count)
         ),
     )
-    positions = _differing(production_digests, sandbox_digests)
-    fine = finer_segments(differing, count, fine_count, positions)
+    fine = _differing(production_pass, sandbox_pass)
     _event(
         "reconcile_segments_refined",
         segments=fine_count,
         differing_segments=len(fine),
-        production_rows=production_rows,
-        sandbox_rows=sandbox_rows,
+        production_rows=production_pass[0],
+        sandbox_rows=sandbox_pass[0],
     )
     return fine
 

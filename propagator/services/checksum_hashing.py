@@ -83,8 +83,13 @@ def value_hash(
     seed: int,
     hashing: Hashing,
     side: Side,
+    row_seed: sql.Composable | None = None,
 ) -> sql.Composable:
-    """A 64-bit hash of one canonicalised value (NULL stays NULL)."""
+    """A 64-bit hash of one canonicalised value (NULL stays NULL).
+
+    ``row_seed`` (built-in hashing only) is an int8 expression XORed into every seed,
+    so the same value hashes differently in each row it is given for (its key's hash).
+    """
     if hashing == "md5":
         return sql.SQL(
             "('x' || left(md5(convert_to({prefix} || {text}, 'UTF8')), 16))::bit(64)::int8"
@@ -93,8 +98,14 @@ def value_hash(
         # Different families are never equal: each side hashes its own kind, seeds apart.
         family = {"number": CompareAs.NUMERIC}.get(kind.family) or CompareAs(kind.family)
         offset = _SANDBOX_ONLY_SEED if side == "sandbox" else 0
-        return value_hash(expr, kind, family, seed + offset, hashing, side)
-    literal = sql.Literal(seed)
+        return value_hash(expr, kind, family, seed + offset, hashing, side, row_seed)
+
+    def seeded(value: int) -> sql.Composable:
+        if row_seed is None:
+            return sql.Literal(value)
+        return sql.SQL("({} # {})").format(row_seed, sql.Literal(value))
+
+    literal = seeded(seed)
     if compare_as is CompareAs.INT8:
         return sql.SQL("hashint8extended({}::int8, {})").format(expr, literal)
     if compare_as is CompareAs.FLOAT8:
@@ -109,8 +120,8 @@ def value_hash(
         ).format(
             v=_as_numeric(expr, kind),
             seed=literal,
-            negative=sql.Literal(seed + _NEGATIVE_SEED),
-            nan=sql.Literal(seed + _NAN_SEED),
+            negative=seeded(seed + _NEGATIVE_SEED),
+            nan=seeded(seed + _NAN_SEED),
         )
     if compare_as is CompareAs.TEXT:
         return sql.SQL('hashtextextended({} COLLATE "C", {})').format(expr, literal)

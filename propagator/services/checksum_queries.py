@@ -13,7 +13,7 @@ from psycopg import sql
 
 from propagator.adapters.parameters import filter_condition
 from propagator.adapters.tables import TableInfo, table_identifier
-from propagator.core.segments import ChecksumLayout, CompareAs, ValueKind
+from propagator.core.segments import ChecksumLayout, CompareAs, FieldPlan, ValueKind
 from propagator.errors import Side
 from propagator.services.checksum_hashing import (
     Hashing,
@@ -29,6 +29,7 @@ _KEY_SEED = 0x5EED0000
 _FIELD_SEED = 0x5EED2000
 _NULL_FLAGS_SEED = 0x5EED3000
 _ROW_SEED = 0x5EED4000
+_NULL_SEED = 0x5EED6000
 _COUNT_SEED = 0x5EED5000
 
 
@@ -71,60 +72,53 @@ class SideQueries:
         )
 
     def digests(self, count: int) -> sql.Composed:
-        """``(rows, packed digests)``: one 8-byte digest per segment, every segment, in order.
+        """``(rows, digests, segment numbers)`` of every segment of ``count``.
 
         A segment's digest is the XOR of its row hashes and a hash of its row
-        count (an empty segment's is 0), so equal digests mean the same rows
-        and the same number of them; 8 bytes a segment keep a clean table's
-        first pass small whatever its size.
+        count, so equal digests mean the same rows and the same number of them;
+        8 bytes a segment keep a clean table's first pass small whatever its
+        size. Digests come packed in segment order; the 4-byte segment numbers
+        come only when some segment has no rows (NULL when all do, as nearly
+        always on a table with more rows than segments).
         """
-        every = sql.SQL(
-            "(SELECT n AS segment, n AS position FROM generate_series(0, {last}) AS n)"
-        ).format(last=sql.Literal(count - 1))
-        return self._packed_digests(every, count - 1, sql.SQL(""))
+        return self._packed_digests(count - 1, sql.SQL(""), count)
 
     def finer_digests(
         self, count: int, differing: tuple[int, ...], fine_count: int
     ) -> sql.Composed:
-        """``(rows, packed digests)`` of the ``fine_count`` level, over ``differing`` segments only.
-
-        Segment ``c`` of ``count`` splits into the finer segments
-        ``c + k * count``; digests come in the order of ``differing``, then of
-        ``k``, as ``finer_segments`` lists them. Only rows of ``differing`` have
-        their values hashed.
+        """``(rows, digests, segment numbers)`` at the ``fine_count`` level, of the rows of
+        the ``differing`` segments of ``count`` only (their finer segments ``c + k * count``).
         """
-        children = fine_count // count
-        wanted = sql.SQL(
-            "(SELECT (c.segment + k.child * {count})::int4 AS segment, "
-            "(c.position - 1) * {children} + k.child AS position "
-            "FROM unnest({list}::int4[]) WITH ORDINALITY AS c (segment, position) "
-            "CROSS JOIN generate_series(0, {last_child}) AS k (child))"
-        ).format(
-            count=sql.Literal(count),
-            children=sql.Literal(children),
-            list=sql.Literal(list(differing)),
-            last_child=sql.Literal(children - 1),
-        )
         restriction = sql.SQL(" WHERE ") + self._in_segments(count - 1, differing)
-        return self._packed_digests(wanted, fine_count - 1, restriction)
+        return self._packed_digests(fine_count - 1, restriction, None)
 
     def _packed_digests(
-        self, wanted: sql.Composable, mask: int, restriction: sql.Composable
+        self, mask: int, restriction: sql.Composable, every: int | None
     ) -> sql.Composed:
-        """The row count and the digests of the segments of ``mask`` listed by ``wanted``.
+        """The row count, and the digests of the segments of ``mask`` that have rows.
 
-        ``wanted`` is a derived table of ``(segment, position)``; the digests
-        come packed, 8 bytes each, in ``position`` order.
+        The segment numbers are left out when the segments are exactly 0 to
+        ``every - 1`` (``None``: always sent). Grouping straight into the packed
+        values, with no join to a list of wanted segments, keeps the pass a scan
+        and one small hash table: a join sized by the planner's guess of the
+        groups (it cannot know a masked hash has few values) cost as much again.
         """
+        dense = (
+            sql.SQL("false")
+            if every is None
+            else sql.SQL("count(*) = {}").format(sql.Literal(every))
+        )
         return sql.SQL(
             "SELECT coalesce(sum(g.n), 0)::int8, "
-            "string_agg(int8send(coalesce(g.d, 0)), ''::bytea ORDER BY w.position) "
-            "FROM {wanted} AS w LEFT JOIN ("
+            "coalesce(string_agg(int8send(g.d), ''::bytea ORDER BY g.segment), ''::bytea), "
+            "CASE WHEN NOT {dense} THEN "
+            "coalesce(string_agg(int4send(g.segment), ''::bytea ORDER BY g.segment), ''::bytea) "
+            "END FROM ("
             "SELECT (s.{h} & {mask})::int4 AS segment, count(*) AS n, "
             "bit_xor({row_hash}) # {count_hash} AS d FROM {inner}{restriction} GROUP BY 1"
-            ") AS g USING (segment)"
+            ") AS g"
         ).format(
-            wanted=wanted,
+            dense=dense,
             h=self.hash_alias,
             mask=sql.Literal(mask),
             row_hash=self.row_hash,
@@ -200,18 +194,12 @@ def _row_hash(
     layout: ChecksumLayout, side: Side, hashing: Hashing, hash_alias: sql.Identifier
 ) -> sql.Composable:
     """A row's hash: its key's hash mixed with each mapped value's and which of them are NULL."""
-    production = side == "production"
+    if hashing == "builtin":
+        return _keyed_row_hash(layout, side, hash_alias)
     value_hashes: list[sql.Composable] = []
     null_flags: list[sql.Composable] = []
     for position, field in enumerate(layout.fields):
-        if production:
-            expr = transformed(
-                natural(field.source, field.production), field.production, field.transform
-            )
-            kind = field.production_result
-        else:
-            expr = natural(field.target, field.sandbox)
-            kind = field.sandbox
+        expr, kind = _field_value(field, side)
         value = value_hash(expr, kind, field.compare_as, _FIELD_SEED + position, hashing, side)
         value_hashes.append(sql.SQL("coalesce({}, 0)").format(value))
         null_flags.append(
@@ -227,3 +215,37 @@ def _row_hash(
     # directly would not change when two rows of a segment exchange their values.
     mixed = sql.SQL("(s.{} # {})").format(hash_alias, xor_all([flags_hash, *value_hashes]))
     return value_hash(mixed, ValueKind.INTEGER, CompareAs.INT8, _ROW_SEED, hashing, side)
+
+
+def _keyed_row_hash(
+    layout: ChecksumLayout, side: Side, hash_alias: sql.Identifier
+) -> sql.Composable:
+    """The built-in row hash: each mapped value hashed with its row's key hash as the seed.
+
+    A value's hash then depends on the row it is in, so two rows of a segment exchanging
+    their values change its digest, with no second hash mixing key and values (two fewer
+    hash calls a row than the md5 form). A NULL value is a hash of the key alone, with a
+    seed of its own per field: still tied to its row, apart from every value.
+    """
+    key = sql.SQL("s.{}").format(hash_alias)
+    parts: list[sql.Composable] = [key]
+    for position, field in enumerate(layout.fields):
+        expr, kind = _field_value(field, side)
+        seed = _FIELD_SEED + position
+        value = value_hash(expr, kind, field.compare_as, seed, "builtin", side, row_seed=key)
+        parts.append(
+            sql.SQL("coalesce({}, hashint8extended({}, {}))").format(
+                value, key, sql.Literal(_NULL_SEED + position)
+            )
+        )
+    return xor_all(parts)
+
+
+def _field_value(field: FieldPlan, side: Side) -> tuple[sql.Composable, ValueKind]:
+    """One mapped value as the side presents it (production: after the transform)."""
+    if side == "production":
+        expr = transformed(
+            natural(field.source, field.production), field.production, field.transform
+        )
+        return expr, field.production_result
+    return natural(field.target, field.sandbox), field.sandbox

@@ -81,7 +81,8 @@ class Snapshot:
         except psycopg.Error:
             return None
 
-    def digests(self, query: sql.Composed) -> tuple[int, bytes]:
+    def digests(self, query: sql.Composed) -> tuple[int, bytes, bytes | None]:
+        """Rows hashed, packed digests, and their segment numbers when not every segment."""
         try:
             # The planner cannot know a masked hash has few distinct values and may
             # sort the whole table to group it; the hash aggregate needs a few MB.
@@ -93,7 +94,8 @@ class Snapshot:
             raise translate_error(error, self.side, f"checksumming {self.table.name}") from None
         if found is None:
             raise PermanentError(f"checksumming {self.table.name} returned nothing")
-        return int(found[0]), bytes(found[1] or b"")
+        ids = None if found[2] is None else bytes(found[2])
+        return int(found[0]), bytes(found[1] or b""), ids
 
     def allow_fine_pass_memory(self) -> None:
         """Raise this transaction's work_mem (never lower it): the finer pass's hash table fits."""

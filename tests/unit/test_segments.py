@@ -18,8 +18,8 @@ from propagator.core.segments import (
     SqlTransform,
     ValueKind,
     compare_digests,
+    differing_segments,
     fine_segment_count,
-    finer_segments,
     plan_layout,
     segment_count,
     value_kind,
@@ -188,18 +188,43 @@ def test_compare_digests_refuses_misaligned_input(production: bytes, sandbox: by
         compare_digests(production, sandbox)
 
 
-@given(st.lists(st.integers(0, 63), unique=True, max_size=20).map(sorted), st.data())
-def test_finer_segments_map_positions_back_to_segments(
-    differing: list[int], data: st.DataObject
+@given(
+    st.dictionaries(st.integers(0, 300), st.integers(-(2**63), 2**63 - 1), max_size=40),
+    st.dictionaries(st.integers(0, 300), st.integers(-(2**63), 2**63 - 1), max_size=40),
+    st.data(),
+)
+def test_differing_segments_are_those_whose_digests_differ_or_that_one_side_lacks(
+    production: dict[int, int], sandbox: dict[int, int], data: st.DataObject
 ) -> None:
-    """Position p of a finer pass over ``differing`` is child p % k of differing[p // k]."""
-    count, fine_count = 64, 256
-    positions = (
-        data.draw(st.lists(st.integers(0, len(differing) * 4 - 1), unique=True))
-        if differing
-        else []
+    """Sparse passes (segment numbers sent) compare segment by segment; a segment with rows
+    on one side only differs; shared equal digests never do."""
+    shared = (
+        data.draw(st.lists(st.sampled_from(sorted(production)), unique=True)) if production else []
     )
-    fine = finer_segments(differing, count, fine_count, sorted(positions))
-    expected = [differing[p // 4] + (p % 4) * count for p in positions]
-    assert fine == tuple(sorted(expected))
-    assert all(segment % count in differing for segment in fine)  # a child of its parent
+    for segment in shared:
+        sandbox[segment] = production[segment]
+
+    def packed(digests: dict[int, int]) -> tuple[bytes, bytes]:
+        segments = sorted(digests)
+        return (
+            b"".join(digests[s].to_bytes(8, "big", signed=True) for s in segments),
+            b"".join(s.to_bytes(4, "big", signed=True) for s in segments),
+        )
+
+    expected = tuple(
+        sorted(s for s in production.keys() | sandbox.keys() if production.get(s) != sandbox.get(s))
+    )
+    found = differing_segments(*packed(production), *packed(sandbox))
+    assert found == expected
+
+
+def test_differing_segments_mixes_a_dense_pass_with_a_sparse_one() -> None:
+    """A side with rows in every segment sends no numbers; the other's empty segments differ."""
+    dense = _packed(5, 6, 7)
+    sparse_digests = _packed(5, 7)
+    sparse_ids = (0).to_bytes(4, "big") + (2).to_bytes(4, "big")
+    assert differing_segments(dense, None, sparse_digests, sparse_ids) == (1,)
+    assert differing_segments(dense, None, dense, None) == ()
+    assert differing_segments(b"", b"", dense, None) == (0, 1, 2)
+    with pytest.raises(ValueError, match="8-byte digest"):
+        differing_segments(dense, b"\x00", dense, None)
