@@ -97,10 +97,12 @@ def test_a_receiver_answering_500_is_retried_with_the_same_changes(
             == 2
         )
         wait_until(  # the receiver records a request before the daemon reads its answer
-            lambda: running.metric(
-                "propagator_webhook_deliveries_total", endpoint="hook", result="delivered"
-            )
-            == 1,
+            lambda: (
+                running.metric(
+                    "propagator_webhook_deliveries_total", endpoint="hook", result="delivered"
+                )
+                == 1
+            ),
             what="the delivery counted",
         )
         status = running.daemon.status()["webhooks"][0]
