@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
+import pytest
 
 from propagator.sql import load_sql
 
@@ -175,3 +177,20 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def assert_promtool_accepts(exposition: bytes) -> None:
+    """``promtool check metrics`` finds nothing to say about a /metrics body (skip without it)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not on PATH (Debian package 'prometheus')")
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    problems = (result.stdout + result.stderr).decode()
+    assert result.returncode == 0, problems
+    assert problems.strip() == "", problems

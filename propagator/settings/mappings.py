@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from propagator.core.identifiers import QualifiedName, parse_qualified_name
 from propagator.core.mapping import MappingSpec
 from propagator.errors import ConfigurationError
 from propagator.settings.model import DEFAULT_MAPPING, MAPPING_NAME, Settings
+from propagator.settings.values import read_tables
 from propagator.settings.webhooks import WebhookSettings
 
 __all__ = [
@@ -76,18 +76,7 @@ class Configuration:
 
 def read_mapping_tables(config_file: Path | None) -> list[dict[str, Any]]:
     """The ``[[mappings]]`` tables of the file (none without a file)."""
-    if config_file is None:
-        return []
-    try:
-        with config_file.open("rb") as stream:
-            tables = tomllib.load(stream).get("mappings", [])
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ConfigurationError(f"config file {config_file} is not valid TOML: {error}") from None
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise ConfigurationError(
-            f"config file {config_file}: 'mappings' must be [[mappings]] tables"
-        )
-    return tables
+    return read_tables(config_file, "mappings")
 
 
 def resolve_mappings(

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from propagator.core.mapping import FieldMapping
+from propagator.errors import ConfigurationError
 
 __all__ = [
     "HOST_PATTERN",
     "normalize_database_url",
     "parse_duration",
     "parse_field_mapping",
+    "read_tables",
     "split_list",
 ]
 
@@ -23,6 +27,20 @@ _DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?\s*
 HOST_PATTERN = re.compile(r"\*|\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*|\[?[0-9a-f:.]+\]?", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ACCEPTED_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
+
+
+def read_tables(config_file: Path | None, key: str) -> list[dict[str, Any]]:
+    """The file's ``[[key]]`` array of tables (none without a file), checked for shape."""
+    if config_file is None:
+        return []
+    try:
+        with config_file.open("rb") as stream:
+            tables = tomllib.load(stream).get(key, [])
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigurationError(f"config file {config_file} is not valid TOML: {error}") from None
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigurationError(f"config file {config_file}: '{key}' must be [[{key}]] tables")
+    return tables
 
 
 def parse_duration(value: Any) -> Any:

@@ -8,7 +8,6 @@ A secret may come from the file or, better, from ``PROPAGATOR_WEBHOOK_<NAME>_SEC
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,7 +21,7 @@ from propagator.core.vocabulary import SOURCES
 from propagator.core.webhook_urls import origin_of, url_refusal
 from propagator.errors import ConfigurationError
 from propagator.settings.model import MAPPING_NAME, Settings
-from propagator.settings.values import parse_duration
+from propagator.settings.values import parse_duration, read_tables
 
 __all__ = ["WEBHOOK_KEYS", "WebhookSettings", "read_webhook_tables", "resolve_webhooks"]
 
@@ -90,18 +89,7 @@ def secret_env_name(name: str) -> str:
 
 def read_webhook_tables(config_file: Path | None) -> list[dict[str, Any]]:
     """The ``[[webhooks]]`` tables of the file (none without a file)."""
-    if config_file is None:
-        return []
-    try:
-        with config_file.open("rb") as stream:
-            tables = tomllib.load(stream).get("webhooks", [])
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ConfigurationError(f"config file {config_file} is not valid TOML: {error}") from None
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise ConfigurationError(
-            f"config file {config_file}: 'webhooks' must be [[webhooks]] tables"
-        )
-    return tables
+    return read_tables(config_file, "webhooks")
 
 
 def resolve_webhooks(

@@ -26,7 +26,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -38,9 +37,9 @@ from propagator.observability.http import HttpServer
 from propagator.observability.metrics import Metrics
 from propagator.observability.pages import add_web_routes
 from propagator.settings import Settings, env_name, load_settings
+from tests.acceptance.docs_support import ROOT, section, shown_default
 from tests.helpers import DatabasePair, run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = ("README.md", "docs/DATABASE_MAPPING.md")
 RUN = {"bash", "python"}
 VALIDATE = {"toml", "dotenv"}
@@ -65,14 +64,6 @@ def blocks(document: str) -> list[Block]:
         Block(document, text.count("\n", 0, match.start()) + 1, match.group(1).strip(), match[2])
         for match in FENCE.finditer(text)
     ]
-
-
-def section(document: str, heading: str) -> str:
-    """The text of one ``## heading`` section."""
-    text = (ROOT / document).read_text(encoding="utf-8")
-    start = text.index(f"\n## {heading}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else len(text)]
 
 
 @pytest.fixture
@@ -209,21 +200,6 @@ def test_readme_lists_every_setting() -> None:
         assert f"`{field}`" in rows[env_name(field)], f"README lacks the TOML key {field}"
 
 
-def _shown(value: object) -> str | None:
-    """A default as the README writes it (``50ms``, ``10m``, ``true``); None: not comparable."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int | str):
-        return str(value)
-    if isinstance(value, timedelta):
-        milliseconds = round(value.total_seconds() * 1000)
-        for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-            if milliseconds and milliseconds % size == 0:
-                return f"{milliseconds // size}{unit}"
-        return f"{milliseconds}ms"
-    return None
-
-
 def test_readme_states_every_default() -> None:
     """The Default column matches each scalar default of Settings (numbers, text, durations)."""
     reference = section("README.md", "Configuration reference")
@@ -234,7 +210,7 @@ def test_readme_states_every_default() -> None:
     }
     checked = 0
     for name, field in Settings.model_fields.items():
-        shown = _shown(field.default)
+        shown = shown_default(field.default)
         if shown is None:
             continue
         assert cells[env_name(name)] == f"`{shown}`", f"README default of {name}"

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,8 @@ from propagator.core.vocabulary import SOURCES
 from propagator.observability.webhook_metrics import WebhookMetrics
 from propagator.settings import Settings, load_configuration
 from propagator.settings.webhooks import WEBHOOK_KEYS, WebhookSettings
+from tests.acceptance.docs_support import ROOT, section, shown_default
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = "docs/webhooks.md"
 SCHEMA = ROOT / "docs" / "webhook-payload.schema.json"
 RECEIVER = ROOT / "docs" / "examples" / "webhook_receiver.py"
@@ -61,14 +61,6 @@ def blocks(document: str, language: str | None = None) -> list[tuple[str, str]]:
     text = (ROOT / document).read_text(encoding="utf-8")
     found = [(m.group(1).strip(), m.group(2)) for m in FENCE.finditer(text)]
     return [b for b in found if language is None or b[0] == language]
-
-
-def section(document: str, heading: str) -> str:
-    """The text of one ``## heading`` section."""
-    text = (ROOT / document).read_text(encoding="utf-8")
-    start = text.index(f"\n## {heading}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else len(text)]
 
 
 # The changes the documentation's examples show, as the history reader hands them over
@@ -224,21 +216,6 @@ def test_the_main_example_means_what_the_text_says(
     assert not audit.allow_insecure_http
 
 
-def _shown(value: object) -> str | None:
-    """A default as the documentation writes it (``1s``, ``5m``, ``false``); None: not one."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, timedelta):
-        milliseconds = round(value.total_seconds() * 1000)
-        for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-            if milliseconds and milliseconds % size == 0:
-                return f"{milliseconds // size}{unit}"
-        return f"{milliseconds}ms"
-    return None
-
-
 def test_every_key_is_documented_with_its_default() -> None:
     """The key table names every ``[[webhooks]]`` key, and its default where it has one."""
     reference = section(DOCUMENT, "Configuration")
@@ -250,12 +227,13 @@ def test_every_key_is_documented_with_its_default() -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(WebhookSettings)}
     for key in WEBHOOK_KEYS:
         assert key in cells, f"{DOCUMENT} lacks the key {key}"
-        shown = _shown(defaults.get(key))
+        shown = shown_default(defaults.get(key), text=False)
         if shown is not None:
             assert cells[key] == f"`{shown}`", f"{DOCUMENT}: default of {key}"
     hold = Settings.model_fields["webhook_hold_max"].default
-    assert f"`webhook_hold_max` (`PROPAGATOR_WEBHOOK_HOLD_MAX`, default `{_shown(hold)}`)" in (
-        reference
+    shown_hold = shown_default(hold, text=False)
+    assert (
+        f"`webhook_hold_max` (`PROPAGATOR_WEBHOOK_HOLD_MAX`, default `{shown_hold}`)" in reference
     )
     assert "PROPAGATOR_WEBHOOK_<NAME>_SECRET" in reference
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +18,7 @@ from propagator.observability.metrics import (
     RETRY_CAUSES,
     Metrics,
 )
+from tests.helpers import assert_promtool_accepts
 
 # attribute -> (family name as parsed, type)
 CONTRACT: dict[str, tuple[str, str]] = {
@@ -227,22 +225,10 @@ def test_connection_loop_and_retry_helpers() -> None:
 
 def test_promtool_accepts_the_exposition() -> None:
     """promtool check metrics finds no naming or format problem in a scrape."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not on PATH (Debian package 'prometheus')")
     metrics = Metrics()
     per_mapping(metrics).record_batch("event", applied=2)
     per_mapping(metrics).observe_lag(1.0, now=1.1)
-    result = subprocess.run(
-        [promtool, "check", "metrics"],
-        input=metrics.render(),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    problems = (result.stdout + result.stderr).decode()
-    assert result.returncode == 0, problems
-    assert problems.strip() == "", problems
+    assert_promtool_accepts(metrics.render())
 
 
 def test_http_refusals_count_by_a_bounded_reason() -> None:

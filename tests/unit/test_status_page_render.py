@@ -7,40 +7,10 @@ import hashlib
 import html
 import re
 from datetime import datetime
-from html.parser import HTMLParser
 from typing import Any
 
 from propagator.observability.statuspage import PAGE_HEADERS, render_status_page
-
-HOSTILE = '<img src=x onerror="alert(1)"><script>alert(2)</script>&amp;\'"'
-
-
-class Elements(HTMLParser):
-    """Every start tag with its attributes, and the text inside <script> and <style>."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.inline: dict[str, list[str]] = {"script": [], "style": []}
-        self._open: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-        self._open = tag if tag in self.inline else None
-
-    def handle_endtag(self, tag: str) -> None:
-        self._open = None
-
-    def handle_data(self, data: str) -> None:
-        if self._open is not None:
-            self.inline[self._open].append(data)
-
-
-def parse(page: str) -> Elements:
-    elements = Elements()
-    elements.feed(page)
-    elements.close()
-    return elements
+from tests.unit.page_support import HOSTILE, parse
 
 
 def hostile_status() -> dict[str, Any]:

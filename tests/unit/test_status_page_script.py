@@ -6,17 +6,14 @@ mapping and with several. Skipped where Node is not installed.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
 from typing import Any
 
 import pytest
 
 from propagator.observability.statuspage import render_status_page
+from tests.unit.page_support import NODE, run_in_node
 
-NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed; the script is not run")
 
 # Elements are plain objects; getElementById knows only the ids the page rendered.
@@ -56,7 +53,6 @@ const settle = () => new Promise((resolve) => setTimeout(resolve, 10));
 
 def run_page(status: dict[str, Any], answers: dict[str, tuple[int, Any]]) -> dict[str, Any]:
     """Render the page for ``status``, run its script with ``answers`` by path; what it shows."""
-    assert NODE is not None
     page = render_status_page(status, [], history_enabled=True, can_reconcile=True)
     script = page.split("<script>", 1)[1].split("</script>", 1)[0]
     given = {
@@ -65,16 +61,7 @@ def run_page(status: dict[str, Any], answers: dict[str, tuple[int, Any]]) -> dic
         "answers": {"/status": (200, status), **answers},
         "script": script,
     }
-    done = subprocess.run(
-        [NODE, "-e", STAND_IN],
-        input=json.dumps(given),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    shown: dict[str, Any] = json.loads(done.stdout)
-    return shown
+    return run_in_node(STAND_IN, given)
 
 
 def one(name: str, **extra: Any) -> dict[str, Any]:

@@ -6,49 +6,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import json
 import re
-import shutil
-import subprocess
 from datetime import datetime
-from html.parser import HTMLParser
 from typing import Any
 
 import pytest
 
 from propagator.observability.statuspage import PAGE_HEADERS, render_status_page
 from propagator.observability.statuspage_webhooks import section
+from tests.unit.page_support import HOSTILE, NODE, parse, run_in_node
 
-HOSTILE = '<img src=x onerror="alert(1)"><script>alert(2)</script>&amp;\'"'
 DELIVERED = "2024-05-01T10:00:00.250000+00:00"
-
-
-class Tags(HTMLParser):
-    """Every start tag with its attributes, and the text inside <script> and <style>."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.inline: dict[str, list[str]] = {"script": [], "style": []}
-        self._open: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-        self._open = tag if tag in self.inline else None
-
-    def handle_endtag(self, tag: str) -> None:
-        self._open = None
-
-    def handle_data(self, data: str) -> None:
-        if self._open is not None:
-            self.inline[self._open].append(data)
-
-
-def parse(page: str) -> Tags:
-    tags = Tags()
-    tags.feed(page)
-    tags.close()
-    return tags
 
 
 def sender(**extra: Any) -> dict[str, Any]:
@@ -241,7 +209,6 @@ def test_lag_and_last_delivery_formats() -> None:
 
 # The script, run by Node against a stand-in DOM.
 
-NODE = shutil.which("node")
 STAND_IN = r"""
 const vm = require("vm");
 const given = JSON.parse(require("fs").readFileSync(0, "utf8"));
@@ -271,7 +238,6 @@ async function fetch(url) {
 
 def run_script(page_status: dict[str, Any], answered: dict[str, Any]) -> dict[str, Any]:
     """The page rendered for ``page_status``, its script run with ``answered`` as /status."""
-    assert NODE is not None
     page = render(page_status)
     given = {
         "ids": re.findall(r'id="([^"]+)"', page),
@@ -279,16 +245,7 @@ def run_script(page_status: dict[str, Any], answered: dict[str, Any]) -> dict[st
         "answers": {"/status": (200, answered)},
         "script": parse(page).inline["script"][0],
     }
-    done = subprocess.run(
-        [NODE, "-e", STAND_IN],
-        input=json.dumps(given),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    shown: dict[str, Any] = json.loads(done.stdout)
-    return shown
+    return run_in_node(STAND_IN, given)
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed; the script is not run")
