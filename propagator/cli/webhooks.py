@@ -42,22 +42,12 @@ def _places(configuration: Configuration, webhook: WebhookSettings) -> list[Hist
     return list(history_sandboxes(covered))
 
 
-def _where(place: HistorySandbox) -> tuple[str, str]:
-    return place.settings.sandbox_url(), place.settings.history_schema
-
-
 def _status(configuration: Configuration, output: str, *, check: bool) -> int:
     rows: list[dict[str, Any]] = []
     for place in history_sandboxes(configuration.mappings):
-        names = [
-            w.name
-            for w in configuration.webhooks
-            if _where(place) in {_where(p) for p in _places(configuration, w)}
-        ]
-        found = {s.endpoint: s for s in _read_status(place, names)}
-        for webhook in configuration.webhooks:
-            if webhook.name in names:
-                rows.append(_row(webhook, place, found.get(webhook.name)))
+        readers = [w for w in configuration.webhooks if any(map(w.covers, place.names))]
+        found = {s.endpoint: s for s in _read_status(place, [w.name for w in readers])}
+        rows += [_row(webhook, place, found.get(webhook.name)) for webhook in readers]
     if output == "json":
         print(json.dumps(rows, indent=2))
     else:

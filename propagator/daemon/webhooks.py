@@ -130,29 +130,38 @@ class WebhookSenders:
         elif step.kind == "sent":
             _log.debug("webhook_delivered", endpoint=delivery.name, changes=step.changes)
 
+    def _deliveries(self, webhook: WebhookSettings) -> list[EndpointDelivery]:
+        return [s.delivery for s in self.senders if s.delivery.name == webhook.name]
+
+    @staticmethod
+    def _summary(deliveries: Sequence[EndpointDelivery]) -> tuple[float, int, bool]:
+        """An endpoint's lag (the worst), pending changes (the sum) and whether it is failing,
+        over the senders this process runs (a standby's figures are another replica's)."""
+        active = [d for d in deliveries if d.active]
+        return (
+            max((d.lag for d in active), default=0.0),
+            sum(d.pending for d in active),
+            any(d.failing for d in active),
+        )
+
     def sample(self) -> None:
-        """Set each endpoint's gauges from its senders (lag: the worst; pending: the sum)."""
+        """Set each endpoint's gauges from its senders."""
         for webhook in self.webhooks:
-            mine = [s.delivery for s in self.senders if s.delivery.name == webhook.name]
-            active = [d for d in mine if d.active]
-            self.metrics.set_state(
-                webhook.name,
-                lag=max((d.lag for d in active), default=0.0),
-                pending=sum(d.pending for d in active),
-                failing=any(d.failing for d in active),
-            )
+            lag, pending, failing = self._summary(self._deliveries(webhook))
+            self.metrics.set_state(webhook.name, lag=lag, pending=pending, failing=failing)
 
     def status(self) -> list[dict[str, Any]]:
         """What ``/status`` shows per endpoint: its settings and each sender's state."""
         shown = []
         for webhook in self.webhooks:
-            mine = [s.delivery for s in self.senders if s.delivery.name == webhook.name]
+            mine = self._deliveries(webhook)
+            lag, pending, failing = self._summary(mine)
             shown.append(
                 {
                     **webhook.describe(),
-                    "failing": any(d.active and d.failing for d in mine),
-                    "pending": sum(d.pending for d in mine if d.active),
-                    "lag_seconds": max((d.lag for d in mine if d.active), default=0.0),
+                    "failing": failing,
+                    "pending": pending,
+                    "lag_seconds": lag,
                     "senders": [d.describe() for d in mine],
                 }
             )

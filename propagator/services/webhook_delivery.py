@@ -235,13 +235,15 @@ class EndpointDelivery:
             self.failing_since = self._clock()
         self.last_error = redact(error)[:300]
         self.outbox.failed(conn, self.name, self.last_error)
+        return Step("failed", wait=self._backoff(retry_after), result=result, error=self.last_error)
+
+    def _backoff(self, retry_after: float | None = None) -> float:
+        """Seconds to wait after ``failures`` failures in a row (a Retry-After, if any, capped)."""
         maximum = self.webhook.retry_max.total_seconds()
         if retry_after is not None:
-            wait = min(retry_after, maximum)
-        else:
-            initial = self.webhook.retry_initial.total_seconds()
-            wait = retry_delay(self.failures, initial=initial, maximum=maximum, rng=self._rng)
-        return Step("failed", wait=wait, result=result, error=self.last_error)
+            return min(retry_after, maximum)
+        initial = self.webhook.retry_initial.total_seconds()
+        return retry_delay(self.failures, initial=initial, maximum=maximum, rng=self._rng)
 
     def _advance(self, conn: Connection, old: int, new: int, *, sent: bool) -> None:
         moved = self.outbox.advance(conn, self.name, old, new, sent=sent)
@@ -279,12 +281,7 @@ class EndpointDelivery:
         self.drop()
         self.last_error = str(error)[:300]
         self.failures += 1
-        return retry_delay(
-            self.failures,
-            initial=self.webhook.retry_initial.total_seconds(),
-            maximum=self.webhook.retry_max.total_seconds(),
-            rng=self._rng,
-        )
+        return self._backoff()
 
     def drop(self) -> None:
         """Close the sandbox connection (and with it the sender lock) and the HTTP one."""

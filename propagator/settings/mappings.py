@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from propagator.core.identifiers import QualifiedName, parse_qualified_name
 from propagator.core.mapping import MappingSpec
 from propagator.errors import ConfigurationError
-from propagator.settings.model import DEFAULT_MAPPING, MAPPING_NAME, Settings
+from propagator.settings.model import DEFAULT_MAPPING, Settings, named_table
 from propagator.settings.values import read_tables
 from propagator.settings.webhooks import WebhookSettings
 
@@ -128,17 +128,7 @@ def watched_tables(mappings: Sequence[Settings]) -> tuple[WatchedTable, ...]:
 
 
 def _resolve(settings: Settings, table: Mapping[str, Any], number: int) -> Settings:
-    name = table.get("name")
-    label = f"mapping {name!r}" if isinstance(name, str) else f"mapping #{number + 1}"
-    if not isinstance(name, str) or not MAPPING_NAME.fullmatch(name):
-        raise ConfigurationError(
-            f"{label}: 'name' is required: 1-40 lowercase letters, digits and _"
-        )
-    unknown = sorted(set(table) - set(MAPPING_KEYS))
-    if unknown:
-        raise ConfigurationError(
-            f"{label}: unknown key {unknown[0]!r} (a mapping takes {', '.join(MAPPING_KEYS)})"
-        )
+    name, label = named_table("mapping", table, number, MAPPING_KEYS)
     values = {field: getattr(settings, field) for field in Settings.model_fields}
     values.update({key: value for key, value in table.items() if key != "name"})
     values["channel"] = _top_level_channel_or_derived(settings, table)

@@ -8,7 +8,7 @@ setting fails at start with one line naming the setting and why.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -35,7 +35,7 @@ from propagator.settings.values import (
     split_list,
 )
 
-__all__ = ["DEFAULT_MAPPING", "MAPPING_NAME", "Settings"]
+__all__ = ["DEFAULT_MAPPING", "MAPPING_NAME", "Settings", "named_table"]
 
 DEFAULT_MAPPING = "default"
 # Every duration setting, by the values it may take (each list read by one validator).
@@ -328,6 +328,27 @@ class Settings(BaseSettings):
                 value = [m.describe() for m in value]
             shown[name] = value
         return shown
+
+
+def named_table(
+    kind: str, table: Mapping[str, Any], number: int, keys: Sequence[str]
+) -> tuple[str, str]:
+    """The name of the file's ``number``-th ``[[kind]]`` table and the label its errors carry.
+
+    A missing or malformed name, or a key the table does not take, is one line naming it.
+    """
+    name = table.get("name")
+    label = f"{kind} {name!r}" if isinstance(name, str) else f"{kind} #{number + 1}"
+    if not isinstance(name, str) or not MAPPING_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"{label}: 'name' is required: 1-40 lowercase letters, digits and _"
+        )
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise ConfigurationError(
+            f"{label}: unknown key {unknown[0]!r} (a {kind} takes {', '.join(keys)})"
+        )
+    return name, label
 
 
 def _require_url(value: SecretStr | None, name: str) -> str:

@@ -20,7 +20,7 @@ from propagator.core.redact import register_secret, secrets_of_url
 from propagator.core.vocabulary import SOURCES
 from propagator.core.webhook_urls import origin_of, url_refusal
 from propagator.errors import ConfigurationError
-from propagator.settings.model import MAPPING_NAME, Settings
+from propagator.settings.model import Settings, named_table
 from propagator.settings.values import parse_duration, read_tables
 
 __all__ = ["WEBHOOK_KEYS", "WebhookSettings", "read_webhook_tables", "resolve_webhooks"]
@@ -121,17 +121,7 @@ def _resolve(
     mappings: Sequence[Settings],
     environ: Mapping[str, str],
 ) -> WebhookSettings:
-    name = table.get("name")
-    label = f"webhook {name!r}" if isinstance(name, str) else f"webhook #{number + 1}"
-    if not isinstance(name, str) or not MAPPING_NAME.fullmatch(name):
-        raise ConfigurationError(
-            f"{label}: 'name' is required: 1-40 lowercase letters, digits and _"
-        )
-    unknown = sorted(set(table) - set(WEBHOOK_KEYS))
-    if unknown:
-        raise ConfigurationError(
-            f"{label}: unknown key {unknown[0]!r} (a webhook takes {', '.join(WEBHOOK_KEYS)})"
-        )
+    name, label = named_table("webhook", table, number, WEBHOOK_KEYS)
     reader = _Reader(label, table)
     url = reader.text("url", required=True)
     assert url is not None
