@@ -7,6 +7,7 @@ import hmac
 import json
 import math
 import random
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import pairwise
@@ -62,6 +63,16 @@ def plan(
 
 def ids(batch: Batch) -> list[int]:
     return [change.id for change in batch.changes]
+
+
+def commit_rounds(endings: list[int], data: st.DataObject) -> Iterator[tuple[set[int], int]]:
+    """After each transaction ends: the ids ended so far and a ``settled_through`` a probe
+    could report (any value whose lower ids have all ended); last, everything settled."""
+    ended: set[int] = set()
+    for ending in endings:
+        ended.add(ending)
+        yield ended, data.draw(st.integers(0, safe_settled_through(ended)), "settled_through")
+    yield ended, len(endings)  # everything has ended and the probe has caught up
 
 
 def safe_settled_through(ended: set[int]) -> int:
@@ -127,14 +138,8 @@ def test_delivery_is_in_order_and_skips_nothing_that_commits(
     Once every transaction has ended and settled, every committed id has been sent.
     """
     committed, endings = history
-    ended: set[int] = set()
     cursor, sent = 0, []
-    for ending in [*endings, None]:
-        if ending is None:
-            settled = len(endings)  # everything has ended and the probe has caught up
-        else:
-            ended.add(ending)
-            settled = data.draw(st.integers(0, safe_settled_through(ended)), "settled_through")
+    for ended, settled in commit_rounds(endings, data):
         visible = sorted(i for i in ended & committed if i > cursor)
         count = deliverable_count(visible, cursor, settled)
         sent += visible[:count]
@@ -248,14 +253,8 @@ def test_successive_batches_send_every_wanted_change_once_in_order(
     committed, endings = history
     wanted = DeliveryFilter(fields=("fab_order",))
     rows = {i: other_row(i) if i in unwanted else row(i) for i in committed}
-    ended: set[int] = set()
     cursor, sent = 0, []
-    for ending in [*endings, None]:
-        if ending is None:
-            settled = len(endings)  # everything has ended and the probe has caught up
-        else:
-            ended.add(ending)
-            settled = data.draw(st.integers(0, safe_settled_through(ended)), "settled_through")
+    for ended, settled in commit_rounds(endings, data):
         while True:
             visible = [rows[i] for i in sorted(ended & committed) if i > cursor]
             batch = next_batch(
