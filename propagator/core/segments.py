@@ -190,6 +190,7 @@ class KeyPlan:
     production: ValueKind
     sandbox: ValueKind
     compare_as: CompareAs
+    finite: bool = False  # neither side can hold an infinity: NaN needs no test of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +204,7 @@ class FieldPlan:
     production_result: ValueKind  # the kind after the transform
     sandbox: ValueKind
     compare_as: CompareAs
+    finite: bool = False  # neither side can hold an infinity: NaN needs no test of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +239,15 @@ def _kind(types: Mapping[str, str], column: str, side: str) -> ValueKind:
     return kind
 
 
+def _finite(type_sql: str, kind: ValueKind) -> bool:
+    """Whether a column of this type never holds an infinity.
+
+    Integers never do, nor does a ``numeric`` with a precision: PostgreSQL refuses
+    to store an infinity in ``numeric(p, s)`` (only NaN is allowed there).
+    """
+    return kind is ValueKind.INTEGER or (kind is ValueKind.NUMERIC and "(" in type_sql)
+
+
 def plan_layout(
     spec: MappingSpec, production_types: Mapping[str, str], sandbox_types: Mapping[str, str]
 ) -> ChecksumLayout:
@@ -256,7 +267,10 @@ def plan_layout(
                 f"key column {column!r} is {production.value} in production but "
                 f"{sandbox.value} in the sandbox"
             )
-        keys.append(KeyPlan(column, production, sandbox, compare_as))
+        finite = _finite(production_types[column], production) and _finite(
+            sandbox_types[column], sandbox
+        )
+        keys.append(KeyPlan(column, production, sandbox, compare_as, finite))
     fields: list[FieldPlan] = []
     for mapping in spec.field_mappings:
         production = _kind(production_types, mapping.source, "production")
@@ -279,6 +293,10 @@ def plan_layout(
                 result,
                 sandbox,
                 _compare_as(result, sandbox),
+                # Truncating keeps a value finite; a double may overflow to an infinity.
+                transform in (SqlTransform.IDENTITY, SqlTransform.TRUNCATE)
+                and _finite(production_types[mapping.source], production)
+                and _finite(sandbox_types[mapping.target], sandbox),
             )
         )
     return ChecksumLayout(tuple(keys), tuple(fields))

@@ -252,6 +252,22 @@ def _locate(
     report.fallback_reason = None
     report.started_at = report.started_at or datetime.now(UTC)
     count, fine_count, queries = passes.count, passes.fine_count, passes.queries
+    whole = _both(
+        production,
+        sandbox,
+        lambda snapshot: snapshot.digests(queries[snapshot.side].whole_digest()),
+    )
+    _event(
+        "reconcile_tables_compared",
+        hashing=passes.hashing,
+        equal=whole[0] == whole[1],
+        production_rows=whole[0][0],
+        sandbox_rows=whole[1][0],
+    )
+    if whole[0] == whole[1]:
+        if progress is not None:
+            progress(whole[0][0])
+        return _Differing(queries, (whole[0][0], whole[1][0]), (), count - 1)
     production_pass, sandbox_pass = _both(
         production,
         sandbox,

@@ -84,11 +84,15 @@ def value_hash(
     hashing: Hashing,
     side: Side,
     row_seed: sql.Composable | None = None,
+    *,
+    finite: bool = False,
 ) -> sql.Composable:
     """A 64-bit hash of one canonicalised value (NULL stays NULL).
 
     ``row_seed`` (built-in hashing only) is an int8 expression XORed into every seed,
     so the same value hashes differently in each row it is given for (its key's hash).
+    ``finite``: neither side can hold an infinity, so NaN, the only value left that
+    hashes to the seed itself, needs no test of its own (one numeric comparison a row).
     """
     if hashing == "md5":
         return sql.SQL(
@@ -98,7 +102,7 @@ def value_hash(
         # Different families are never equal: each side hashes its own kind, seeds apart.
         family = {"number": CompareAs.NUMERIC}.get(kind.family) or CompareAs(kind.family)
         offset = _SANDBOX_ONLY_SEED if side == "sandbox" else 0
-        return value_hash(expr, kind, family, seed + offset, hashing, side, row_seed)
+        return value_hash(expr, kind, family, seed + offset, hashing, side, row_seed, finite=finite)
 
     def seeded(value: int) -> sql.Composable:
         if row_seed is None:
@@ -114,6 +118,12 @@ def value_hash(
         # hash_numeric_extended ignores the sign (7 and -7 collide), returns its seed for
         # NaN and both infinities and seed - 1 for zero: the seed carries the sign and
         # NaN, so -Infinity, +Infinity, NaN and 0 come out as four distinct constants.
+        if finite:  # no infinities: NaN alone hashes to the non-negative seed itself
+            return sql.SQL(
+                "hash_numeric_extended({v}, CASE WHEN {v} < 0 THEN {negative} ELSE {seed} END)"
+            ).format(
+                v=_as_numeric(expr, kind), seed=literal, negative=seeded(seed + _NEGATIVE_SEED)
+            )
         return sql.SQL(
             "hash_numeric_extended({v}, CASE WHEN {v} < 0 THEN {negative} "
             "WHEN {v} = 'NaN' THEN {nan} ELSE {seed} END)"

@@ -149,6 +149,58 @@ def test_equal_numbers_in_different_spellings_are_equal(databases: DatabasePair)
     assert report.statistics.rows_with_differences == 2
 
 
+def test_nan_zero_and_signs_differ_in_columns_that_cannot_hold_infinity(
+    databases: DatabasePair,
+) -> None:
+    """numeric(p, s) on both sides skips the NaN test: NaN, 0, 7 and -7 still all differ."""
+    databases.production.execute("CREATE TABLE t (k numeric(6) PRIMARY KEY, a numeric(12, 2))")
+    databases.sandbox.execute("CREATE TABLE t (k integer PRIMARY KEY, a numeric(14, 4))")
+    values = ["NaN", "0", "7", "-7", "0.01", "-0.01", None]
+    pairs = [(a, b) for a in values for b in values]
+    for db, side in ((databases.production, 0), (databases.sandbox, 1)):
+        with db.connect() as conn, conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO t VALUES (%s, %s::numeric)",
+                [(k - 30, pair[side]) for k, pair in enumerate(pairs)],  # negative keys too
+            )
+    spec = MappingSpec(("k",), (FieldMapping("a", "a"),))
+    runner = Runner(
+        databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
+    )
+    try:
+        for segments in (1, 64):
+            report = assert_same_as_stream(
+                runner, differences=len(pairs) - len(values), segments=segments
+            )
+    finally:
+        runner.close()
+    assert report.statistics.matched == len(pairs)
+
+
+def test_clean_tables_take_one_pass_and_a_difference_adds_the_segmented_one(
+    databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Equal tables are proven equal by one ungrouped pass; only a difference is located."""
+    seed(databases)
+    passes: list[str] = []
+    original = Snapshot.digests
+
+    def counting(self: Any, query: Any) -> Any:
+        passes.append(self.side)
+        return original(self, query)
+
+    monkeypatch.setattr(Snapshot, "digests", counting)
+    report, found = runner.run("checksum")
+    assert report.statistics.matched == 300
+    assert not found
+    assert sorted(passes) == ["production", "sandbox"]
+    passes.clear()
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job = 1007")
+    report, found = runner.run("checksum")
+    assert [result.key for result in found if result.changes] == [(1007, "B")]
+    assert sorted(passes) == ["production", "production", "sandbox", "sandbox"]
+
+
 def test_nulls_never_collide_with_values(databases: DatabasePair) -> None:
     """NULL differs from '', 'NULL', '~' and 0 on either side; NULL equals NULL."""
     ddl = "CREATE TABLE t (k text PRIMARY KEY, a text, b text, n numeric)"

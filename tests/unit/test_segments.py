@@ -136,6 +136,29 @@ def test_keys_of_incompatible_kinds_are_refused(production: str, sandbox: str) -
         )
 
 
+@pytest.mark.parametrize(
+    ("production", "sandbox", "transform", "finite"),
+    [
+        ("numeric(12,2)", "numeric(14,4)", None, True),
+        ("integer", "numeric(9)", None, True),
+        ("numeric(12,2)", "numeric", None, False),  # a bare numeric can hold Infinity
+        ("numeric", "numeric(12,2)", None, False),
+        ("numeric(12,2)", "double precision", None, False),
+        ("numeric(12,2)", "numeric(14,4)", "int", True),  # truncating keeps it finite
+        ("numeric(12,2)", "numeric(14,4)", "float", False),  # a double can overflow
+    ],
+)
+def test_only_columns_that_cannot_hold_infinity_are_finite(
+    production: str, sandbox: str, transform: str | None, finite: bool
+) -> None:
+    """NaN's own test is left out only where neither side can hold an infinity."""
+    layout = plan_layout(
+        spec(FieldMapping("v", "v", transform)), {**JOBS, "v": production}, {**JOBS, "v": sandbox}
+    )
+    assert layout.fields[0].finite is finite
+    assert [k.finite for k in layout.keys] == [True, False]  # integer job, text release
+
+
 def test_integer_and_numeric_keys_compare_as_numeric() -> None:
     """1 and 1.00 are the same key in Python and in the canonical numeric form."""
     layout = plan_layout(
