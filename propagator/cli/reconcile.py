@@ -15,7 +15,6 @@ from typing import Any, TextIO
 from propagator.cli.per_mapping import Outcome, heading, run_each, worst
 from propagator.core.report import RULE, ReconcileReport, render_json, render_text
 from propagator.errors import DatabaseUnavailableError, ExitCode
-from propagator.services.history import History
 from propagator.services.reconcile import ReconcileMethod, run_reconcile
 from propagator.services.sync import SyncSession
 from propagator.settings import Settings, load_configuration
@@ -169,7 +168,11 @@ def execute(
                 raise
             say(f"✓ {side} database connection successful")
         context = session.prepare()
-        history = History(settings) if apply else None
+        history = None
+        if apply:  # a dry run records nothing: the history's modules are not even loaded
+            from propagator.services.history import History
+
+            history = History(settings)
         if history is not None and session.sandbox is not None:
             history.setup(session.sandbox)  # idempotent; every applied change is recorded
         say()

@@ -215,8 +215,10 @@ def _agree(
     fine_segments: int | None,
 ) -> _Passes | str:
     """Begin both snapshots and settle how to hash and segment; or why the checksum cannot run."""
-    production_facts = production.begin(context.spec.key_columns)
-    sandbox_facts = sandbox.begin(context.spec.key_columns)
+    key_columns = context.spec.key_columns
+    production_facts, sandbox_facts = _both(
+        production, sandbox, lambda snapshot: snapshot.begin(key_columns)
+    )
     agreed, reason = _why_not(production_facts, sandbox_facts, layout, hashing)
     if agreed is None:
         assert reason is not None

@@ -9,6 +9,7 @@ portable alternative for servers whose built-in hash functions differ.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from psycopg import sql
@@ -115,29 +116,34 @@ def value_hash(
     if compare_as is CompareAs.FLOAT8:
         return sql.SQL("hashfloat8extended({}::float8, {})").format(expr, literal)
     if compare_as is CompareAs.NUMERIC:
-        # hash_numeric_extended ignores the sign (7 and -7 collide), returns its seed for
-        # NaN and both infinities and seed - 1 for zero: the seed carries the sign and
-        # NaN, so -Infinity, +Infinity, NaN and 0 come out as four distinct constants.
-        if finite:  # no infinities: NaN alone hashes to the non-negative seed itself
-            return sql.SQL(
-                "hash_numeric_extended({v}, CASE WHEN {v} < 0 THEN {negative} ELSE {seed} END)"
-            ).format(
-                v=_as_numeric(expr, kind), seed=literal, negative=seeded(seed + _NEGATIVE_SEED)
-            )
-        return sql.SQL(
-            "hash_numeric_extended({v}, CASE WHEN {v} < 0 THEN {negative} "
-            "WHEN {v} = 'NaN' THEN {nan} ELSE {seed} END)"
-        ).format(
-            v=_as_numeric(expr, kind),
-            seed=literal,
-            negative=seeded(seed + _NEGATIVE_SEED),
-            nan=seeded(seed + _NAN_SEED),
-        )
+        return _numeric_hash(_as_numeric(expr, kind), seeded, seed, finite)
     if compare_as is CompareAs.TEXT:
         return sql.SQL('hashtextextended({} COLLATE "C", {})').format(expr, literal)
     if compare_as is CompareAs.BOOLEAN:
         return sql.SQL("hashint8extended({}::int4::int8, {})").format(expr, literal)
     return sql.SQL("uuid_hash_extended({}, {})").format(expr, literal)
+
+
+def _numeric_hash(
+    value: sql.Composable, seeded: Callable[[int], sql.Composable], seed: int, finite: bool
+) -> sql.Composable:
+    """hash_numeric_extended with the sign (and NaN, unless ``finite``) carried by the seed.
+
+    hash_numeric_extended ignores the sign (7 and -7 collide), returns its seed for
+    NaN and both infinities and seed - 1 for zero: the seed carries the sign and
+    NaN, so -Infinity, +Infinity, NaN and 0 come out as four distinct constants.
+    Where no side can hold an infinity, NaN alone hashes to the non-negative seed
+    itself and needs no test of its own.
+    """
+    negative = seeded(seed + _NEGATIVE_SEED)
+    if finite:
+        return sql.SQL(
+            "hash_numeric_extended({v}, CASE WHEN {v} < 0 THEN {negative} ELSE {seed} END)"
+        ).format(v=value, seed=seeded(seed), negative=negative)
+    return sql.SQL(
+        "hash_numeric_extended({v}, CASE WHEN {v} < 0 THEN {negative} "
+        "WHEN {v} = 'NaN' THEN {nan} ELSE {seed} END)"
+    ).format(v=value, seed=seeded(seed), negative=negative, nan=seeded(seed + _NAN_SEED))
 
 
 def xor_all(parts: list[sql.Composable]) -> sql.Composable:

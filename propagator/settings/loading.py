@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from propagator.core.mapping import MappingSpec
 from propagator.errors import ConfigurationError
 from propagator.settings.mappings import Configuration, read_mapping_tables, resolve_mappings
-from propagator.settings.model import Settings
+from propagator.settings.model import TOML_FILE, Settings
 from propagator.settings.webhooks import read_webhook_tables, resolve_webhooks
 
 __all__ = ["env_name", "load_configuration", "load_settings"]
@@ -32,11 +32,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if config_file is not None and not config_file.is_file():
         raise ConfigurationError(f"config file {config_file} does not exist")
 
-    class _FromFile(Settings):
-        toml_file = config_file
-
+    reading = TOML_FILE.set(config_file)
     try:
-        settings = _FromFile(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as error:
         first = error.errors()[0]
         location = [str(part) for part in first["loc"]]
@@ -50,6 +48,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigurationError(f"invalid setting {env_name(field)}: {reason}") from None
     except ValueError as error:  # only TOML syntax is left: pydantic errors are caught above
         raise ConfigurationError(f"config file {config_file} is not valid TOML: {error}") from None
+    finally:
+        TOML_FILE.reset(reading)
     try:
         MappingSpec(settings.key_columns, settings.field_mappings)
     except ValueError as error:  # rules across both settings name both variables
