@@ -23,6 +23,7 @@ Hashing = Literal["builtin", "md5"]
 
 _SANDBOX_ONLY_SEED = 0x100000  # sandbox side of a pair of different families
 _NEGATIVE_SEED = 0x400  # numeric: the seed of negative values, offset from the field's
+_ZERO_SEED = 0xC00  # numeric: zero's seed (its hash is that seed - 1)
 _NAN_SEED = 0x800  # numeric: NaN hashes to its own seed, apart from the infinities'
 
 
@@ -90,10 +91,10 @@ def value_hash(
 ) -> sql.Composable:
     """A 64-bit hash of one canonicalised value (NULL stays NULL).
 
-    ``row_seed`` (built-in hashing only) is an int8 expression XORed into every seed,
-    so the same value hashes differently in each row it is given for (its key's hash).
-    ``finite``: neither side can hold an infinity, so NaN, the only value left that
-    hashes to the seed itself, needs no test of its own (one numeric comparison a row).
+    ``row_seed`` (built-in hashing only) is an int8 expression every seed is made
+    from, so the same value hashes differently in each row it is given for (its
+    key's hash). ``finite``: neither side can hold an infinity, so NaN needs no
+    seed apart from the positive numbers' (one numeric comparison a row fewer).
     """
     if hashing == "md5":
         return sql.SQL(
@@ -110,13 +111,22 @@ def value_hash(
             return sql.Literal(value)
         return sql.SQL("({} # {})").format(row_seed, sql.Literal(value))
 
+    def mixed(value: int) -> sql.Composable:
+        # Hashing a double gives back its seed for zero, a numeric its seed for NaN and
+        # the infinities and seed - 1 for zero. With the row's hash XORed into that
+        # seed, such a value's hash would be linear in its key and rows of a segment
+        # could cancel out; a seed hashed from the row's (one call a row) is not.
+        if row_seed is None:
+            return sql.Literal(value)
+        return sql.SQL("hashint8extended({}, {})").format(row_seed, sql.Literal(value))
+
     literal = seeded(seed)
     if compare_as is CompareAs.INT8:
         return sql.SQL("hashint8extended({}::int8, {})").format(expr, literal)
     if compare_as is CompareAs.FLOAT8:
-        return sql.SQL("hashfloat8extended({}::float8, {})").format(expr, literal)
+        return sql.SQL("hashfloat8extended({}::float8, {})").format(expr, mixed(seed))
     if compare_as is CompareAs.NUMERIC:
-        return _numeric_hash(_as_numeric(expr, kind), seeded, seed, finite)
+        return _numeric_hash(_as_numeric(expr, kind), mixed, seed, finite)
     if compare_as is CompareAs.TEXT:
         return sql.SQL('hashtextextended({} COLLATE "C", {})').format(expr, literal)
     if compare_as is CompareAs.BOOLEAN:
@@ -127,23 +137,29 @@ def value_hash(
 def _numeric_hash(
     value: sql.Composable, seeded: Callable[[int], sql.Composable], seed: int, finite: bool
 ) -> sql.Composable:
-    """hash_numeric_extended with the sign (and NaN, unless ``finite``) carried by the seed.
+    """hash_numeric_extended with the sign, zero (and NaN, unless ``finite``) in the seed.
 
     hash_numeric_extended ignores the sign (7 and -7 collide), returns its seed for
-    NaN and both infinities and seed - 1 for zero: the seed carries the sign and
-    NaN, so -Infinity, +Infinity, NaN and 0 come out as four distinct constants.
-    Where no side can hold an infinity, NaN alone hashes to the non-negative seed
-    itself and needs no test of its own.
+    NaN and both infinities and seed - 1 for zero. So negative values, positive
+    ones (with NaN, which sorts above every number), zero and, where a side can
+    hold an infinity, NaN apart from +Infinity each take a seed of their own:
+    -Infinity, +Infinity, NaN and 0 come out as four unrelated values. Zero has a
+    seed of its own, or seed - 1 and seed would differ in a few low bits only.
     """
-    negative = seeded(seed + _NEGATIVE_SEED)
-    if finite:
-        return sql.SQL(
-            "hash_numeric_extended({v}, CASE WHEN {v} < 0 THEN {negative} ELSE {seed} END)"
-        ).format(v=value, seed=seeded(seed), negative=negative)
+    positive = seeded(seed)
+    if not finite:
+        positive = sql.SQL("CASE WHEN {v} = 'NaN' THEN {nan} ELSE {positive} END").format(
+            v=value, nan=seeded(seed + _NAN_SEED), positive=positive
+        )
     return sql.SQL(
         "hash_numeric_extended({v}, CASE WHEN {v} < 0 THEN {negative} "
-        "WHEN {v} = 'NaN' THEN {nan} ELSE {seed} END)"
-    ).format(v=value, seed=seeded(seed), negative=negative, nan=seeded(seed + _NAN_SEED))
+        "WHEN {v} > 0 THEN {positive} ELSE {zero} END)"
+    ).format(
+        v=value,
+        negative=seeded(seed + _NEGATIVE_SEED),
+        positive=positive,
+        zero=seeded(seed + _ZERO_SEED),
+    )
 
 
 def xor_all(parts: list[sql.Composable]) -> sql.Composable:

@@ -177,6 +177,66 @@ def test_nan_zero_and_signs_differ_in_columns_that_cannot_hold_infinity(
     assert report.statistics.matched == len(pairs)
 
 
+SPECIAL_VALUES = {
+    # A key moved to another key with the same value, and values changing in step
+    # between zero, NaN and the infinities: a row hash that hands back its seed for
+    # such values (as hashing numeric and double precision does) must still depend
+    # on the key non-linearly, or rows of one segment cancel out.
+    "double zero, moved key": (
+        "double precision",
+        "(1, 0), (3, 5), (5, 0), (6, 0)",
+        "(2, 0), (3, 5), (5, 0), (6, 0)",
+        (0, 1, 1),
+    ),
+    "numeric NaN, moved key": ("numeric", "(1, 'NaN'), (3, 5)", "(2, 'NaN'), (3, 5)", (0, 1, 1)),
+    "numeric Infinity to NaN": (
+        "numeric",
+        "(1, 'Infinity'), (2, 'Infinity'), (3, '-Infinity'), (4, '-Infinity')",
+        "(1, 'NaN'), (2, 'NaN'), (3, 0), (4, 0)",
+        (4, 0, 0),
+    ),
+    "numeric(12,2) zero to NaN": (
+        "numeric(12, 2)",
+        ", ".join(f"({k}, 0)" for k in range(1, 41)),
+        ", ".join(f"({k}, 'NaN')" for k in range(1, 41)),
+        (40, 0, 0),
+    ),
+    "double zero to minus zero and back": (
+        "double precision",
+        "(1, 0), (2, '-0'), (3, 0)",
+        "(1, '-0'), (2, 0), (3, 0)",
+        (0, 0, 0),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPECIAL_VALUES))
+def test_values_hashing_to_their_seed_keep_their_row_apart(
+    databases: DatabasePair, case: str
+) -> None:
+    """Zero, NaN and the infinities in one segment: moved keys and changes are still found."""
+    column_type, production_rows, sandbox_rows, expected = SPECIAL_VALUES[case]
+    for db, rows in ((databases.production, production_rows), (databases.sandbox, sandbox_rows)):
+        db.execute(f"CREATE TABLE t (k integer PRIMARY KEY, v {column_type})")
+        db.execute(f"INSERT INTO t VALUES {rows}")
+    spec = MappingSpec(("k",), (FieldMapping("v", "v"),))
+    runner = Runner(
+        databases.production, databases.sandbox, spec, production_table="t", sandbox_table="t"
+    )
+    differences, missing_in_sandbox, missing_in_production = expected
+    try:
+        for segments in (1, 64):
+            assert_same_as_stream(
+                runner,
+                differences=differences,
+                missing=(missing_in_sandbox, missing_in_production),
+                segments=segments,
+                hashing="builtin",
+            )
+    finally:
+        runner.close()
+
+
 def test_clean_tables_take_one_pass_and_a_difference_adds_the_segmented_one(
     databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -488,7 +548,12 @@ def test_scattered_differences_are_refined_and_read_sparingly(
 
     monkeypatch.setattr(Snapshot, "rows", counting)
     report = assert_same_as_stream(
-        runner, differences=40, missing=(0, 1), segments=32, fine_segments=2048, refine_above=0.0
+        runner,
+        differences=40,
+        missing=(0, 1),
+        segments=32,
+        fine_segments=2048,
+        refine_above=0.0,
     )
     assert report.statistics.rows_with_differences == 40
     assert report.statistics.matched == 1999  # every row present on both sides
