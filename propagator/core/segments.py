@@ -5,25 +5,22 @@ segments whose digests differ. It is exactly as correct as the streaming
 compare only if both servers reduce two values to the same hash precisely
 when ``values_equal`` would call the Python values equal. This module decides,
 without any I/O, how every key and field pair is compared (or says why it
-cannot be, so the caller falls back to streaming) and compares the
-per-segment summaries the servers return.
+cannot be, so the caller falls back to streaming) and how many segments a
+table is cut into; ``core.digests`` compares what the servers return.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import sys
-from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import compress
-from operator import ne
 
 from propagator.core.mapping import MappingSpec
 from propagator.core.transforms import NamedTransform
 
 __all__ = [
+    "HASHED_ROWS_MAX",
     "MAX_FINE_SEGMENTS",
     "MAX_SEGMENTS",
     "PYTHON_WHITESPACE",
@@ -35,8 +32,6 @@ __all__ = [
     "NotExpressibleError",
     "SqlTransform",
     "ValueKind",
-    "compare_digests",
-    "differing_segments",
     "fine_segment_count",
     "plan_layout",
     "segment_count",
@@ -58,6 +53,10 @@ _ROWS_PER_FINE_SEGMENT = 4
 # (measured: ~0.5 us of server time a scanned row, ~3 us a fetched row) is when
 # the differing coarse segments hold more than about a sixth of the rows.
 REFINE_ABOVE_FRACTION = 0.15
+# Up to this many rows in differing segments, each side sends one 8-byte hash per
+# row of them instead of a finer pass, and only the rows whose hash the other side
+# lacks are read: 8 MB a side, and two Python sets of ~64 MB for the moment they live.
+HASHED_ROWS_MAX = 1_000_000
 
 # Every character ``str.isspace()`` accepts, which is what ``str.strip()`` removes
 # (a unit test recomputes it over all of Unicode).
@@ -320,69 +319,3 @@ def fine_segment_count(estimated_rows: float, coarse: int) -> int:
         return max(coarse, MAX_FINE_SEGMENTS)
     wanted = max(1, math.ceil(estimated_rows / _ROWS_PER_FINE_SEGMENT))
     return max(coarse, min(MAX_FINE_SEGMENTS, 1 << (wanted - 1).bit_length()))
-
-
-def compare_digests(production: bytes, sandbox: bytes) -> tuple[int, ...]:
-    """The segments whose digests differ, given each side's digests packed in segment order.
-
-    A digest is 8 bytes and covers the segment's rows and their count, so equal
-    digests mean equal segments; the comparison runs in C either way.
-    """
-    if len(production) != len(sandbox) or len(production) % 8:
-        raise ValueError(
-            f"the packed digests are {len(production)} and {len(sandbox)} bytes long, "
-            "not one 8-byte digest a segment on both sides"
-        )
-    if production == sandbox:
-        return ()
-    production_digests, sandbox_digests = array("q", production), array("q", sandbox)
-    return tuple(
-        compress(range(len(production_digests)), map(ne, production_digests, sandbox_digests))
-    )
-
-
-def differing_segments(
-    production: bytes,
-    production_ids: bytes | None,
-    sandbox: bytes,
-    sandbox_ids: bytes | None,
-) -> tuple[int, ...]:
-    """The segments whose digests differ, or that only one side has rows in, ascending.
-
-    Each side sends its digests in segment order and, unless it has a digest for
-    every segment from 0 on, the 4-byte segment numbers they belong to (a segment
-    without rows has no digest: it differs from one that has rows).
-    """
-    if production_ids is None and sandbox_ids is None:
-        return compare_digests(production, sandbox)
-    production_map = _segment_map(production, production_ids)
-    sandbox_map = _segment_map(sandbox, sandbox_ids)
-    if production_map == sandbox_map:
-        return ()
-    return tuple(
-        sorted(
-            segment
-            for segment in production_map.keys() | sandbox_map.keys()
-            if production_map.get(segment) != sandbox_map.get(segment)
-        )
-    )
-
-
-def _segment_map(digests: bytes, ids: bytes | None) -> dict[int, int]:
-    if len(digests) % 8 or (ids is not None and len(ids) * 2 != len(digests)):
-        raise ValueError(
-            f"the packed digests are {len(digests)} bytes long with "
-            f"{'no' if ids is None else len(ids)} bytes of segment numbers, "
-            "not one 8-byte digest and one 4-byte number a segment"
-        )
-    values = array("q", digests)
-    segments = range(len(values)) if ids is None else _int4s(ids)
-    return dict(zip(segments, values, strict=True))
-
-
-def _int4s(packed: bytes) -> array[int]:
-    """Big-endian 4-byte integers (PostgreSQL's ``int4send``) as an array."""
-    numbers = array("i", packed)
-    if sys.byteorder == "little":
-        numbers.byteswap()
-    return numbers

@@ -139,18 +139,37 @@ class SideQueries:
             restriction=restriction,
         )
 
-    def rows(self, mask: int, differing: tuple[int, ...] | None) -> sql.Composed:
-        """The key-ordered rows of the ``differing`` segments of ``mask`` (None: every row)."""
+    def row_hashes(self, mask: int, differing: tuple[int, ...]) -> sql.Composed:
+        """``(rows, packed row hashes, NULL)`` of the rows of the ``differing`` segments."""
+        return sql.SQL(
+            "SELECT count(*)::int8, coalesce(string_agg(int8send({row_hash}), ''::bytea), "
+            "''::bytea), NULL::bytea FROM {inner} WHERE {restriction}"
+        ).format(
+            row_hash=self.row_hash,
+            inner=self._inner(),
+            restriction=self._in_segments(mask, differing),
+        )
+
+    def rows(
+        self,
+        mask: int,
+        differing: tuple[int, ...] | None,
+        hashes: tuple[int, ...] | None = None,
+    ) -> sql.Composed:
+        """The key-ordered rows of the ``differing`` segments of ``mask`` (None: every row),
+        only those whose row hash is one of ``hashes`` when given."""
         if differing is None:  # every row: no need to hash again
             every = sql.SQL("SELECT {columns} FROM {table} WHERE {condition} ORDER BY {order}")
             return every.format(
                 columns=self.columns, table=self.table, condition=self.condition, order=self.order
             )
+        restriction = self._in_segments(mask, differing)
+        if hashes is not None:
+            restriction = sql.SQL("{} AND {} = ANY({}::int8[])").format(
+                restriction, self.row_hash, sql.Literal(list(hashes))
+            )
         return sql.SQL("SELECT {columns} FROM {inner} WHERE {restriction} ORDER BY {order}").format(
-            columns=self.columns,
-            inner=self._inner(),
-            restriction=self._in_segments(mask, differing),
-            order=self.order,
+            columns=self.columns, inner=self._inner(), restriction=restriction, order=self.order
         )
 
 

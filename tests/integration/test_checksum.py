@@ -554,11 +554,37 @@ def test_scattered_differences_are_refined_and_read_sparingly(
         segments=32,
         fine_segments=2048,
         refine_above=0.0,
+        hashed_rows_max=0,  # more rows than it would hash one by one: the finer pass
     )
     assert report.statistics.rows_with_differences == 40
     assert report.statistics.matched == 1999  # every row present on both sides
     assert 0 < read["production"] < 300
     assert 0 < read["sandbox"] < 300
+
+
+def test_scattered_differences_read_only_the_rows_whose_hashes_are_unmatched(
+    databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Differences in most segments: each side's row hashes pick out exactly what differs."""
+    seed(databases, 2000)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 50 = 7")
+    databases.sandbox.execute("UPDATE jobs SET fab_order = NULL WHERE job = 1008")
+    databases.production.execute("DELETE FROM jobs WHERE job = 1999")
+    databases.sandbox.execute("INSERT INTO jobs (job, release, fab_order) VALUES (1, 'Z', 1)")
+    read = {"production": 0, "sandbox": 0}
+    original = Snapshot.rows
+
+    def counting(self: Any, query: Any) -> Iterator[tuple[Any, ...]]:
+        for row in original(self, query):
+            read[self.side] += 1
+            yield row
+
+    monkeypatch.setattr(Snapshot, "rows", counting)
+    report = assert_same_as_stream(
+        runner, differences=41, missing=(0, 2), segments=32, refine_above=0.0
+    )
+    assert report.statistics.matched == 1999
+    assert read == {"production": 41, "sandbox": 43}  # the changed rows, and the extra ones
 
 
 def test_production_filter_applies_to_the_checksum(databases: DatabasePair) -> None:

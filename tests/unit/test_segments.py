@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from propagator.core.digests import compare_digests, differing_segments, unmatched_hashes
 from propagator.core.mapping import FieldMapping, MappingSpec
 from propagator.core.segments import (
     MAX_FINE_SEGMENTS,
@@ -17,8 +18,6 @@ from propagator.core.segments import (
     NotExpressibleError,
     SqlTransform,
     ValueKind,
-    compare_digests,
-    differing_segments,
     fine_segment_count,
     plan_layout,
     segment_count,
@@ -251,3 +250,21 @@ def test_differing_segments_mixes_a_dense_pass_with_a_sparse_one() -> None:
     assert differing_segments(b"", b"", dense, None) == (0, 1, 2)
     with pytest.raises(ValueError, match="8-byte digest"):
         differing_segments(dense, b"\x00", dense, None)
+
+
+def _packed(*hashes: int) -> bytes:
+    return b"".join(h.to_bytes(8, "big", signed=True) for h in hashes)
+
+
+def test_unmatched_hashes_are_those_only_one_side_has() -> None:
+    """Rows whose hash both sides send are equal there; the rest, from either side, ascending."""
+    production = _packed(5, -(2**63), 7, 2**63 - 1, 11)
+    sandbox = _packed(11, 7, 6, 2**63 - 1)
+    assert unmatched_hashes(production, sandbox) == (-(2**63), 5, 6)
+    assert unmatched_hashes(production, production) == ()
+    assert unmatched_hashes(b"", _packed(3)) == (3,)
+
+
+def test_unmatched_hashes_refuse_a_torn_value() -> None:
+    with pytest.raises(ValueError, match="not 8 a row"):
+        unmatched_hashes(_packed(1) + b"\x00", _packed(1))
