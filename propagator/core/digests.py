@@ -7,12 +7,20 @@ table costs a few milliseconds of Python whatever the number of segments.
 
 from __future__ import annotations
 
+import struct
 import sys
 from array import array
+from collections.abc import Collection
 from itertools import compress
 from operator import ne
 
-__all__ = ["compare_digests", "differing_segments", "unmatched_hashes"]
+__all__ = [
+    "compare_digests",
+    "differing_segments",
+    "row_locations",
+    "rows_among",
+    "unmatched_hashes",
+]
 
 
 def compare_digests(production: bytes, sandbox: bytes) -> tuple[int, ...]:
@@ -100,3 +108,19 @@ def _int4s(packed: bytes) -> array[int]:
     if sys.byteorder == "little":
         numbers.byteswap()
     return numbers
+
+
+def rows_among(packed_hashes: bytes, wanted: Collection[int]) -> list[int]:
+    """The positions, in one side's packed row hashes, of the rows whose hash is ``wanted``."""
+    hashes = _int8s(packed_hashes)
+    return list(compress(range(len(hashes)), map(wanted.__contains__, hashes)))
+
+
+_TID = struct.Struct(">IH")  # tidsend: block number, then offset in the block
+
+
+def row_locations(packed: bytes, positions: list[int]) -> tuple[tuple[int, int], ...]:
+    """``(block, offset)`` of the rows at ``positions`` among packed ``tidsend`` values."""
+    if len(packed) % _TID.size:
+        raise ValueError(f"the packed row locations are {len(packed)} bytes, not 6 a row")
+    return tuple(_TID.unpack_from(packed, position * _TID.size) for position in positions)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from psycopg import sql
+
 from propagator.adapters.reads import prefetch
 from propagator.core.plan import JobMappingResult
 from propagator.core.report import ReconcileReport
@@ -38,7 +40,7 @@ from propagator.core.segments import (
     plan_layout,
     segment_count,
 )
-from propagator.errors import ConfigurationError, PermanentError
+from propagator.errors import ConfigurationError, PermanentError, Side
 from propagator.services.checksum_hashing import Hashing
 from propagator.services.checksum_locate import Differing, Passes, both, event, locate
 from propagator.services.checksum_queries import side_queries
@@ -196,8 +198,9 @@ def _agree(
             snapshot.side,
             agreed,
             context.production_filter if snapshot.side == "production" else None,
+            addressable=facts.addressable,
         )
-        for snapshot in (production, sandbox)
+        for snapshot, facts in ((production, production_facts), (sandbox, sandbox_facts))
     }
     return Passes(agreed, count, fine_count, queries)
 
@@ -221,17 +224,10 @@ def _compare_differing(
     and as many on each side, which is checked against the first pass's totals.
     """
     stats = report.statistics
-    queries, wanted, mask, hashes = (
-        differing.queries,
-        differing.wanted,
-        differing.mask,
-        differing.hashes,
-    )
+    wanted, hashes = differing.wanted, differing.hashes
     if (wanted is None or wanted) and hashes != ():
-        production_rows = prefetch(
-            production.rows(queries["production"].rows(mask, wanted, hashes))
-        )
-        sandbox_rows = prefetch(sandbox.rows(queries["sandbox"].rows(mask, wanted, hashes)))
+        production_rows = prefetch(production.rows(_rows_query(differing, "production")))
+        sandbox_rows = prefetch(sandbox.rows(_rows_query(differing, "sandbox")))
         converge_differences(
             context,
             compare_streams(context, production_rows, sandbox_rows, stats, None),
@@ -253,3 +249,11 @@ def _compare_differing(
     stats.production_rows += equal_rows
     stats.sandbox_rows += equal_rows
     stats.matched += equal_rows
+
+
+def _rows_query(differing: Differing, side: Side) -> sql.Composed:
+    """The rows ``differing`` says to read on ``side``: by ctid where it located them."""
+    queries = differing.queries[side]
+    if side in differing.locations:
+        return queries.rows_at(differing.locations[side])
+    return queries.rows(differing.mask, differing.wanted, differing.hashes)

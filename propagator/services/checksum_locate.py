@@ -12,11 +12,16 @@ import logging
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from propagator.core.digests import differing_segments, unmatched_hashes
+from propagator.core.digests import (
+    differing_segments,
+    row_locations,
+    rows_among,
+    unmatched_hashes,
+)
 from propagator.core.report import ReconcileReport
 from propagator.errors import PermanentError, Side
 from propagator.services.checksum_hashing import Hashing
@@ -67,6 +72,8 @@ class Differing:
     wanted: tuple[int, ...] | None  # the segments of ``mask`` to read; None: every row
     mask: int
     hashes: tuple[int, ...] | None = None  # only the rows of these row hashes; None: all
+    # Where a side's rows can be fetched by ctid: that side's rows of ``hashes``, located.
+    locations: dict[Side, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
 
 def locate(
@@ -131,8 +138,8 @@ def _narrow(
     refine_above, hashed_rows_max = refining
     scattered = bool(differing) and differing_share > refine_above
     if scattered and differing_share * max(totals) <= hashed_rows_max:
-        hashes = _unmatched(production, sandbox, queries, differing, mask)
-        return Differing(queries, totals, differing, mask, hashes)
+        hashes, locations = _unmatched(production, sandbox, queries, differing, mask)
+        return Differing(queries, totals, differing, mask, hashes, locations)
     if scattered and fine_count > count:
         wanted = _refine(production, sandbox, queries, differing, count, fine_count)
         mask = fine_count - 1
@@ -199,23 +206,32 @@ def _unmatched(
     queries: dict[Side, SideQueries],
     differing: tuple[int, ...],
     mask: int,
-) -> tuple[int, ...]:
-    """The row hashes of the ``differing`` segments that only one side has."""
-    production_pass, sandbox_pass = both(
+) -> tuple[tuple[int, ...], dict[Side, tuple[tuple[int, int], ...]]]:
+    """The row hashes of the ``differing`` segments that only one side has, and where
+    each side that can be read by ctid keeps its rows of them."""
+    passes = both(
         production,
         sandbox,
         lambda snapshot: snapshot.digests(queries[snapshot.side].row_hashes(mask, differing)),
     )
+    located: dict[Side, tuple[tuple[int, int], ...]] = {}
     try:
-        hashes = unmatched_hashes(production_pass[1], sandbox_pass[1])
+        hashes = unmatched_hashes(passes[0][1], passes[1][1])
+        wanted = frozenset(hashes)
+        for snapshot, (_, packed, packed_locations) in zip(
+            (production, sandbox), passes, strict=True
+        ):
+            if packed_locations is not None:
+                located[snapshot.side] = row_locations(packed_locations, rows_among(packed, wanted))
     except ValueError as error:
         raise PermanentError(
             f"checksum reconcile: {error}; set PROPAGATOR_RECONCILE_METHOD=stream"
         ) from None
     event(
         "reconcile_rows_hashed",
-        production_rows=production_pass[0],
-        sandbox_rows=sandbox_pass[0],
+        production_rows=passes[0][0],
+        sandbox_rows=passes[1][0],
         unmatched=len(hashes),
+        by_location=sorted(located),
     )
-    return hashes
+    return hashes, located

@@ -60,10 +60,14 @@ class SideQueries:
     hash_alias: sql.Identifier
     columns: sql.Composable
     order: sql.Composable
+    location: sql.Identifier | None  # the inner query's name for ctid; None: not addressable
 
-    def _inner(self) -> sql.Composed:
+    def _inner(self, *, located: bool = False) -> sql.Composed:
+        read = self.read
+        if located and self.location is not None:
+            read = sql.SQL("{}, ctid AS {}").format(read, self.location)
         return sql.SQL("(SELECT {read} FROM {table} WHERE {condition} OFFSET 0) AS s").format(
-            read=self.read, table=self.table, condition=self.condition
+            read=read, table=self.table, condition=self.condition
         )
 
     def _in_segments(self, mask: int, segments: tuple[int, ...]) -> sql.Composed:
@@ -149,14 +153,41 @@ class SideQueries:
         )
 
     def row_hashes(self, mask: int, differing: tuple[int, ...]) -> sql.Composed:
-        """``(rows, packed row hashes, NULL)`` of the rows of the ``differing`` segments."""
+        """``(rows, packed row hashes, packed ctids)`` of the rows of the ``differing`` segments.
+
+        The ctids (``tidsend``, 6 bytes a row, in the same order: both aggregates see
+        the rows one by one, together) come only where rows can be fetched by them;
+        elsewhere NULL.
+        """
+        locations = (
+            sql.SQL("NULL::bytea")
+            if self.location is None
+            else sql.SQL("coalesce(string_agg(tidsend(s.{}), ''::bytea), ''::bytea)").format(
+                self.location
+            )
+        )
         return sql.SQL(
             "SELECT count(*)::int8, coalesce(string_agg(int8send({row_hash}), ''::bytea), "
-            "''::bytea), NULL::bytea FROM {inner} WHERE {restriction}"
+            "''::bytea), {locations} FROM {inner} WHERE {restriction}"
         ).format(
             row_hash=self.row_hash,
-            inner=self._inner(),
+            locations=locations,
+            inner=self._inner(located=True),
             restriction=self._in_segments(mask, differing),
+        )
+
+    def rows_at(self, locations: tuple[tuple[int, int], ...]) -> sql.Composed:
+        """The key-ordered rows at these ``(block, offset)`` ctids, read from this snapshot."""
+        tids = "{" + ",".join(f'"({block},{offset})"' for block, offset in locations) + "}"
+        return sql.SQL(
+            "SELECT {columns} FROM {table} WHERE ctid = ANY({tids}::tid[]) AND {condition} "
+            "ORDER BY {order}"
+        ).format(
+            columns=self.columns,
+            table=self.table,
+            tids=sql.Literal(tids),
+            condition=self.condition,
+            order=self.order,
         )
 
     def rows(
@@ -188,6 +219,8 @@ def side_queries(
     side: Side,
     hashing: Hashing,
     where: str | None,
+    *,
+    addressable: bool = False,
 ) -> SideQueries:
     """The statements of one side, hashing, filtering and ordering its rows."""
     production = side == "production"
@@ -204,6 +237,7 @@ def side_queries(
     value_columns = [f.source if production else f.target for f in layout.fields]
     needed = list(dict.fromkeys((*key_columns, *value_columns)))
     hash_alias = sql.Identifier(_unused_name(set(table.columns), "key_hash"))
+    location = sql.Identifier(_unused_name(set(table.columns), "row_location"))
     condition: sql.Composable = sql.SQL(" AND ").join(
         sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in key_columns
     )
@@ -235,6 +269,7 @@ def side_queries(
             else sql.Identifier(c)
             for c in key_columns
         ),
+        location=location if addressable else None,
     )
 
 

@@ -34,6 +34,7 @@ class ServerFacts:
     encoding: str
     estimated_rows: float
     keys_unique: bool
+    addressable: bool  # rows can be fetched again by ctid within the snapshot
     builtin_probe: list[tuple[Any, ...]] | None
     md5_probe: list[tuple[Any, ...]] | None
 
@@ -69,6 +70,7 @@ class Snapshot:
             str(facts[1]),
             float(facts[2]),
             bool(facts[3]),
+            bool(facts[4]),
             self._probe("checksum/hash_probe.sql"),
             self._probe("checksum/md5_probe.sql"),
         )

@@ -587,6 +587,58 @@ def test_scattered_differences_read_only_the_rows_whose_hashes_are_unmatched(
     assert read == {"production": 41, "sandbox": 43}  # the changed rows, and the extra ones
 
 
+def test_rows_located_by_ctid_are_read_from_the_snapshot_not_as_changed_since(
+    databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row changed after its hash was taken is read as the snapshot saw it, by its old ctid."""
+    seed(databases, 2000)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 50 = 7")
+    before, _ = runner.run("stream")
+    original = Snapshot.rows
+    changed: list[str] = []
+
+    def changing_first(self: Any, query: Any) -> Iterator[tuple[Any, ...]]:
+        if not changed:  # another session rewrites every differing row and commits
+            databases.sandbox.execute("UPDATE jobs SET fab_order = -5 WHERE job % 50 = 7")
+            changed.append(self.side)
+        yield from original(self, query)
+
+    monkeypatch.setattr(Snapshot, "rows", changing_first)
+    report, found = runner.run("checksum", segments=32, refine_above=0.0)
+    assert changed
+    assert report.statistics.rows_with_differences == before.statistics.rows_with_differences
+    assert {result.key: result.changes[0].old for result in found} == {
+        (1000 + i, "AB"[i % 2]): Decimal(i) / 4 + 1 for i in range(2000) if (1000 + i) % 50 == 7
+    }
+
+
+def test_a_partitioned_table_is_narrowed_down_by_row_hashes(databases: DatabasePair) -> None:
+    """ctids repeat between partitions: there the rows are picked by their hashes instead."""
+    databases.sandbox.execute(
+        "CREATE TABLE parts (job integer, release text, fab_order numeric(12, 2), "
+        "PRIMARY KEY (job, release)) PARTITION BY RANGE (job)"
+    )
+    databases.sandbox.execute(
+        "CREATE TABLE parts_a PARTITION OF parts FOR VALUES FROM (0) TO (2000)"
+    )
+    databases.sandbox.execute(
+        "CREATE TABLE parts_b PARTITION OF parts FOR VALUES FROM (2000) TO (9000)"
+    )
+    rows = [(1000 + i * 3, "AB"[i % 2], Decimal(i) / 4) for i in range(1000)]
+    databases.production.insert_jobs(rows)
+    databases.sandbox.insert_jobs(rows, table="public.parts")
+    databases.sandbox.execute("UPDATE parts SET fab_order = fab_order + 1 WHERE job % 40 = 0")
+    databases.sandbox.execute("DELETE FROM parts WHERE job = 1003")
+    runner = Runner(databases.production, databases.sandbox, sandbox_table="public.parts")
+    try:
+        report = assert_same_as_stream(
+            runner, differences=25, missing=(1, 0), segments=32, refine_above=0.0
+        )
+    finally:
+        runner.close()
+    assert report.statistics.matched == 999
+
+
 def test_production_filter_applies_to_the_checksum(databases: DatabasePair) -> None:
     """A production filter (even with a % in it) limits the rows compared, as when streaming."""
     seed(databases, 60)

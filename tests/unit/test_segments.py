@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from propagator.core.digests import compare_digests, differing_segments, unmatched_hashes
+from propagator.core.digests import (
+    compare_digests,
+    differing_segments,
+    row_locations,
+    rows_among,
+    unmatched_hashes,
+)
 from propagator.core.mapping import FieldMapping, MappingSpec
 from propagator.core.segments import (
     MAX_FINE_SEGMENTS,
@@ -268,3 +274,17 @@ def test_unmatched_hashes_are_those_only_one_side_has() -> None:
 def test_unmatched_hashes_refuse_a_torn_value() -> None:
     with pytest.raises(ValueError, match="not 8 a row"):
         unmatched_hashes(_packed(1) + b"\x00", _packed(1))
+
+
+def test_rows_among_gives_the_positions_of_the_wanted_hashes() -> None:
+    assert rows_among(_packed(4, -1, 9, 4), frozenset({4, 9})) == [0, 2, 3]
+    assert rows_among(b"", frozenset({1})) == []
+
+
+def test_row_locations_decode_tidsend_values() -> None:
+    """tidsend is a 4-byte block number and a 2-byte offset, big-endian."""
+    packed = bytes.fromhex("0000000000010001e24000ffffffffffffff")
+    assert row_locations(packed, [2, 0]) == ((4294967295, 65535), (0, 1))
+    assert row_locations(packed, [1]) == ((123456, 255),)
+    with pytest.raises(ValueError, match="not 6 a row"):
+        row_locations(packed[:-1], [0])
