@@ -10,16 +10,15 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections.abc import Collection
 from itertools import compress
 from operator import ne
 
 __all__ = [
     "compare_digests",
     "differing_segments",
+    "row_hashes",
     "row_locations",
-    "rows_among",
-    "unmatched_hashes",
+    "rows_to_read",
 ]
 
 
@@ -69,19 +68,6 @@ def differing_segments(
     )
 
 
-def unmatched_hashes(production: bytes, sandbox: bytes) -> tuple[int, ...]:
-    """The row hashes one side has and the other lacks, ascending, from packed ``int8send`` values.
-
-    A row's hash covers its key and every mapped value, so a hash both sides have is
-    a row present and equal on both; what is left is every changed, missing and
-    extra row, and nothing else.
-    """
-    for packed in (production, sandbox):
-        if len(packed) % 8:
-            raise ValueError(f"the packed row hashes are {len(packed)} bytes, not 8 a row")
-    return tuple(sorted(set(_int8s(production)).symmetric_difference(_int8s(sandbox))))
-
-
 def _int8s(packed: bytes) -> array[int]:
     """Big-endian 8-byte integers (PostgreSQL's ``int8send``) as an array."""
     numbers = array("q", packed)
@@ -110,10 +96,77 @@ def _int4s(packed: bytes) -> array[int]:
     return numbers
 
 
-def rows_among(packed_hashes: bytes, wanted: Collection[int]) -> list[int]:
-    """The positions, in one side's packed row hashes, of the rows whose hash is ``wanted``."""
-    hashes = _int8s(packed_hashes)
-    return list(compress(range(len(hashes)), map(wanted.__contains__, hashes)))
+_RECORD = 16  # a row-hash pass sends (key hash, row hash) a row
+
+
+def rows_to_read(production: bytes, sandbox: bytes) -> tuple[list[int], list[int]]:
+    """Positions of the rows each side must read, from its packed ``(key hash, row hash)``
+    records (``int8send`` pairs) sorted by key hash, then row hash.
+
+    A row whose record the other side has at the matching place is equal there and
+    skipped; every other row is read: changed rows on both sides, missing and extra
+    ones on theirs. With the same keys on both sides (values drifted, the usual case)
+    the row hashes are compared position by position, in C; otherwise the records are
+    merged by key hash, equal runs skipped a block at a time.
+    """
+    for packed in (production, sandbox):
+        if len(packed) % _RECORD:
+            raise ValueError(f"the packed row hashes are {len(packed)} bytes, not 16 a row")
+    production_records, sandbox_records = _int8s(production), _int8s(sandbox)
+    production_keys, sandbox_keys = production_records[0::2], sandbox_records[0::2]
+    if production_keys == sandbox_keys:
+        rows = production_records[1::2], sandbox_records[1::2]
+        positions = list(compress(range(len(rows[0])), map(ne, *rows)))
+        return positions, list(positions)
+    return _merge(memoryview(production), production_keys, memoryview(sandbox), sandbox_keys)
+
+
+def _merge(
+    production: memoryview,
+    production_keys: array[int],
+    sandbox: memoryview,
+    sandbox_keys: array[int],
+) -> tuple[list[int], list[int]]:
+    """``rows_to_read`` where the keys differ: a merge by key hash."""
+    ends = len(production_keys), len(sandbox_keys)
+    read: tuple[list[int], list[int]] = ([], [])
+    i = j = 0
+    while i < ends[0] and j < ends[1]:
+        run = _equal_run(production, i, sandbox, j, min(ends[0] - i, ends[1] - j))
+        i, j = i + run, j + run
+        if i == ends[0] or j == ends[1]:
+            break
+        production_key, sandbox_key = production_keys[i], sandbox_keys[j]
+        if production_key <= sandbox_key:  # equal keys: the row changed, read on both
+            read[0].append(i)
+            i += 1
+        if sandbox_key <= production_key:
+            read[1].append(j)
+            j += 1
+    read[0].extend(range(i, ends[0]))
+    read[1].extend(range(j, ends[1]))
+    return read
+
+
+def _equal_run(a: memoryview, i: int, b: memoryview, j: int, limit: int) -> int:
+    """How many records from ``a``'s ``i``-th on equal ``b``'s from the ``j``-th (<= ``limit``)."""
+
+    def same(length: int) -> bool:
+        return a[_RECORD * i : _RECORD * (i + length)] == b[_RECORD * j : _RECORD * (j + length)]
+
+    if limit == 0 or not same(1):
+        return 0
+    low, high = 1, 2  # same(low) holds; same(high) does not, or high is past the limit
+    while high <= limit and same(high):
+        low, high = high, high * 2
+    high = min(high, limit + 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if same(middle):
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 _TID = struct.Struct(">IH")  # tidsend: block number, then offset in the block
@@ -124,3 +177,9 @@ def row_locations(packed: bytes, positions: list[int]) -> tuple[tuple[int, int],
     if len(packed) % _TID.size:
         raise ValueError(f"the packed row locations are {len(packed)} bytes, not 6 a row")
     return tuple(_TID.unpack_from(packed, position * _TID.size) for position in positions)
+
+
+def row_hashes(records: bytes, positions: list[int]) -> tuple[int, ...]:
+    """The row hashes of the records at ``positions`` (see ``rows_to_read``)."""
+    hashes = _int8s(records)[1::2]
+    return tuple(hashes[position] for position in positions)

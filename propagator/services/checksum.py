@@ -224,8 +224,8 @@ def _compare_differing(
     and as many on each side, which is checked against the first pass's totals.
     """
     stats = report.statistics
-    wanted, hashes = differing.wanted, differing.hashes
-    if (wanted is None or wanted) and hashes != ():
+    wanted = differing.wanted
+    if (wanted is None or wanted) and not differing.nothing_to_read:
         production_rows = prefetch(production.rows(_rows_query(differing, "production")))
         sandbox_rows = prefetch(sandbox.rows(_rows_query(differing, "sandbox")))
         converge_differences(
@@ -256,4 +256,4 @@ def _rows_query(differing: Differing, side: Side) -> sql.Composed:
     queries = differing.queries[side]
     if side in differing.locations:
         return queries.rows_at(differing.locations[side])
-    return queries.rows(differing.mask, differing.wanted, differing.hashes)
+    return queries.rows(differing.mask, differing.wanted, differing.hashes.get(side))

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 from propagator.core.digests import (
     differing_segments,
+    row_hashes,
     row_locations,
-    rows_among,
-    unmatched_hashes,
+    rows_to_read,
 )
 from propagator.core.report import ReconcileReport
 from propagator.errors import PermanentError, Side
@@ -71,9 +71,15 @@ class Differing:
     totals: tuple[int, int]  # rows on each side, as the first pass counted them
     wanted: tuple[int, ...] | None  # the segments of ``mask`` to read; None: every row
     mask: int
-    hashes: tuple[int, ...] | None = None  # only the rows of these row hashes; None: all
-    # Where a side's rows can be fetched by ctid: that side's rows of ``hashes``, located.
+    # Rows picked one by one, by ctid where a side can be read so, else by row hash.
     locations: dict[Side, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    hashes: dict[Side, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def nothing_to_read(self) -> bool:
+        """Rows were picked one by one and none is left (only count hashes differed)."""
+        picked = [*self.locations.values(), *self.hashes.values()]
+        return bool(picked) and not any(picked)
 
 
 def locate(
@@ -138,8 +144,8 @@ def _narrow(
     refine_above, hashed_rows_max = refining
     scattered = bool(differing) and differing_share > refine_above
     if scattered and differing_share * max(totals) <= hashed_rows_max:
-        hashes, locations = _unmatched(production, sandbox, queries, differing, mask)
-        return Differing(queries, totals, differing, mask, hashes, locations)
+        locations, hashes = _pick_rows(production, sandbox, queries, differing, mask)
+        return Differing(queries, totals, differing, mask, locations, hashes)
     if scattered and fine_count > count:
         wanted = _refine(production, sandbox, queries, differing, count, fine_count)
         mask = fine_count - 1
@@ -181,7 +187,7 @@ def _refine(
 ) -> tuple[int, ...]:
     """The differing segments of a second, finer pass over the rows of ``differing`` only."""
     for snapshot in (production, sandbox):
-        snapshot.allow_fine_pass_memory()
+        snapshot.allow_pass_memory()
     production_pass, sandbox_pass = both(
         production,
         sandbox,
@@ -200,29 +206,33 @@ def _refine(
     return fine
 
 
-def _unmatched(
+def _pick_rows(
     production: Snapshot,
     sandbox: Snapshot,
     queries: dict[Side, SideQueries],
     differing: tuple[int, ...],
     mask: int,
-) -> tuple[tuple[int, ...], dict[Side, tuple[tuple[int, int], ...]]]:
-    """The row hashes of the ``differing`` segments that only one side has, and where
-    each side that can be read by ctid keeps its rows of them."""
+) -> tuple[dict[Side, tuple[tuple[int, int], ...]], dict[Side, tuple[int, ...]]]:
+    """Each side's rows of the ``differing`` segments that are not equal on the other:
+    their ctids where the side can be read by them, else their row hashes."""
+    for snapshot in (production, sandbox):
+        snapshot.allow_pass_memory()
     passes = both(
         production,
         sandbox,
         lambda snapshot: snapshot.digests(queries[snapshot.side].row_hashes(mask, differing)),
     )
     located: dict[Side, tuple[tuple[int, int], ...]] = {}
+    hashed: dict[Side, tuple[int, ...]] = {}
     try:
-        hashes = unmatched_hashes(passes[0][1], passes[1][1])
-        wanted = frozenset(hashes)
-        for snapshot, (_, packed, packed_locations) in zip(
-            (production, sandbox), passes, strict=True
+        picked = rows_to_read(passes[0][1], passes[1][1])
+        for snapshot, (_, records, packed_locations), positions in zip(
+            (production, sandbox), passes, picked, strict=True
         ):
             if packed_locations is not None:
-                located[snapshot.side] = row_locations(packed_locations, rows_among(packed, wanted))
+                located[snapshot.side] = row_locations(packed_locations, positions)
+            else:
+                hashed[snapshot.side] = row_hashes(records, positions)
     except ValueError as error:
         raise PermanentError(
             f"checksum reconcile: {error}; set PROPAGATOR_RECONCILE_METHOD=stream"
@@ -231,7 +241,8 @@ def _unmatched(
         "reconcile_rows_hashed",
         production_rows=passes[0][0],
         sandbox_rows=passes[1][0],
-        unmatched=len(hashes),
+        production_picked=len(picked[0]),
+        sandbox_picked=len(picked[1]),
         by_location=sorted(located),
     )
-    return hashes, located
+    return located, hashed

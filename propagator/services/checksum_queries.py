@@ -153,25 +153,29 @@ class SideQueries:
         )
 
     def row_hashes(self, mask: int, differing: tuple[int, ...]) -> sql.Composed:
-        """``(rows, packed row hashes, packed ctids)`` of the rows of the ``differing`` segments.
+        """``(rows, records, packed ctids)`` of the rows of the ``differing`` segments.
 
-        The ctids (``tidsend``, 6 bytes a row, in the same order: both aggregates see
-        the rows one by one, together) come only where rows can be fetched by them;
-        elsewhere NULL.
+        A record is a row's key hash and row hash (``int8send`` each, 16 bytes), in
+        key hash order, so two sides with the same keys line up row by row. The ctids
+        (``tidsend``, 6 bytes a row, in the same order) come only where rows can be
+        fetched again by them; elsewhere NULL.
         """
+        located = self.location is not None
         locations = (
-            sql.SQL("NULL::bytea")
-            if self.location is None
-            else sql.SQL("coalesce(string_agg(tidsend(s.{}), ''::bytea), ''::bytea)").format(
-                self.location
-            )
+            sql.SQL("coalesce(string_agg(tidsend(r.t), ''::bytea ORDER BY r.k, r.h), ''::bytea)")
+            if located
+            else sql.SQL("NULL::bytea")
         )
         return sql.SQL(
-            "SELECT count(*)::int8, coalesce(string_agg(int8send({row_hash}), ''::bytea), "
-            "''::bytea), {locations} FROM {inner} WHERE {restriction}"
+            "SELECT count(*)::int8, coalesce(string_agg(int8send(r.k) || int8send(r.h), "
+            "''::bytea ORDER BY r.k, r.h), ''::bytea), {locations} FROM ("
+            "SELECT s.{key} AS k, {row_hash} AS h{location} FROM {inner} WHERE {restriction} "
+            "OFFSET 0) AS r"
         ).format(
-            row_hash=self.row_hash,
             locations=locations,
+            key=self.hash_alias,
+            row_hash=self.row_hash,
+            location=sql.SQL(", s.{} AS t").format(self.location) if located else sql.SQL(""),
             inner=self._inner(located=True),
             restriction=self._in_segments(mask, differing),
         )

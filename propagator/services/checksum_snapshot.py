@@ -99,8 +99,9 @@ class Snapshot:
         ids = None if found[2] is None else bytes(found[2])
         return int(found[0]), bytes(found[1] or b""), ids
 
-    def allow_fine_pass_memory(self) -> None:
-        """Raise this transaction's work_mem (never lower it): the finer pass's hash table fits."""
+    def allow_pass_memory(self) -> None:
+        """Raise this transaction's work_mem (never lower it): the finer pass's hash table
+        and the row-hash pass's sort stay in memory."""
         try:
             self.conn.execute(
                 "SELECT set_config('work_mem', %s, true) "

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from propagator.core.digests import (
     compare_digests,
     differing_segments,
+    row_hashes,
     row_locations,
-    rows_among,
-    unmatched_hashes,
+    rows_to_read,
 )
 from propagator.core.mapping import FieldMapping, MappingSpec
 from propagator.core.segments import (
@@ -262,23 +262,49 @@ def _packed(*hashes: int) -> bytes:
     return b"".join(h.to_bytes(8, "big", signed=True) for h in hashes)
 
 
-def test_unmatched_hashes_are_those_only_one_side_has() -> None:
-    """Rows whose hash both sides send are equal there; the rest, from either side, ascending."""
-    production = _packed(5, -(2**63), 7, 2**63 - 1, 11)
-    sandbox = _packed(11, 7, 6, 2**63 - 1)
-    assert unmatched_hashes(production, sandbox) == (-(2**63), 5, 6)
-    assert unmatched_hashes(production, production) == ()
-    assert unmatched_hashes(b"", _packed(3)) == (3,)
+def _records(rows: dict[int, int]) -> bytes:
+    """(key hash, row hash) records sorted as the server sends them."""
+    return _packed(*(value for key in sorted(rows) for value in (key, rows[key])))
 
 
-def test_unmatched_hashes_refuse_a_torn_value() -> None:
-    with pytest.raises(ValueError, match="not 8 a row"):
-        unmatched_hashes(_packed(1) + b"\x00", _packed(1))
+def test_rows_to_read_with_the_same_keys_are_the_changed_ones_at_their_positions() -> None:
+    production = {-(2**63): 1, -5: 2, 0: 3, 7: 4, 2**63 - 1: 5}
+    sandbox = {**production, -5: 20, 2**63 - 1: 50}
+    assert rows_to_read(_records(production), _records(sandbox)) == ([1, 4], [1, 4])
+    assert rows_to_read(_records(production), _records(production)) == ([], [])
 
 
-def test_rows_among_gives_the_positions_of_the_wanted_hashes() -> None:
-    assert rows_among(_packed(4, -1, 9, 4), frozenset({4, 9})) == [0, 2, 3]
-    assert rows_among(b"", frozenset({1})) == []
+def test_rows_to_read_with_missing_and_extra_keys() -> None:
+    production = {1: 10, 2: 20, 3: 30, 5: 50, 8: 80}
+    sandbox = {0: 0, 2: 20, 3: 31, 4: 40, 5: 50, 9: 90}
+    # production: 1 missing in the sandbox, 3 changed, 8 missing; sandbox: 0, 4, 9 extra, 3
+    assert rows_to_read(_records(production), _records(sandbox)) == ([0, 2, 4], [0, 2, 3, 5])
+    assert rows_to_read(b"", _records(sandbox)) == ([], [0, 1, 2, 3, 4, 5])
+
+
+@given(
+    st.dictionaries(st.integers(-50, 50), st.integers(0, 3), max_size=60),
+    st.dictionaries(st.integers(-50, 50), st.integers(0, 3), max_size=60),
+    st.sets(st.integers(-50, 50), max_size=60),
+)
+def test_rows_to_read_skips_exactly_the_rows_equal_on_both_sides(
+    production: dict[int, int], changes: dict[int, int], drop: set[int]
+) -> None:
+    """Every row not equal on the other side is read, and no row that is."""
+    sandbox = {k: v for k, v in {**production, **changes}.items() if k not in drop}
+    read = rows_to_read(_records(production), _records(sandbox))
+    for side, rows, other in ((0, production, sandbox), (1, sandbox, production)):
+        keys = sorted(rows)
+        assert {keys[p] for p in read[side]} == {k for k in rows if other.get(k) != rows[k]}
+
+
+def test_rows_to_read_refuses_a_torn_record() -> None:
+    with pytest.raises(ValueError, match="not 16 a row"):
+        rows_to_read(_packed(1, 2) + b"\x00", _packed(1, 2))
+
+
+def test_row_hashes_are_the_second_half_of_each_record() -> None:
+    assert row_hashes(_records({1: 10, 2: -20, 3: 30}), [2, 1]) == (30, -20)
 
 
 def test_row_locations_decode_tidsend_values() -> None:
