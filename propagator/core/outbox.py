@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from propagator.core.webhook_filter import DeliveryFilter
+
 __all__ = [
     "DELIVERY_HEADER",
     "SIGNATURE_HEADER",
@@ -68,22 +70,6 @@ class OutboxRow:
             "production_committed_at": _iso(self.changed_at),
             "sandbox_committed_at": _iso(self.applied_at),
         }
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryFilter:
-    """What an endpoint wants; an empty tuple means everything of that kind."""
-
-    mappings: tuple[str, ...] = ()
-    fields: tuple[str, ...] = ()
-    sources: tuple[str, ...] = ()
-
-    def wants(self, row: OutboxRow) -> bool:
-        return (
-            (not self.mappings or row.mapping in self.mappings)
-            and (not self.fields or row.field in self.fields)
-            and (not self.sources or row.source in self.sources)
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from propagator.core.outbox import DeliveryFilter
 from propagator.core.redact import register_secret, secrets_of_url
 from propagator.core.vocabulary import SOURCES
+from propagator.core.webhook_filter import DeliveryFilter
 from propagator.core.webhook_urls import origin_of, url_refusal
 from propagator.errors import ConfigurationError
 from propagator.settings.model import Settings, named_table
