@@ -143,7 +143,11 @@ def _narrow(
     differing_share = len(differing) / count
     refine_above, hashed_rows_max = refining
     scattered = bool(differing) and differing_share > refine_above
-    if scattered and differing_share * max(totals) <= hashed_rows_max:
+    # Where both sides can be read by ctid, picking the rows by their hashes first
+    # reads only the changed ones, even from a few segments: the same one scan.
+    located = all(side_queries.location is not None for side_queries in queries.values())
+    pick = scattered or (bool(differing) and located)
+    if pick and differing_share * max(totals) <= hashed_rows_max:
         locations, hashes = _pick_rows(production, sandbox, queries, differing, mask)
         return Differing(queries, totals, differing, mask, locations, hashes)
     if scattered and fine_count > count:
