@@ -1,14 +1,12 @@
-"""Checksum reconcile: compare per-segment digests inside each server, fetch only what differs.
+"""Checksum reconcile: compare digests inside each server, fetch only what differs.
 
 Each server hashes every row (keys and canonicalised mapped values, the
 production side after the transforms' SQL equivalents) into one digest of
 the whole table; equal tables end there. Otherwise each returns an 8-byte
-digest per segment, all packed in one value; a segment is a hash bucket of the
-key, so its boundaries depend on no collation. When differences are scattered
-over many segments, each side sends the hash of every row in them (or, for
-very many rows, a finer pass narrows them down; ``checksum_locate``). Only the
-rows of segments whose digests differ, and whose hashes the other side lacks,
-are then streamed,
+digest per segment, all packed in one value; a segment is a hash bucket of
+the key, so its boundaries depend on no collation. The rows of the differing
+segments are then narrowed down by each row's hash (or, for very many rows,
+a finer pass; see ``checksum_locate``), and only the rows left are streamed,
 key-ordered, through the same ``compare_streams``/``merge_compare`` the
 streaming reconcile uses, so the plan, the report and the apply (through
 ``converge_keys``) are the streaming compare's, restricted to where a
