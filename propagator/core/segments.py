@@ -53,10 +53,11 @@ _ROWS_PER_FINE_SEGMENT = 4
 # (measured: ~0.5 us of server time a scanned row, ~3 us a fetched row) is when
 # the differing coarse segments hold more than about a sixth of the rows.
 REFINE_ABOVE_FRACTION = 0.15
-# Up to this many rows in differing segments, each side sends one 8-byte hash per
-# row of them instead of a finer pass, and only the rows whose hash the other side
-# lacks are read: 8 MB a side, and two Python sets of ~64 MB for the moment they live.
-HASHED_ROWS_MAX = 1_000_000
+# Up to this many rows in differing segments, each side sends a 16-byte record (key
+# hash, row hash) and a 6-byte ctid per row of them instead of a finer pass, and only
+# the rows not equal on the other side are read: at most ~11 MB a side, held as
+# arrays (~35 MiB in all) for the moment they are compared.
+HASHED_ROWS_MAX = 500_000
 
 # Every character ``str.isspace()`` accepts, which is what ``str.strip()`` removes
 # (a unit test recomputes it over all of Unicode).
