@@ -532,13 +532,8 @@ def test_both_servers_are_read_at_once(databases: DatabasePair, runner: Runner) 
     assert outcome["report"].statistics.rows_with_differences == 3000
 
 
-def test_scattered_differences_are_refined_and_read_sparingly(
-    databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Differences in most coarse segments: a finer pass leaves few rows to read, same plan."""
-    seed(databases, 2000)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 50 = 7")
-    databases.production.execute("DELETE FROM jobs WHERE job = 1999")
+def count_rows_read(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """The rows each side's snapshot reads from now on, counted as they are read."""
     read = {"production": 0, "sandbox": 0}
     original = Snapshot.rows
 
@@ -548,6 +543,17 @@ def test_scattered_differences_are_refined_and_read_sparingly(
             yield row
 
     monkeypatch.setattr(Snapshot, "rows", counting)
+    return read
+
+
+def test_scattered_differences_are_refined_and_read_sparingly(
+    databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Differences in most coarse segments: a finer pass leaves few rows to read, same plan."""
+    seed(databases, 2000)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 50 = 7")
+    databases.production.execute("DELETE FROM jobs WHERE job = 1999")
+    read = count_rows_read(monkeypatch)
     report = assert_same_as_stream(
         runner,
         differences=40,
@@ -572,15 +578,7 @@ def test_scattered_differences_read_only_the_rows_whose_hashes_are_unmatched(
     databases.sandbox.execute("UPDATE jobs SET fab_order = NULL WHERE job = 1008")
     databases.production.execute("DELETE FROM jobs WHERE job = 1999")
     databases.sandbox.execute("INSERT INTO jobs (job, release, fab_order) VALUES (1, 'Z', 1)")
-    read = {"production": 0, "sandbox": 0}
-    original = Snapshot.rows
-
-    def counting(self: Any, query: Any) -> Iterator[tuple[Any, ...]]:
-        for row in original(self, query):
-            read[self.side] += 1
-            yield row
-
-    monkeypatch.setattr(Snapshot, "rows", counting)
+    read = count_rows_read(monkeypatch)
     report = assert_same_as_stream(
         runner, differences=41, missing=(0, 2), segments=32, refine_above=0.0
     )
