@@ -2,6 +2,7 @@
 
     python bench/ab.py --old e07fcf3 --rounds 3 event_path.py --rows 100000 --duration 20
     python bench/ab.py --old e07fcf3 --new HEAD --rounds 2 reconcile.py --rows 1000000 --runs 3
+    python bench/ab.py --old e80fd59 --rounds 2 reconcile_peers.py --rows 1000000 --runs 3
 
 A refactor must not move the figures. The older commit (and ``--new``, else
 this working tree) is exported with ``git archive`` into a temporary folder and
@@ -57,9 +58,35 @@ def reconcile_figures(output: str) -> dict[str, float]:
     return figures
 
 
+# reconcile_peers.py: "| diff | propagator s | reladiff s (threads) | ratio | floor s | ..." rows
+# and "  command   12.3 ms  (...)" start-up lines.
+_PEERS_ROW = re.compile(r"^\|\s*(0|[\d,]+%?)\s*\|\s*[\d.]+\s*\|")
+_PEERS_START = re.compile(r"^  (\S.*?)\s{2,}([\d.]+) ms\b")
+_PEERS_COLUMNS = (
+    "propagator s",
+    "reladiff s",
+    "reladiff / propagator",
+    "floor s",
+    "propagator / (floor + python -c pass)",
+)
+
+
+def reconcile_peers_figures(output: str) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for line in output.splitlines():
+        if _PEERS_ROW.match(line):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            for name, cell in zip(_PEERS_COLUMNS, cells[1:6], strict=True):
+                figures[f"{cells[0]}: {name}"] = float(cell.split()[0])
+        elif match := _PEERS_START.match(line):
+            figures[f"start-up: {match.group(1)} ms"] = float(match.group(2))
+    return figures
+
+
 EXTRACTORS: dict[str, Callable[[str], dict[str, float]]] = {
     "event_path.py": event_path_figures,
     "reconcile.py": reconcile_figures,
+    "reconcile_peers.py": reconcile_peers_figures,
 }
 
 
