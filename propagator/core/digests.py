@@ -68,9 +68,9 @@ def differing_segments(
     )
 
 
-def _int8s(packed: bytes) -> array[int]:
-    """Big-endian 8-byte integers (PostgreSQL's ``int8send``) as an array."""
-    numbers = array("q", packed)
+def _big_endian(typecode: str, packed: bytes) -> array[int]:
+    """PostgreSQL's ``int8send`` (``"q"``) or ``int4send`` (``"i"``) values as an array."""
+    numbers = array(typecode, packed)
     if sys.byteorder == "little":
         numbers.byteswap()
     return numbers
@@ -84,16 +84,8 @@ def _segment_map(digests: bytes, ids: bytes | None) -> dict[int, int]:
             "not one 8-byte digest and one 4-byte number a segment"
         )
     values = array("q", digests)
-    segments = range(len(values)) if ids is None else _int4s(ids)
+    segments = range(len(values)) if ids is None else _big_endian("i", ids)
     return dict(zip(segments, values, strict=True))
-
-
-def _int4s(packed: bytes) -> array[int]:
-    """Big-endian 4-byte integers (PostgreSQL's ``int4send``) as an array."""
-    numbers = array("i", packed)
-    if sys.byteorder == "little":
-        numbers.byteswap()
-    return numbers
 
 
 _RECORD = 16  # a row-hash pass sends (key hash, row hash) a row
@@ -112,7 +104,7 @@ def rows_to_read(production: bytes, sandbox: bytes) -> tuple[list[int], list[int
     for packed in (production, sandbox):
         if len(packed) % _RECORD:
             raise ValueError(f"the packed row hashes are {len(packed)} bytes, not 16 a row")
-    production_records, sandbox_records = _int8s(production), _int8s(sandbox)
+    production_records, sandbox_records = _big_endian("q", production), _big_endian("q", sandbox)
     production_keys, sandbox_keys = production_records[0::2], sandbox_records[0::2]
     if production_keys == sandbox_keys:
         rows = production_records[1::2], sandbox_records[1::2]
@@ -181,5 +173,5 @@ def row_locations(packed: bytes, positions: list[int]) -> tuple[tuple[int, int],
 
 def row_hashes(records: bytes, positions: list[int]) -> tuple[int, ...]:
     """The row hashes of the records at ``positions`` (see ``rows_to_read``)."""
-    hashes = _int8s(records)[1::2]
+    hashes = _big_endian("q", records)[1::2]
     return tuple(hashes[position] for position in positions)
