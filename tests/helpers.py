@@ -194,3 +194,12 @@ def assert_promtool_accepts(exposition: bytes) -> None:
     problems = (result.stdout + result.stderr).decode()
     assert result.returncode == 0, problems
     assert problems.strip() == "", problems
+
+
+def forget_settings_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset every setting the machine's environment could pass in (PROPAGATOR_*, *_DATABASE_URL,
+    in any case: settings names are case-insensitive)."""
+    for name in list(os.environ):
+        upper = name.upper()
+        if upper.startswith("PROPAGATOR_") or upper.endswith("_DATABASE_URL"):
+            monkeypatch.delenv(name)

@@ -7,7 +7,6 @@ example of "Many tables, many sandboxes: named mappings" with its ``[[mappings]]
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import SecretStr
 
 from propagator.errors import ConfigurationError
 from propagator.settings import Configuration, Settings, load_configuration
+from tests.helpers import forget_settings_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADING = "## Many tables, many sandboxes: named mappings"
@@ -42,9 +42,7 @@ def _example() -> str:
 @pytest.fixture
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing from the environment: the file alone decides."""
-    for name in list(os.environ):
-        if name.startswith("PROPAGATOR_") or name.endswith("_DATABASE_URL"):
-            monkeypatch.delenv(name)
+    forget_settings_environment(monkeypatch)
 
 
 def _load(tmp_path: Path, selection: tuple[str, ...] = ()) -> Configuration:

@@ -45,6 +45,7 @@ from propagator.observability.webhook_metrics import WebhookMetrics
 from propagator.settings import Settings, load_configuration
 from propagator.settings.webhooks import WEBHOOK_KEYS, WebhookSettings
 from tests.acceptance.docs_support import ROOT, section, shown_default
+from tests.helpers import forget_settings_environment
 
 DOCUMENT = "docs/webhooks.md"
 SCHEMA = ROOT / "docs" / "webhook-payload.schema.json"
@@ -170,9 +171,7 @@ def test_every_block_is_checked_or_an_illustration() -> None:
 @pytest.fixture
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Nothing from the environment: the file (and the secrets set by the test) decide."""
-    for name in list(os.environ):
-        if name.startswith("PROPAGATOR_") or name.endswith("_DATABASE_URL"):
-            monkeypatch.delenv(name)
+    forget_settings_environment(monkeypatch)
     return monkeypatch
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from propagator.settings import (
     parse_duration,
     parse_field_mapping,
 )
+from tests.helpers import forget_settings_environment
 
 DURATION_FIELDS = [
     name for name, info in Settings.model_fields.items() if info.annotation is timedelta
@@ -30,10 +30,7 @@ DURATION_FIELDS = [
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No setting leaks in from the machine, and no registered secret leaks out."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith("PROPAGATOR_") or upper.endswith("_DATABASE_URL"):
-            monkeypatch.delenv(name)
+    forget_settings_environment(monkeypatch)
     monkeypatch.setattr(redact_module, "_secrets", set())
 
 

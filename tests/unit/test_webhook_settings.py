@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from propagator.core.redact import redact
 from propagator.errors import ConfigurationError, ExitCode
 from propagator.settings import Settings, load_configuration, load_settings
 from propagator.settings.webhooks import WebhookSettings, resolve_webhooks
+from tests.helpers import forget_settings_environment
 
 URL = "https://planning.example.internal/hooks/t0ken-in-the-path?key=q-token"
 SECRET = "file-secret-0123456789"
@@ -41,10 +41,7 @@ sandbox_database_url = "postgresql://user:pw-qa-1@qa.example/app"
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No setting or webhook secret leaks in from the machine."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith("PROPAGATOR_") or upper.endswith("_DATABASE_URL"):
-            monkeypatch.delenv(name)
+    forget_settings_environment(monkeypatch)
 
 
 def write(tmp_path: Path, text: str) -> Path:
