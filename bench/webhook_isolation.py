@@ -272,6 +272,11 @@ def main() -> int:
     return 0
 
 
+def _percentile_ms(attribute: str, quantile: float) -> Callable[[DaemonRun], float]:
+    """A run's ``quantile`` of the lags in ``attribute`` (seconds), in milliseconds."""
+    return lambda run: percentile(getattr(run, attribute), quantile) * 1000
+
+
 def report(
     args: argparse.Namespace, runs: dict[str, list[DaemonRun]], hooks: list[WebhookFigures]
 ) -> None:
@@ -279,30 +284,13 @@ def report(
         ("pgbench TPS", lambda r: r.tps, "{:,.0f}"),
         ("updates converged per second", lambda r: r.converged_per_second, "{:,.0f}"),
         ("daemon process CPU (cores)", lambda r: r.cpu_seconds_per_second, "{:.2f}"),
-        (
-            "lag per change (probe) p50 ms",
-            lambda r: percentile(r.probe_lags, 0.5) * 1000,
-            "{:,.0f}",
-        ),
-        (
-            "lag per change (probe) p95 ms",
-            lambda r: percentile(r.probe_lags, 0.95) * 1000,
-            "{:,.0f}",
-        ),
-        (
-            "lag per change (probe) p99 ms",
-            lambda r: percentile(r.probe_lags, 0.99) * 1000,
-            "{:,.0f}",
-        ),
-        (
-            "lag per batch (daemon) p50 ms",
-            lambda r: percentile(r.batch_lags, 0.5) * 1000,
-            "{:,.0f}",
-        ),
-        (
-            "lag per batch (daemon) p99 ms",
-            lambda r: percentile(r.batch_lags, 0.99) * 1000,
-            "{:,.0f}",
+        *(
+            (f"lag per {what} p{round(q * 100)} ms", _percentile_ms(attribute, q), "{:,.0f}")
+            for what, attribute, quantiles in (
+                ("change (probe)", "probe_lags", (0.5, 0.95, 0.99)),
+                ("batch (daemon)", "batch_lags", (0.5, 0.99)),
+            )
+            for q in quantiles
         ),
     ]
     count = len(runs[WITHOUT])
