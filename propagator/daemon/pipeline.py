@@ -72,6 +72,8 @@ class Pipeline:
         # no catch-up on takeover, and a change of role (``generation``) makes it re-read.
         self.durable_capture = False
         self.generation = 0
+        # Why changes may have been missed, told while not leading: owed once leadership comes.
+        self._missed_before_leading: str | None = None
 
     @property
     def in_flight_keys(self) -> int:
@@ -121,13 +123,20 @@ class Pipeline:
     def on_capture_connected(self, missed: str | None = "listener connected") -> None:
         """The capture (re)connected; ``missed`` says why changes may have been missed
         meanwhile (None: a durable capture kept them all, no catch-up is owed)."""
-        if self.leadership.is_leader and missed is not None:
+        if missed is None:
+            return
+        if self.leadership.is_leader:
             self.request_catchup(missed)
+        else:
+            self._missed_before_leading = missed
 
     def on_promoted(self) -> None:
         self.buffer.clear()
         self.generation += 1
-        if self.durable_capture:
+        missed, self._missed_before_leading = self._missed_before_leading, None
+        if self.durable_capture and missed is not None:
+            self.request_catchup(missed)  # e.g. a new slot read first while not yet leading
+        elif self.durable_capture:
             self.state.catchup_done = True  # the capture still holds every unwritten change
         elif self.capture_connected():
             self.request_catchup("leadership acquired")

@@ -6,6 +6,7 @@ Each test runs the real daemon against a production server with
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,6 +53,10 @@ def reconciles(runner: DaemonRunner) -> float:
     return runner.metric("propagator_reconcile_runs_total")
 
 
+def catchups(runner: DaemonRunner) -> float:
+    return runner.metric("propagator_reconcile_runs_total", source="catchup")
+
+
 def update_production(databases: DatabasePair, where: str, value: str = "job * 10") -> None:
     databases.production.execute(f"UPDATE jobs SET fab_order = {value} WHERE {where}")
 
@@ -67,9 +72,13 @@ def test_a_new_slot_is_caught_up_once_then_changes_stream_with_no_trigger(
             "INSERT INTO jobs (job, release, fab_order) VALUES (9999, 'A', 1)"
         )
         databases.sandbox.execute("INSERT INTO jobs (job, release) VALUES (9999, 'A')")
-        wait_until(lambda: converged(databases), timeout=20, what="the sandbox converged")
-        # What changed before the slot existed is not in it: one catch-up, then the stream.
-        assert runner.metric("propagator_reconcile_runs_total", source="catchup") == 1
+        # What changed before the slot existed is not in it: one catch-up, then the stream
+        # (which may converge the sandbox before the catch-up has finished).
+        wait_until(
+            lambda: converged(databases) and catchups(runner) == 1,
+            timeout=20,
+            what="the sandbox converged and caught up",
+        )
         assert reconciles(runner) == 1
         wait_until(
             lambda: runner.metric("propagator_capture_slot_retained_wal_bytes") > 0,
@@ -82,6 +91,32 @@ def test_a_new_slot_is_caught_up_once_then_changes_stream_with_no_trigger(
     )
     assert triggers == [(0,)]
     assert status["capture"]["kind"] == "logical"
+
+
+def test_a_new_slot_first_read_while_standing_by_is_caught_up_on_taking_the_lead(
+    logical_databases: DatabasePair,
+) -> None:
+    """The slot is checked as soon as the daemon connects, which may be before it leads."""
+    databases = logical_databases
+    lock_id = 7_000_000 + zlib.crc32(databases.production.name.encode()) % 1_000_000
+    settings = prepared(databases, leader_lock_id=lock_id)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = NULL WHERE job <= 5")  # not in the slot
+    with psycopg.connect(databases.sandbox.url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+        with DaemonRunner(settings) as runner:
+            runner.wait_for(lambda d: d.role == "standby", timeout=20, what="the standby")
+            wait_until(
+                lambda: runner.metric("propagator_listener_connected") == 1,
+                timeout=20,
+                what="the slot checked while standing by",
+            )
+            holder.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+            wait_until(
+                lambda: converged(databases) and catchups(runner) == 1,
+                timeout=20,
+                what="the rows changed before the slot existed",
+            )
+            assert reconciles(runner) == 1
 
 
 def test_changes_made_while_the_daemon_is_stopped_arrive_after_a_restart_without_a_reconcile(
