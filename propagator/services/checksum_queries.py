@@ -31,6 +31,8 @@ _NULL_FLAGS_SEED = 0x5EED3000
 _ROW_SEED = 0x5EED4000
 _NULL_SEED = 0x5EED6000
 _COUNT_SEED = 0x5EED5000
+# A restriction to segments of a mask below this is a bitmap (at most 128 KiB).
+_BITMAP_MASK_LIMIT = 1 << 20
 
 
 def _unused_name(taken: set[str], wanted: str) -> str:
@@ -47,8 +49,10 @@ class SideQueries:
     """One side's hashing, filtering and ordering, composed once; passes built from them.
 
     Every pass reads the table through one inner query that computes each row's
-    key hash once (``OFFSET 0`` keeps the planner from inlining it twice), so a
-    pass restricted to some segments hashes the mapped values of those rows only.
+    key hash once (``OFFSET 0`` keeps the planner from inlining it twice) and
+    passes on only the columns the pass needs. A pass restricted to some segments
+    tests each row's key hash in the scan itself (the inner query then hashes the
+    key again for the rows kept only) and hashes the mapped values of those rows only.
     """
 
     row_hash: sql.Composable  # over the inner query's columns (the same names)
@@ -57,23 +61,47 @@ class SideQueries:
     table: sql.Composable
     condition: sql.Composable
     read: sql.Composable  # the inner query's columns: key hash, then each needed column once
+    hashed_read: sql.Composable  # the same, less the key columns no row hash reads
+    key_hash: sql.Composable  # over the table's own columns
     hash_alias: sql.Identifier
     columns: sql.Composable
     order: sql.Composable
     location: sql.Identifier | None  # the inner query's name for ctid; None: not addressable
 
-    def _inner(self, *, located: bool = False) -> sql.Composed:
-        read = self.read
+    def _inner(
+        self,
+        *,
+        located: bool = False,
+        every_column: bool = False,
+        segments: tuple[int, tuple[int, ...]] | None = None,
+    ) -> sql.Composed:
+        """The inner query; ``segments`` (mask, numbers) keeps the rows of those only."""
+        read = self.read if every_column else self.hashed_read
         if located and self.location is not None:
             read = sql.SQL("{}, ctid AS {}").format(read, self.location)
+        condition = self.condition
+        if segments is not None:
+            condition = sql.SQL("{} AND {}").format(condition, self._in_segments(*segments))
         return sql.SQL("(SELECT {read} FROM {table} WHERE {condition} OFFSET 0) AS s").format(
-            read=read, table=self.table, condition=self.condition
+            read=read, table=self.table, condition=condition
         )
 
     def _in_segments(self, mask: int, segments: tuple[int, ...]) -> sql.Composed:
-        # The segment list is a literal: a production filter may contain '%'.
-        return sql.SQL("(s.{} & {}) = ANY({}::int8[])").format(
-            self.hash_alias, sql.Literal(mask), sql.Literal(list(segments))
+        """Whether a row's key hash falls in one of ``segments`` of ``mask``.
+
+        Segments of a mask below 2^20 are a bitmap tested with ``get_bit``, one
+        array lookup a row: ``= ANY`` hashes every row's segment number into a
+        set, ~30% of a pass restricted to 27% of the rows. Literals, not
+        parameters: a production filter may contain '%'.
+        """
+        segment = sql.SQL("({} & {})").format(self.key_hash, sql.Literal(mask))
+        if mask >= _BITMAP_MASK_LIMIT:
+            return sql.SQL("{} = ANY({}::int8[])").format(segment, sql.Literal(list(segments)))
+        bitmap = bytearray((mask >> 3) + 1)
+        for number in segments:
+            bitmap[number >> 3] |= 1 << (number & 7)  # get_bit's order: low bit first
+        return sql.SQL("get_bit({}::bytea, {}::int4) = 1").format(
+            sql.Literal(bytes(bitmap)), segment
         )
 
     def digests(self, count: int) -> sql.Composed:
@@ -86,7 +114,7 @@ class SideQueries:
         come only when some segment has no rows (NULL when all do, as nearly
         always on a table with more rows than segments).
         """
-        return self._packed_digests(count - 1, sql.SQL(""), count)
+        return self._packed_digests(count - 1, None, count)
 
     def whole_digest(self) -> sql.Composed:
         """``(rows, digest, NULL)`` of the whole table, as if it were one segment.
@@ -114,11 +142,10 @@ class SideQueries:
         """``(rows, digests, segment numbers)`` at the ``fine_count`` level, of the rows of
         the ``differing`` segments of ``count`` only (their finer segments ``c + k * count``).
         """
-        restriction = sql.SQL(" WHERE ") + self._in_segments(count - 1, differing)
-        return self._packed_digests(fine_count - 1, restriction, None)
+        return self._packed_digests(fine_count - 1, (count - 1, differing), None)
 
     def _packed_digests(
-        self, mask: int, restriction: sql.Composable, every: int | None
+        self, mask: int, segments: tuple[int, tuple[int, ...]] | None, every: int | None
     ) -> sql.Composed:
         """The row count, and the digests of the segments of ``mask`` that have rows.
 
@@ -140,7 +167,7 @@ class SideQueries:
             "coalesce(string_agg(int4send(g.segment), ''::bytea ORDER BY g.segment), ''::bytea) "
             "END FROM ("
             "SELECT (s.{h} & {mask})::int4 AS segment, count(*) AS n, "
-            "bit_xor({row_hash}) # {count_hash} AS d FROM {inner}{restriction} GROUP BY 1"
+            "bit_xor({row_hash}) # {count_hash} AS d FROM {inner} GROUP BY 1"
             ") AS g"
         ).format(
             dense=dense,
@@ -148,8 +175,7 @@ class SideQueries:
             mask=sql.Literal(mask),
             row_hash=self.row_hash,
             count_hash=self.count_hash,
-            inner=self._inner(),
-            restriction=restriction,
+            inner=self._inner(segments=segments),
         )
 
     def row_hashes(self, mask: int, differing: tuple[int, ...]) -> sql.Composed:
@@ -169,15 +195,13 @@ class SideQueries:
         return sql.SQL(
             "SELECT count(*)::int8, coalesce(string_agg(int8send(r.k) || int8send(r.h), "
             "''::bytea ORDER BY r.k, r.h), ''::bytea), {locations} FROM ("
-            "SELECT s.{key} AS k, {row_hash} AS h{location} FROM {inner} WHERE {restriction} "
-            "OFFSET 0) AS r"
+            "SELECT s.{key} AS k, {row_hash} AS h{location} FROM {inner} OFFSET 0) AS r"
         ).format(
             locations=locations,
             key=self.hash_alias,
             row_hash=self.row_hash,
             location=sql.SQL(", s.{} AS t").format(self.location) if located else sql.SQL(""),
-            inner=self._inner(located=True),
-            restriction=self._in_segments(mask, differing),
+            inner=self._inner(located=True, segments=(mask, differing)),
         )
 
     def rows_at(self, locations: tuple[tuple[int, int], ...]) -> sql.Composed:
@@ -207,13 +231,16 @@ class SideQueries:
             return every.format(
                 columns=self.columns, table=self.table, condition=self.condition, order=self.order
             )
-        restriction = self._in_segments(mask, differing)
+        restriction: sql.Composable = sql.SQL("")
         if hashes is not None:
-            restriction = sql.SQL("{} AND {} = ANY({}::int8[])").format(
-                restriction, self.row_hash, sql.Literal(list(hashes))
+            restriction = sql.SQL(" WHERE {} = ANY({}::int8[])").format(
+                self.row_hash, sql.Literal(list(hashes))
             )
-        return sql.SQL("SELECT {columns} FROM {inner} WHERE {restriction} ORDER BY {order}").format(
-            columns=self.columns, inner=self._inner(), restriction=restriction, order=self.order
+        return sql.SQL("SELECT {columns} FROM {inner}{restriction} ORDER BY {order}").format(
+            columns=self.columns,
+            inner=self._inner(every_column=True, segments=(mask, differing)),
+            restriction=restriction,
+            order=self.order,
         )
 
 
@@ -265,6 +292,11 @@ def side_queries(
         read=sql.SQL(", ").join(
             [sql.SQL("{} AS {}").format(key_hash, hash_alias)] + [sql.Identifier(c) for c in needed]
         ),
+        hashed_read=sql.SQL(", ").join(
+            [sql.SQL("{} AS {}").format(key_hash, hash_alias)]
+            + [sql.Identifier(c) for c in dict.fromkeys(value_columns)]
+        ),
+        key_hash=key_hash,
         hash_alias=hash_alias,
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in (*key_columns, *value_columns)),
         order=sql.SQL(", ").join(
