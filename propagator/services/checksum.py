@@ -22,9 +22,8 @@ and put in the report.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-
-from psycopg import sql
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from propagator.adapters.reads import prefetch
 from propagator.core.plan import JobMappingResult
@@ -38,7 +37,7 @@ from propagator.core.segments import (
     plan_layout,
     segment_count,
 )
-from propagator.errors import ConfigurationError, PermanentError, Side
+from propagator.errors import ConfigurationError, PermanentError
 from propagator.services.checksum_hashing import Hashing
 from propagator.services.checksum_locate import Differing, Passes, both, event, locate
 from propagator.services.checksum_queries import side_queries
@@ -224,8 +223,8 @@ def _compare_differing(
     stats = report.statistics
     wanted = differing.wanted
     if (wanted is None or wanted) and not differing.nothing_to_read:
-        production_rows = prefetch(production.rows(_rows_query(differing, "production")))
-        sandbox_rows = prefetch(sandbox.rows(_rows_query(differing, "sandbox")))
+        production_rows = prefetch(_read_rows(production, differing))
+        sandbox_rows = prefetch(_read_rows(sandbox, differing))
         converge_differences(
             context,
             compare_streams(context, production_rows, sandbox_rows, stats, None),
@@ -249,9 +248,12 @@ def _compare_differing(
     stats.matched += equal_rows
 
 
-def _rows_query(differing: Differing, side: Side) -> sql.Composed:
-    """The rows ``differing`` says to read on ``side``: by ctid where it located them."""
+def _read_rows(snapshot: Snapshot, differing: Differing) -> Iterator[tuple[Any, ...]]:
+    """The rows ``differing`` says to read on the snapshot's side: by ctid where it
+    located them."""
+    side = snapshot.side
     queries = differing.queries[side]
     if side in differing.locations:
-        return queries.rows_at(differing.locations[side])
-    return queries.rows(differing.mask, differing.wanted, differing.hashes.get(side))
+        return snapshot.rows(queries.rows_at(differing.locations[side]), by_location=True)
+    query = queries.rows(differing.mask, differing.wanted, differing.hashes.get(side))
+    return snapshot.rows(query)

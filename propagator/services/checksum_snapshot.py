@@ -24,6 +24,14 @@ __all__ = ["ServerFacts", "Snapshot"]
 
 _FETCH_SIZE = 10_000
 _REFINE_WORK_MEM = "32MB"
+# Reading rows by ctid: the planner prices each ctid as a random read and scans the
+# whole table (with parallel workers) past a few thousand; a TID scan reads only them.
+_TID_SCAN_ONLY = (
+    "enable_seqscan",
+    "enable_indexscan",
+    "enable_bitmapscan",
+    "max_parallel_workers_per_gather",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +119,25 @@ class Snapshot:
         except psycopg.Error as error:
             raise translate_error(error, self.side, f"checksumming {self.table.name}") from None
 
-    def rows(self, query: sql.Composed) -> Iterator[tuple[Any, ...]]:
+    def rows(self, query: sql.Composed, *, by_location: bool = False) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``query`` in batches; ``by_location``: it picks them by ctid, and is
+        planned as a TID scan (the settings changed for its planning only)."""
         try:
             with self.conn.cursor(name=f"propagator_checksum_{self.side}") as cursor:
                 cursor.itersize = _FETCH_SIZE
-                cursor.execute(query)
+                if by_location:
+                    self.conn.execute(
+                        "SELECT set_config(name, CASE WHEN vartype = 'bool' THEN 'off' "
+                        "ELSE '0' END, true) FROM pg_settings WHERE name = ANY(%s)",
+                        (list(_TID_SCAN_ONLY),),
+                    )
+                cursor.execute(query)  # DECLARE: planned now
+                if by_location:
+                    self.conn.execute(
+                        "SELECT set_config(name, reset_val, true) FROM pg_settings "
+                        "WHERE name = ANY(%s)",
+                        (list(_TID_SCAN_ONLY),),
+                    )
                 while batch := cursor.fetchmany(_FETCH_SIZE):
                     yield from batch
         except psycopg.Error as error:

@@ -537,8 +537,8 @@ def count_rows_read(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     read = {"production": 0, "sandbox": 0}
     original = Snapshot.rows
 
-    def counting(self: Any, query: Any) -> Iterator[tuple[Any, ...]]:
-        for row in original(self, query):
+    def counting(self: Any, query: Any, **options: Any) -> Iterator[tuple[Any, ...]]:
+        for row in original(self, query, **options):
             read[self.side] += 1
             yield row
 
@@ -632,11 +632,11 @@ def test_rows_located_by_ctid_are_read_from_the_snapshot_not_as_changed_since(
     original = Snapshot.rows
     changed: list[str] = []
 
-    def changing_first(self: Any, query: Any) -> Iterator[tuple[Any, ...]]:
+    def changing_first(self: Any, query: Any, **options: Any) -> Iterator[tuple[Any, ...]]:
         if not changed:  # another session rewrites every differing row and commits
             databases.sandbox.execute("UPDATE jobs SET fab_order = -5 WHERE job % 50 = 7")
             changed.append(self.side)
-        yield from original(self, query)
+        yield from original(self, query, **options)
 
     monkeypatch.setattr(Snapshot, "rows", changing_first)
     report, found = runner.run("checksum", segments=32, refine_above=0.0)
