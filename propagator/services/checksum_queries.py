@@ -7,6 +7,7 @@ equal hashes on either server.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -255,15 +256,6 @@ def side_queries(
 ) -> SideQueries:
     """The statements of one side, hashing, filtering and ordering its rows."""
     production = side == "production"
-    key_hashes: list[sql.Composable] = []
-    for position, key in enumerate(layout.keys):
-        kind = key.production if production else key.sandbox
-        expr = natural(key.column, kind)
-        key_hashes.append(
-            value_hash(
-                expr, kind, key.compare_as, _KEY_SEED + position, hashing, side, finite=key.finite
-            )
-        )
     key_columns = [k.column for k in layout.keys]
     value_columns = [f.source if production else f.target for f in layout.fields]
     needed = list(dict.fromkeys((*key_columns, *value_columns)))
@@ -274,8 +266,7 @@ def side_queries(
     )
     if where:
         condition = sql.SQL("{} AND ({})").format(filter_condition(where), condition)
-    # The key's hash both places a row in its segment (low bits) and enters the row's hash.
-    key_hash = xor_all(key_hashes)
+    key_hash = _key_hash(layout, side, hashing)
     inner_key = sql.SQL("s.{}").format(hash_alias)
     return SideQueries(
         row_hash=_row_hash(layout, side, hashing, inner_key),
@@ -289,13 +280,8 @@ def side_queries(
         ),
         table=table_identifier(table.name),
         condition=condition,
-        read=sql.SQL(", ").join(
-            [sql.SQL("{} AS {}").format(key_hash, hash_alias)] + [sql.Identifier(c) for c in needed]
-        ),
-        hashed_read=sql.SQL(", ").join(
-            [sql.SQL("{} AS {}").format(key_hash, hash_alias)]
-            + [sql.Identifier(c) for c in dict.fromkeys(value_columns)]
-        ),
+        read=_read(key_hash, hash_alias, needed),
+        hashed_read=_read(key_hash, hash_alias, dict.fromkeys(value_columns)),
         key_hash=key_hash,
         hash_alias=hash_alias,
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in (*key_columns, *value_columns)),
@@ -306,6 +292,29 @@ def side_queries(
             for c in key_columns
         ),
         location=location if addressable else None,
+    )
+
+
+def _key_hash(layout: ChecksumLayout, side: Side, hashing: Hashing) -> sql.Composable:
+    """The key's hash: it places a row in its segment (low bits) and enters the row's hash."""
+    key_hashes: list[sql.Composable] = []
+    for position, key in enumerate(layout.keys):
+        kind = key.production if side == "production" else key.sandbox
+        expr = natural(key.column, kind)
+        key_hashes.append(
+            value_hash(
+                expr, kind, key.compare_as, _KEY_SEED + position, hashing, side, finite=key.finite
+            )
+        )
+    return xor_all(key_hashes)
+
+
+def _read(
+    key_hash: sql.Composable, hash_alias: sql.Identifier, columns: Iterable[str]
+) -> sql.Composable:
+    """An inner query's columns: the key hash, then ``columns``."""
+    return sql.SQL(", ").join(
+        [sql.SQL("{} AS {}").format(key_hash, hash_alias), *map(sql.Identifier, columns)]
     )
 
 
