@@ -22,9 +22,19 @@ from propagator.adapters.tables import TableInfo, key_order, table_identifier
 from propagator.adapters.transactions import pipelined_transaction
 from propagator.core.mapping import Key
 
-__all__ = ["prefetch", "read_by_keys", "stream_rows"]
+__all__ = ["limit_parallel_workers", "prefetch", "read_by_keys", "stream_rows"]
 
 _FETCH_SIZE = 10_000
+
+
+def limit_parallel_workers(conn: Connection, workers: int) -> None:
+    """Let this transaction's queries use at most ``workers`` parallel workers (never
+    more than the server's own ``max_parallel_workers_per_gather``)."""
+    conn.execute(
+        "SELECT pg_catalog.set_config('max_parallel_workers_per_gather', least(%s, "
+        "current_setting('max_parallel_workers_per_gather')::int)::text, true)",
+        (workers,),
+    )
 
 
 def stream_rows(
@@ -35,6 +45,7 @@ def stream_rows(
     *,
     where: str | None = None,
     fetch_size: int = _FETCH_SIZE,
+    parallel_workers: int | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Rows ``(*key, *values)`` in collation-independent key order, from one snapshot.
 
@@ -57,6 +68,8 @@ def stream_rows(
     try:
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if parallel_workers is not None:
+                limit_parallel_workers(conn, parallel_workers)
             with conn.cursor(name="propagator_stream") as cursor:
                 cursor.itersize = fetch_size
                 cursor.execute(query)

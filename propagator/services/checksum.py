@@ -125,8 +125,9 @@ def reconcile_checksum(
     layout = _layout(context)
     if isinstance(layout, str):
         return _fall_back(report, layout, strict)
-    production = Snapshot(open_connection("production"), context.production)
-    sandbox = Snapshot(open_connection("sandbox"), context.sandbox)
+    workers = context.parallel_workers
+    production = Snapshot(open_connection("production"), context.production, workers)
+    sandbox = Snapshot(open_connection("sandbox"), context.sandbox, workers)
     try:
         passes = _agree(context, layout, production, sandbox, hashing, segments, fine_segments)
         if isinstance(passes, str):

@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from propagator.adapters.connections import Connection, translate_error
+from propagator.adapters.reads import limit_parallel_workers
 from propagator.adapters.tables import TableInfo, table_identifier
 from propagator.errors import PermanentError, Side
 from propagator.sql import load_sql
@@ -50,10 +51,11 @@ class ServerFacts:
 class Snapshot:
     """One side read from a single ``REPEATABLE READ READ ONLY`` transaction."""
 
-    def __init__(self, conn: Connection, table: TableInfo) -> None:
+    def __init__(self, conn: Connection, table: TableInfo, parallel_workers: int = 0) -> None:
         self.conn = conn
         self.table = table
         self.side: Side = table.side
+        self.parallel_workers = parallel_workers
 
     def begin(self, key_columns: tuple[str, ...]) -> ServerFacts:
         conn = self.conn
@@ -62,6 +64,7 @@ class Snapshot:
                 conn.rollback()
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute("SET LOCAL extra_float_digits = 1")
+            limit_parallel_workers(conn, self.parallel_workers)
             facts = conn.execute(
                 load_sql("checksum/server_facts.sql"),
                 {
@@ -126,22 +129,35 @@ class Snapshot:
             with self.conn.cursor(name=f"propagator_checksum_{self.side}") as cursor:
                 cursor.itersize = _FETCH_SIZE
                 if by_location:
-                    self.conn.execute(
-                        "SELECT set_config(name, CASE WHEN vartype = 'bool' THEN 'off' "
-                        "ELSE '0' END, true) FROM pg_settings WHERE name = ANY(%s)",
-                        (list(_TID_SCAN_ONLY),),
-                    )
-                cursor.execute(query)  # DECLARE: planned now
-                if by_location:
-                    self.conn.execute(
-                        "SELECT set_config(name, reset_val, true) FROM pg_settings "
-                        "WHERE name = ANY(%s)",
-                        (list(_TID_SCAN_ONLY),),
-                    )
+                    with self._tid_scan_only():
+                        cursor.execute(query)  # DECLARE: planned now
+                else:
+                    cursor.execute(query)
                 while batch := cursor.fetchmany(_FETCH_SIZE):
                     yield from batch
         except psycopg.Error as error:
             raise translate_error(error, self.side, f"reading {self.table.name}") from None
+
+    @contextlib.contextmanager
+    def _tid_scan_only(self) -> Iterator[None]:
+        """Plan what runs inside with every other scan off; the settings as they were after."""
+        before = self.conn.execute(
+            "SELECT array_agg(name), array_agg(setting) FROM pg_catalog.pg_settings "
+            "WHERE name = ANY(%s)",
+            (list(_TID_SCAN_ONLY),),
+        ).fetchone()
+        self.conn.execute(
+            "SELECT pg_catalog.set_config(name, CASE WHEN vartype = 'bool' THEN 'off' "
+            "ELSE '0' END, true) FROM pg_catalog.pg_settings WHERE name = ANY(%s)",
+            (list(_TID_SCAN_ONLY),),
+        )
+        yield
+        if before is not None:
+            self.conn.execute(
+                "SELECT pg_catalog.set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) "
+                "AS t(n, v)",
+                before,
+            )
 
     def end(self) -> None:
         if not self.conn.closed:

@@ -51,6 +51,7 @@ class SyncContext:
     batch_size: int = 1000
     key_proofs: tuple[KeyProof, ...] = ()
     sandbox_lock_timeout: timedelta | None = None  # None: wait for sandbox locks as long as needed
+    parallel_workers: int = 0  # per server, for each whole-table read of a reconcile
 
     @classmethod
     def prepare(
@@ -64,6 +65,7 @@ class SyncContext:
         production_filter: str | None = None,
         batch_size: int = 1000,
         sandbox_lock_timeout: timedelta | None = None,
+        parallel_workers: int = 0,
     ) -> SyncContext:
         production = describe_table(production_conn, production_table, "production")
         sandbox = describe_table(sandbox_conn, sandbox_table, "sandbox")
@@ -72,7 +74,14 @@ class SyncContext:
             production_conn, sandbox_conn, production, sandbox, spec.key_columns, production_filter
         )
         return cls(
-            spec, production, sandbox, production_filter, batch_size, proofs, sandbox_lock_timeout
+            spec,
+            production,
+            sandbox,
+            production_filter,
+            batch_size,
+            proofs,
+            sandbox_lock_timeout,
+            parallel_workers,
         )
 
     @classmethod
@@ -89,6 +98,7 @@ class SyncContext:
             production_filter=settings.production_filter,
             batch_size=settings.batch_size,
             sandbox_lock_timeout=settings.sandbox_lock_timeout,
+            parallel_workers=settings.reconcile_parallel_workers,
         )
 
     @property

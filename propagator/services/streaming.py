@@ -65,10 +65,17 @@ def reconcile_stream(
             spec.key_columns,
             context.source_reads,
             where=context.production_filter,
+            parallel_workers=context.parallel_workers,
         )
     )
     sandbox_rows = prefetch(
-        stream_rows(sandbox_stream, context.sandbox, spec.key_columns, spec.target_columns)
+        stream_rows(
+            sandbox_stream,
+            context.sandbox,
+            spec.key_columns,
+            spec.target_columns,
+            parallel_workers=context.parallel_workers,
+        )
     )
     converge_differences(
         context,

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # Reconcile.
     reconcile_interval: timedelta = timedelta(minutes=10)
     reconcile_method: Literal["auto", "checksum", "stream"] = "auto"
+    # Parallel workers a reconcile query may use on each server (never more than the
+    # server allows); 0 keeps a background check to one core of each server.
+    reconcile_parallel_workers: int = Field(default=0, ge=0, le=1024)
     report_limit: int = Field(default=10, ge=0)
 
     # Triggers, listener and debounce.

@@ -35,6 +35,7 @@ class Runner:
         production_table: str = "public.jobs",
         sandbox_table: str = "public.jobs",
         production_filter: str | None = None,
+        parallel_workers: int = 0,
     ) -> None:
         self.urls = {"production": production.url, "sandbox": sandbox.url}
         self.opened: list[psycopg.Connection[tuple[Any, ...]]] = []
@@ -46,6 +47,7 @@ class Runner:
             parse_qualified_name(sandbox_table),
             production_filter=production_filter,
             batch_size=50,
+            parallel_workers=parallel_workers,
         )
 
     def open(self, side: Side) -> psycopg.Connection[tuple[Any, ...]]:

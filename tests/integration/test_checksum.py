@@ -674,6 +674,47 @@ def test_a_partitioned_table_is_narrowed_down_by_row_hashes(databases: DatabaseP
     assert report.statistics.matched == 999
 
 
+@pytest.mark.parametrize("workers", [0, 1, 64])
+def test_a_reconcile_uses_no_more_parallel_workers_than_configured(
+    databases: DatabasePair, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Each whole-table query of either method may use at most ``workers`` parallel workers,
+    and never more than the server itself allows."""
+    seed(databases, 200)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = 0 WHERE job % 7 = 0")
+    (server_limit,) = databases.production.fetchall("SHOW max_parallel_workers_per_gather")[0]
+    seen: list[str] = []
+
+    def observed(conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute("SHOW max_parallel_workers_per_gather").fetchone()
+        assert row is not None
+        seen.append(row[0])
+
+    digests, declare = Snapshot.digests, psycopg.ServerCursor.execute
+
+    def digests_observed(self: Snapshot, query: Any) -> Any:
+        observed(self.conn)
+        return digests(self, query)
+
+    def declare_observed(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        observed(self.connection)
+        return declare(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(Snapshot, "digests", digests_observed)
+    monkeypatch.setattr(psycopg.ServerCursor, "execute", declare_observed)
+    runner = Runner(databases.production, databases.sandbox, parallel_workers=workers)
+    try:
+        for method in ("checksum", "stream"):
+            report, _ = runner.run(method)
+            assert report.statistics.rows_with_differences == 29
+    finally:
+        runner.close()
+    # The passes use what is allowed; rows picked by ctid are read with none.
+    allowed = min(workers, int(server_limit))
+    assert str(allowed) in seen
+    assert all(int(limit) <= allowed for limit in seen)
+
+
 def test_production_filter_applies_to_the_checksum(databases: DatabasePair) -> None:
     """A production filter (even with a % in it) limits the rows compared, as when streaming."""
     seed(databases, 60)

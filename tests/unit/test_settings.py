@@ -70,6 +70,7 @@ def test_defaults() -> None:
     assert settings.debounce_max_delay == timedelta(milliseconds=500)
     assert (settings.http_host, settings.http_port) == ("127.0.0.1", 9753)
     assert settings.reconcile_method == "auto"
+    assert settings.reconcile_parallel_workers == 0
     assert settings.log_format == "auto"
     assert settings.history_enabled is True
     spec = settings.mapping_spec
@@ -322,6 +323,7 @@ def test_negative_durations_are_refused(
         ("PROPAGATOR_LOG_LEVEL", "loud", "'debug', 'info', 'warning' or 'error'"),
         ("PROPAGATOR_LOG_FORMAT", "xml", "'auto', 'json' or 'console'"),
         ("PROPAGATOR_RECONCILE_METHOD", "magic", "'auto', 'checksum' or 'stream'"),
+        ("PROPAGATOR_RECONCILE_PARALLEL_WORKERS", "-1", "greater than or equal to 0"),
         ("PROPAGATOR_HISTORY_ENABLED", "maybe", "valid boolean"),
         ("PROPAGATOR_LEADER_LOCK_ID", "abc", "valid integer"),
         ("PROPAGATOR_CHANNEL", "", "must not be empty"),
