@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from functools import partial
 from typing import Any, TextIO
 
 from propagator.cli.per_mapping import Outcome, heading, run_each, worst
 from propagator.core.report import RULE, ReconcileReport, render_json, render_text
 from propagator.errors import DatabaseUnavailableError, ExitCode
+from propagator.services.both_sides import on_both
 from propagator.services.reconcile import ReconcileMethod, run_reconcile
 from propagator.services.sync import SyncSession
 from propagator.settings import Settings, load_configuration
@@ -138,6 +140,15 @@ def _document(outcomes: list[Outcome[ReconcileReport]], *, check: bool) -> dict[
     return {"mappings": entries, "total": total}
 
 
+def _refusal(open_side: Callable[[], object]) -> Exception | None:
+    """Why ``open_side`` could not connect, or None once it has."""
+    try:
+        open_side()
+    except Exception as error:  # raised by the caller, in the order of the sides
+        return error
+    return None
+
+
 def execute(
     settings: Settings,
     *,
@@ -157,15 +168,15 @@ def execute(
         say()
     say("Testing database connections...")
     with SyncSession(settings, purpose="reconcile") as session:
-        for side, opener in (
-            ("Production", session.open_production),
-            ("Sandbox", session.open_sandbox),
-        ):
-            try:
-                opener()
-            except DatabaseUnavailableError:
+        # Both at once; reported in order, as if tried in turn.
+        failures = on_both(
+            lambda: _refusal(session.open_production), lambda: _refusal(session.open_sandbox)
+        )
+        for side, failure in zip(("Production", "Sandbox"), failures, strict=True):
+            if isinstance(failure, DatabaseUnavailableError):
                 say(f"✗ {side} database connection failed")
-                raise
+            if failure is not None:
+                raise failure
             say(f"✓ {side} database connection successful")
         context = session.prepare()
         history = None

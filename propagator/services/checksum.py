@@ -38,6 +38,7 @@ from propagator.core.segments import (
     segment_count,
 )
 from propagator.errors import ConfigurationError, PermanentError
+from propagator.services.both_sides import on_both
 from propagator.services.checksum_hashing import Hashing
 from propagator.services.checksum_locate import Differing, Passes, both, event, locate
 from propagator.services.checksum_queries import side_queries
@@ -126,8 +127,11 @@ def reconcile_checksum(
     if isinstance(layout, str):
         return _fall_back(report, layout, strict)
     workers = context.parallel_workers
-    production = Snapshot(open_connection("production"), context.production, workers)
-    sandbox = Snapshot(open_connection("sandbox"), context.sandbox, workers)
+    production_conn, sandbox_conn = on_both(
+        lambda: open_connection("production"), lambda: open_connection("sandbox")
+    )
+    production = Snapshot(production_conn, context.production, workers)
+    sandbox = Snapshot(sandbox_conn, context.sandbox, workers)
     try:
         passes = _agree(context, layout, production, sandbox, hashing, segments, fine_segments)
         if isinstance(passes, str):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from propagator.core.digests import (
 )
 from propagator.core.report import ReconcileReport
 from propagator.errors import PermanentError, Side
+from propagator.services.both_sides import on_both
 from propagator.services.checksum_hashing import Hashing
 from propagator.services.checksum_queries import SideQueries
 from propagator.services.checksum_snapshot import Snapshot
@@ -163,10 +163,7 @@ def _narrow(
 
 def both(production: Snapshot, sandbox: Snapshot, run: Callable[[Snapshot], _T]) -> tuple[_T, _T]:
     """One pass on both servers at once."""
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="propagator-checksum") as pool:
-        production_future = pool.submit(run, production)
-        sandbox_future = pool.submit(run, sandbox)
-        return production_future.result(), sandbox_future.result()
+    return on_both(lambda: run(production), lambda: run(sandbox))
 
 
 def _differing(

@@ -18,6 +18,7 @@ from propagator.core.identifiers import QualifiedName
 from propagator.core.mapping import MappingSpec
 from propagator.core.plan import JobMappingResult
 from propagator.core.vocabulary import Source
+from propagator.services.both_sides import on_both
 from propagator.services.preflight import KeyProof, preflight
 from propagator.settings import Settings
 
@@ -67,8 +68,10 @@ class SyncContext:
         sandbox_lock_timeout: timedelta | None = None,
         parallel_workers: int = 0,
     ) -> SyncContext:
-        production = describe_table(production_conn, production_table, "production")
-        sandbox = describe_table(sandbox_conn, sandbox_table, "sandbox")
+        production, sandbox = on_both(
+            lambda: describe_table(production_conn, production_table, "production"),
+            lambda: describe_table(sandbox_conn, sandbox_table, "sandbox"),
+        )
         check_mapping(production, sandbox, spec)
         proofs = preflight(
             production_conn, sandbox_conn, production, sandbox, spec.key_columns, production_filter

@@ -20,6 +20,7 @@ from propagator.adapters.uniqueness import check_filter, find_duplicate, key_cat
 from propagator.core.mapping import Key
 from propagator.core.uniqueness import KeyProof, covering_index, non_unique_message
 from propagator.errors import NonUniqueKeyError
+from propagator.services.both_sides import on_both
 
 __all__ = ["KeyProof", "non_unique_error", "preflight", "prove_unique", "require_unique_rows"]
 
@@ -32,13 +33,15 @@ def preflight(
     key_columns: Sequence[str],
     production_filter: str | None,
 ) -> tuple[KeyProof, KeyProof]:
-    """Check the filter, then prove the key columns unique on both sides (production first)."""
-    if production_filter:
-        check_filter(production_conn, production, production_filter)
-    return (
-        prove_unique(production_conn, production, key_columns, production_filter),
-        prove_unique(sandbox_conn, sandbox, key_columns),
-    )
+    """Check the filter, then prove the key columns unique on both sides (both at once;
+    production's refusal first)."""
+
+    def production_side() -> KeyProof:
+        if production_filter:
+            check_filter(production_conn, production, production_filter)
+        return prove_unique(production_conn, production, key_columns, production_filter)
+
+    return on_both(production_side, lambda: prove_unique(sandbox_conn, sandbox, key_columns))
 
 
 def prove_unique(
