@@ -126,12 +126,7 @@ def reconcile_checksum(
     layout = _layout(context)
     if isinstance(layout, str):
         return _fall_back(report, layout, strict)
-    workers = context.parallel_workers
-    production_conn, sandbox_conn = on_both(
-        lambda: open_connection("production"), lambda: open_connection("sandbox")
-    )
-    production = Snapshot(production_conn, context.production, workers)
-    sandbox = Snapshot(sandbox_conn, context.sandbox, workers)
+    production, sandbox = _snapshots(context, open_connection)
     try:
         passes = _agree(context, layout, production, sandbox, hashing, segments, fine_segments)
         if isinstance(passes, str):
@@ -156,6 +151,20 @@ def reconcile_checksum(
         sandbox.end()
     report.statistics.duration_seconds = time.perf_counter() - started
     return True
+
+
+def _snapshots(
+    context: SyncContext, open_connection: ConnectionOpener
+) -> tuple[Snapshot, Snapshot]:
+    """Each side's snapshot, on a connection of its own (both opened at once)."""
+    production_conn, sandbox_conn = on_both(
+        lambda: open_connection("production"), lambda: open_connection("sandbox")
+    )
+    workers = context.parallel_workers
+    return (
+        Snapshot(production_conn, context.production, workers),
+        Snapshot(sandbox_conn, context.sandbox, workers),
+    )
 
 
 def _layout(context: SyncContext) -> ChecksumLayout | str:
