@@ -61,6 +61,15 @@ def reconcile_figures(output: str) -> dict[str, float]:
 # reconcile_peers.py: "| diff | propagator s | reladiff s (threads) | ratio | floor s | ..." rows
 # and "  command   12.3 ms  (...)" start-up lines.
 _PEERS_ROW = re.compile(r"^\|\s*(0|[\d,]+%?)\s*\|\s*[\d.]+\s*\|")
+# ... and its "| 0 cpu | 0.123 | ..." rows of each server's CPU seconds.
+_PEERS_CPU_ROW = re.compile(r"^\|\s*(0|[\d,]+%?) cpu\s*\|")
+_PEERS_CPU_COLUMNS = (
+    "production CPU s: propagator",
+    "production CPU s: reladiff",
+    "production CPU: reladiff / propagator",
+    "sandbox CPU s: propagator",
+    "sandbox CPU s: reladiff",
+)
 _PEERS_START = re.compile(r"^  (\S.*?)\s{2,}([\d.]+) ms\b")
 _PEERS_COLUMNS = (
     "propagator s",
@@ -78,6 +87,10 @@ def reconcile_peers_figures(output: str) -> dict[str, float]:
             cells = [cell.strip() for cell in line.strip("|").split("|")]
             for name, cell in zip(_PEERS_COLUMNS, cells[1:6], strict=True):
                 figures[f"{cells[0]}: {name}"] = float(cell.split()[0])
+        elif _PEERS_CPU_ROW.match(line):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            for name, cell in zip(_PEERS_CPU_COLUMNS, cells[1:6], strict=True):
+                figures[f"{cells[0]}: {name}"] = float(cell)
         elif match := _PEERS_START.match(line):
             figures[f"start-up: {match.group(1)} ms"] = float(match.group(2))
     return figures

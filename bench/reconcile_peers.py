@@ -17,6 +17,10 @@ Every run times, in a rotating order, three things:
   once (a fresh connection and a thread each, only the query timed); a run's floor
   is the slower server. No tool that reads every row on both sides can beat it.
 
+Each server's CPU seconds for every propagator and reladiff run (``/proc``: the
+postmaster's own and its children's, live and exited) come in a second table: what a
+reconcile costs production, a figure that moves far less than wall time.
+
 Start-up figures (``python -c pass``, ``import psycopg``, ``propagator --version``,
 ``reladiff --version``) are medians of ``--startup-runs`` alternating child runs.
 
@@ -56,6 +60,8 @@ from bench.common import (
     run_measured,
     servers,
 )
+from bench.reladiff_venv import reladiff_executable, reladiff_version
+from bench.server_cpu import ServerCpu, cpu_table
 
 DDL = """
 CREATE TABLE public.jobs (
@@ -76,8 +82,8 @@ FROM (SELECT 100000 + (g + 1) / 2 AS job, CASE WHEN g %% 2 = 1 THEN 'A' ELSE 'B'
 WHERE j.job = d.job AND j.release = d.release
 """
 FLOOR = "SELECT sum(hashtextextended(job::text || release || fab_order::text, 0)) FROM jobs"
-VENV = Path(__file__).resolve().parent / ".venvs" / "reladiff"
 PROPAGATOR = [sys.executable, "-m", "propagator"]
+_TOOLS = ("propagator", "reladiff")
 
 
 def say(line: str) -> None:
@@ -112,32 +118,6 @@ def compile_propagator() -> None:
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"cannot compile propagator: {done.stdout.strip()[-300:]}")
-
-
-def reladiff_executable(spec: str) -> Path:
-    """reladiff in a virtual environment of its own, installed with pip on first use."""
-    executable = VENV / "bin" / "reladiff"
-    if not executable.exists():
-        say(f"installing {spec} into {VENV} (first use)")
-        steps = {
-            "python -m venv": [sys.executable, "-m", "venv", "--clear", str(VENV)],
-            "pip install": [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", spec],
-        }
-        for what, step in steps.items():
-            done = subprocess.run(step, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                said = (done.stderr.strip() or done.stdout.strip() or "?").splitlines()
-                errors = [line for line in said if line.startswith("ERROR")]  # not pip's warnings
-                raise SystemExit(f"cannot install {spec} ({what}): {(errors or said)[-1]}")
-    say(f"reladiff {reladiff_version(executable)} ({executable})")
-    return executable
-
-
-def reladiff_version(executable: Path) -> str:
-    done = subprocess.run([str(executable), "--version"], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"reladiff in {VENV} does not run: {done.stderr.strip()[-300:]}")
-    return done.stdout.strip().split(" - ")[0].removeprefix("v")
 
 
 def environment(urls: tuple[str, str]) -> dict[str, str]:
@@ -213,6 +193,9 @@ class Level:
     reladiff_found: list[int] = field(default_factory=list)
     floor_s: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    cpu_s: dict[str, list[float]] = field(
+        default_factory=lambda: {f"{t} {s}": [] for t in _TOOLS for s in ("production", "sandbox")}
+    )
 
 
 def compare(level: Level, what: str, propagator: int, reladiff: int) -> None:
@@ -226,7 +209,12 @@ def compare(level: Level, what: str, propagator: int, reladiff: int) -> None:
 
 
 def measure(
-    level: Level, exe: Path, urls: tuple[str, str], runs: int, candidates: list[int]
+    level: Level,
+    exe: Path,
+    urls: tuple[str, str],
+    runs: int,
+    candidates: list[int],
+    cpu: ServerCpu,
 ) -> None:
     _, found = run_propagator(urls)  # untimed warm-up, as reladiff's trials are
     for threads in candidates:
@@ -238,14 +226,16 @@ def measure(
     say(f"  {level.label:>6}: reladiff runs with -j {level.threads}")
 
     def propagator() -> str:
-        result, found = run_propagator(urls)
+        (result, found), used = cpu.measure(lambda: run_propagator(urls))
+        record_cpu(level, "propagator", used)
         level.propagator_s.append(result.seconds)
         level.propagator_rss_mib.append(result.peak_rss_mib)
         level.propagator_found.append(found)
         return f"propagator {result.seconds:6.2f} s ({found} found)"
 
     def reladiff() -> str:
-        result, found = run_reladiff(exe, urls, level.threads)
+        (result, found), used = cpu.measure(lambda: run_reladiff(exe, urls, level.threads))
+        record_cpu(level, "reladiff", used)
         level.reladiff_s.append(result.seconds)
         level.reladiff_rss_mib.append(result.peak_rss_mib)
         level.reladiff_found.append(found)
@@ -260,6 +250,11 @@ def measure(
         order = steps[run % 3 :] + steps[: run % 3]  # rotate so no tool always goes first
         say(f"  {level.label:>6} run {run + 1}: " + ", ".join(step() for step in order))
         compare(level, f"run {run + 1}", level.propagator_found[-1], level.reladiff_found[-1])
+
+
+def record_cpu(level: Level, tool: str, used: list[float]) -> None:
+    for side, seconds in zip(("production", "sandbox"), used, strict=True):
+        level.cpu_s[f"{tool} {side}"].append(seconds)
 
 
 def report(
@@ -307,12 +302,14 @@ def text(document: dict[str, Any]) -> str:
             f"({r['threads']}) | {r['reladiff_over_propagator']:.2f} | {r['floor_median_s']:.2f} "
             f"| {r['propagator_over_floor_plus_python']:.2f} | {found_p} | {found_r} |"
         )
-    lines.append("")
+    lines += ["", *cpu_table(d["levels"], median), ""]
     for r in d["levels"]:
         trials = ", ".join(f"-j {t}: {s:.2f} s" for t, s in r["thread_trials"].items())
         lines.append(f"{r['label']}: reladiff trials {trials}")
         for name in ("propagator_s", "reladiff_s", "floor_s"):
             lines.append(f"  {name[:-2]:<10} each run: {', '.join(f'{s:.2f}' for s in r[name])}")
+        for name, used in r["cpu_s"].items():
+            lines.append(f"  {name} CPU s each run: {', '.join(f'{s:.3f}' for s in used)}")
     boot = d["startup"]
     base = boot["python -c pass"]["median_s"]
     lines += ["", f"start-up, medians of {len(boot['python -c pass']['runs_s'])} runs each:"]
@@ -357,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with servers("production", "sandbox") as (production, sandbox):
         urls = (production.url(), sandbox.url())
+        cpu = ServerCpu([production.data, sandbox.data])
         for url in urls:
             started = time.perf_counter()
             load(url, rows)
@@ -370,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             shift(urls[1], rows, previous, -1)  # undo the previous level's changes
             shift(urls[1], rows, level.differing, +1)
             previous = level.differing
-            measure(level, exe, urls, args.runs, candidates)
+            measure(level, exe, urls, args.runs, candidates, cpu)
 
     header = {
         "rows": rows,
