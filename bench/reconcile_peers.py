@@ -302,7 +302,7 @@ def text(document: dict[str, Any]) -> str:
             f"({r['threads']}) | {r['reladiff_over_propagator']:.2f} | {r['floor_median_s']:.2f} "
             f"| {r['propagator_over_floor_plus_python']:.2f} | {found_p} | {found_r} |"
         )
-    lines += ["", *cpu_table(d["levels"], median), ""]
+    lines += ["", *cpu_table(d["levels"]), ""]
     for r in d["levels"]:
         trials = ", ".join(f"-j {t}: {s:.2f} s" for t, s in r["thread_trials"].items())
         lines.append(f"{r['label']}: reladiff trials {trials}")

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from bench.common import median
+
 __all__ = ["ServerCpu", "cpu_table"]
 
 _T = TypeVar("_T")
@@ -78,9 +80,7 @@ class ServerCpu:
         return result, used
 
 
-def cpu_table(
-    levels: Sequence[dict[str, object]], median: Callable[[list[float]], float]
-) -> list[str]:
+def cpu_table(levels: Sequence[dict[str, object]]) -> list[str]:
     """Markdown rows: each server's CPU seconds per run, medians, both tools."""
     lines = [
         "| diff (server CPU s) | production: propagator | production: reladiff | "

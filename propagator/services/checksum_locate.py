@@ -166,6 +166,15 @@ def both(production: Snapshot, sandbox: Snapshot, run: Callable[[Snapshot], _T])
     return on_both(lambda: run(production), lambda: run(sandbox))
 
 
+def _large_pass(
+    production: Snapshot, sandbox: Snapshot, run: Callable[[Snapshot], _T]
+) -> tuple[_T, _T]:
+    """``both``, with the memory a finer pass's hash table or a row-hash pass's sort needs."""
+    for snapshot in (production, sandbox):
+        snapshot.allow_pass_memory()
+    return both(production, sandbox, run)
+
+
 def _differing(
     production: tuple[int, bytes, bytes | None], sandbox: tuple[int, bytes, bytes | None]
 ) -> tuple[int, ...]:
@@ -187,9 +196,7 @@ def _refine(
     fine_count: int,
 ) -> tuple[int, ...]:
     """The differing segments of a second, finer pass over the rows of ``differing`` only."""
-    for snapshot in (production, sandbox):
-        snapshot.allow_pass_memory()
-    production_pass, sandbox_pass = both(
+    production_pass, sandbox_pass = _large_pass(
         production,
         sandbox,
         lambda snapshot: snapshot.digests(
@@ -216,9 +223,7 @@ def _pick_rows(
 ) -> tuple[dict[Side, tuple[tuple[int, int], ...]], dict[Side, tuple[int, ...]]]:
     """Each side's rows of the ``differing`` segments that are not equal on the other:
     their ctids where the side can be read by them, else their row hashes."""
-    for snapshot in (production, sandbox):
-        snapshot.allow_pass_memory()
-    passes = both(
+    passes = _large_pass(
         production,
         sandbox,
         lambda snapshot: snapshot.digests(queries[snapshot.side].row_hashes(mask, differing)),

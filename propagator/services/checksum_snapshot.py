@@ -141,22 +141,19 @@ class Snapshot:
     @contextlib.contextmanager
     def _tid_scan_only(self) -> Iterator[None]:
         """Plan what runs inside with every other scan off; the settings as they were after."""
+        # pg_settings' rows are read before any set_config of the same statement runs.
         before = self.conn.execute(
-            "SELECT array_agg(name), array_agg(setting) FROM pg_catalog.pg_settings "
-            "WHERE name = ANY(%s)",
+            "SELECT array_agg(name), array_agg(setting), "
+            "array_agg(pg_catalog.set_config(name, CASE WHEN vartype = 'bool' THEN 'off' "
+            "ELSE '0' END, true)) FROM pg_catalog.pg_settings WHERE name = ANY(%s)",
             (list(_TID_SCAN_ONLY),),
         ).fetchone()
-        self.conn.execute(
-            "SELECT pg_catalog.set_config(name, CASE WHEN vartype = 'bool' THEN 'off' "
-            "ELSE '0' END, true) FROM pg_catalog.pg_settings WHERE name = ANY(%s)",
-            (list(_TID_SCAN_ONLY),),
-        )
         yield
         if before is not None:
             self.conn.execute(
                 "SELECT pg_catalog.set_config(n, v, true) FROM unnest(%s::text[], %s::text[]) "
                 "AS t(n, v)",
-                before,
+                before[:2],
             )
 
     def end(self) -> None:
