@@ -31,6 +31,7 @@ from propagator.core.report import ReconcileReport
 from propagator.core.segments import (
     HASHED_ROWS_MAX,
     REFINE_ABOVE_FRACTION,
+    SPARSE_SEGMENTS,
     ChecksumLayout,
     NotExpressibleError,
     fine_segment_count,
@@ -42,6 +43,7 @@ from propagator.services.both_sides import on_both
 from propagator.services.checksum_hashing import Hashing
 from propagator.services.checksum_locate import Differing, Passes, both, event, locate
 from propagator.services.checksum_queries import side_queries
+from propagator.services.checksum_sample import DifferenceSample
 from propagator.services.checksum_snapshot import ServerFacts, Snapshot
 from propagator.services.context import (
     AppliedHook,
@@ -109,6 +111,7 @@ def reconcile_checksum(
     fine_segments: int | None = None,
     refine_above: float = REFINE_ABOVE_FRACTION,
     hashed_rows_max: int = HASHED_ROWS_MAX,
+    sparse_segments: int = SPARSE_SEGMENTS,
 ) -> bool:
     """Run the checksum reconcile into ``report``; False when it does not apply (nothing done).
 
@@ -121,6 +124,8 @@ def reconcile_checksum(
     Differing segments holding over ``refine_above`` of the rows (scattered
     differences) are narrowed down by each row's hash (up to ``hashed_rows_max``
     rows), else by a finer pass into ``fine_segments`` (see ``checksum_locate``).
+    Unless ``segments`` is given, a sample saying few rows differ groups them
+    into ``sparse_segments`` instead of the usual count (``checksum_sample``).
     """
     started = time.perf_counter()
     layout = _layout(context)
@@ -128,7 +133,14 @@ def reconcile_checksum(
         return _fall_back(report, layout, strict)
     production, sandbox = _snapshots(context, open_connection)
     try:
-        passes = _agree(context, layout, production, sandbox, hashing, segments, fine_segments)
+        passes = _agree(
+            context,
+            layout,
+            production,
+            sandbox,
+            hashing,
+            (segments, fine_segments, sparse_segments),
+        )
         if isinstance(passes, str):
             return _fall_back(report, passes, strict)
         differing = locate(
@@ -185,10 +197,13 @@ def _agree(
     production: Snapshot,
     sandbox: Snapshot,
     hashing: Hashing | None,
-    segments: int | None,
-    fine_segments: int | None,
+    sizing: tuple[int | None, int | None, int],
 ) -> Passes | str:
-    """Begin both snapshots and settle how to hash and segment; or why the checksum cannot run."""
+    """Begin both snapshots and settle how to hash and segment; or why the checksum cannot run.
+
+    ``sizing`` is ``(segments, fine_segments, sparse_segments)`` of ``reconcile_checksum``.
+    """
+    segments, fine_segments, sparse = sizing
     key_columns = context.spec.key_columns
     production_facts, sandbox_facts = both(
         production, sandbox, lambda snapshot: snapshot.begin(key_columns)
@@ -200,7 +215,7 @@ def _agree(
     estimated_rows = max(production_facts.estimated_rows, sandbox_facts.estimated_rows)
     count = segments or segment_count(estimated_rows)
     fine_count = fine_segments or fine_segment_count(estimated_rows, count)
-    if count & (count - 1) or fine_count & (fine_count - 1) or fine_count > 1 << 30:
+    if any(n & (n - 1) for n in (count, fine_count, sparse)) or fine_count > 1 << 30:
         raise ValueError("segment counts must be powers of two (segments are int4)")
     queries = {
         snapshot.side: side_queries(
@@ -213,7 +228,10 @@ def _agree(
         )
         for snapshot, facts in ((production, production_facts), (sandbox, sandbox_facts))
     }
-    return Passes(agreed, count, fine_count, queries)
+    sample = None
+    if segments is None and count > sparse:
+        sample = DifferenceSample.of(queries, key_columns, context.sandbox, estimated_rows)
+    return Passes(agreed, count, fine_count, queries, sample, sparse)
 
 
 def _compare_differing(

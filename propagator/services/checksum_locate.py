@@ -26,6 +26,7 @@ from propagator.errors import PermanentError, Side
 from propagator.services.both_sides import on_both
 from propagator.services.checksum_hashing import Hashing
 from propagator.services.checksum_queries import SideQueries
+from propagator.services.checksum_sample import DifferenceSample, sampled_segments
 from propagator.services.checksum_snapshot import Snapshot
 from propagator.services.context import ProgressCallback
 
@@ -55,12 +56,15 @@ def event(event: str, level: int = logging.INFO, **fields: Any) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Passes:
-    """What both servers agreed on: the hashing, the segment counts, each side's statements."""
+    """What both servers agreed on: the hashing, the segment counts, each side's statements;
+    the sample that may group into ``sparse`` segments instead of ``count``."""
 
     hashing: Hashing
     count: int
     fine_count: int
     queries: dict[Side, SideQueries]
+    sample: DifferenceSample | None = None
+    sparse: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,14 +118,37 @@ def locate(
         progress(whole[0][0])
     if whole[0] == whole[1]:
         return Differing(queries, (whole[0][0], whole[1][0]), (), passes.count - 1)
-    return _narrow(production, sandbox, passes, refining)
+    count = passes.count
+    if passes.sample is not None:
+        count = _sampled_count(production, sandbox, passes, passes.sample, whole[0][0])
+    return _narrow(production, sandbox, passes, count, refining)
+
+
+def _sampled_count(
+    production: Snapshot, sandbox: Snapshot, passes: Passes, sample: DifferenceSample, rows: int
+) -> int:
+    """The segments to group into, as a sample of the rows says how many differ."""
+    count, sampled, differing = sampled_segments(
+        production, sandbox, sample, (passes.count, passes.sparse), rows
+    )
+    event(
+        "reconcile_differences_sampled",
+        sampled_rows=sampled,
+        differing_rows=differing,
+        segments=count,
+    )
+    return count
 
 
 def _narrow(
-    production: Snapshot, sandbox: Snapshot, passes: Passes, refining: tuple[float, int]
+    production: Snapshot,
+    sandbox: Snapshot,
+    passes: Passes,
+    count: int,
+    refining: tuple[float, int],
 ) -> Differing:
-    """Digests per segment; where they differ in many, row hashes or a finer pass."""
-    count, fine_count, queries = passes.count, passes.fine_count, passes.queries
+    """Digests per ``count`` segments; where they differ in many, row hashes or a finer pass."""
+    fine_count, queries = passes.fine_count, passes.queries
     production_pass, sandbox_pass = both(
         production,
         sandbox,

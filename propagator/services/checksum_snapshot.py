@@ -87,10 +87,15 @@ class Snapshot:
         )
 
     def _probe(self, name: str) -> list[tuple[Any, ...]] | None:
-        """The probe's rows, or None when this server cannot run it (in a savepoint)."""
+        """The probe's rows, or None when this server cannot run it."""
+        return self.fetch_or_none(load_sql(name))
+
+    def fetch_or_none(self, query: str | sql.Composed) -> list[tuple[Any, ...]] | None:
+        """The rows of a statement the reconcile can do without, or None when this server
+        refuses it: run in a savepoint, so the snapshot goes on either way."""
         try:
             with self.conn.transaction():
-                return self.conn.execute(load_sql(name)).fetchall()
+                return self.conn.execute(query).fetchall()
         except psycopg.Error:
             return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -18,6 +19,8 @@ from propagator.core.plan import JobMappingResult, merge_compare
 from propagator.core.report import ReconcileReport
 from propagator.errors import ConfigurationError
 from propagator.services.checksum import reconcile_checksum
+from propagator.services.checksum_queries import SideQueries
+from propagator.services.checksum_sample import DifferenceSample
 from propagator.services.checksum_snapshot import Snapshot
 from propagator.services.reconcile import reconcile
 from tests.helpers import Database, DatabasePair, run_cli, wait_until
@@ -620,6 +623,56 @@ def test_hundreds_of_differing_segments_are_narrowed_down_exactly(
     assert 317 <= read["sandbox"] < 2000, narrowing
     if narrowing == "row hashes":
         assert read == {"production": 307, "sandbox": 317}
+
+
+def segmented_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The segment count of every segmented pass from now on, one entry a side."""
+    counts: list[int] = []
+    original = SideQueries.digests
+
+    def recording(self: SideQueries, count: int) -> Any:
+        counts.append(count)
+        return original(self, count)
+
+    monkeypatch.setattr(SideQueries, "digests", recording)
+    return counts
+
+
+def test_a_sample_of_few_differences_groups_them_into_fewer_segments(
+    databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Few sampled rows differ: the sparse count; many: the usual one; exact either way."""
+    seed(databases, 4000)
+    for db in (databases.production, databases.sandbox):
+        db.execute("ANALYZE jobs")  # 4000 rows: 256 segments, a sample of half the blocks
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job IN (1007, 3999)")
+    counts = segmented_passes(monkeypatch)
+    assert_same_as_stream(runner, differences=2, sparse_segments=32)
+    assert counts == [32, 32]
+    counts.clear()
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 5 = 1")
+    assert_same_as_stream(runner, differences=802, sparse_segments=32)
+    assert counts == [256, 256]
+
+
+def test_a_sample_a_server_refuses_leaves_the_usual_segments(
+    databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys the sandbox cannot take as sent: its savepoint undone, the snapshot reads on."""
+    seed(databases, 4000)
+    for db in (databases.production, databases.sandbox):
+        db.execute("ANALYZE jobs")
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job = 1007")
+    original = DifferenceSample.of
+
+    def unsendable(*args: Any) -> DifferenceSample:
+        sample = original(*args)
+        return dataclasses.replace(sample, sandbox_key_types=("point", "point"))
+
+    monkeypatch.setattr(DifferenceSample, "of", unsendable)
+    counts = segmented_passes(monkeypatch)
+    assert_same_as_stream(runner, differences=1, sparse_segments=32)
+    assert counts == [256, 256]
 
 
 def test_rows_located_by_ctid_are_read_from_the_snapshot_not_as_changed_since(

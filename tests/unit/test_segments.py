@@ -26,7 +26,9 @@ from propagator.core.segments import (
     ValueKind,
     fine_segment_count,
     plan_layout,
+    sample_percent,
     segment_count,
+    segments_for_sample,
     value_kind,
 )
 
@@ -194,6 +196,33 @@ def test_segment_count_is_a_bounded_power_of_two(rows: float, segments: int) -> 
 def test_fine_segment_count_is_a_bounded_power_of_two(rows: float, coarse: int, fine: int) -> None:
     """The finer pass aims at ~4 rows a segment, never coarser than the first pass, capped."""
     assert fine_segment_count(rows, coarse) == fine
+
+
+@pytest.mark.parametrize(
+    ("rows", "percent"), [(-1, 100.0), (0, 100.0), (1000, 100.0), (4000, 50.0), (1e6, 0.2)]
+)
+def test_a_sample_holds_about_two_thousand_rows(rows: float, percent: float) -> None:
+    assert sample_percent(rows) == pytest.approx(percent)
+
+
+@pytest.mark.parametrize(
+    ("sampled", "differing", "segments"),
+    [
+        (2000, 0, 8192),  # none seen: at most ~500 of 1M differ
+        (2000, 3, 8192),  # ~2,000 at most: a quarter of the sparse segments
+        (2000, 4, 32768),
+        (2000, 20, 32768),  # 1% of the rows
+        (0, 0, 32768),  # no sample: the usual count
+    ],
+)
+def test_a_sample_of_few_differences_groups_into_fewer_segments(
+    sampled: int, differing: int, segments: int
+) -> None:
+    assert segments_for_sample(32768, 8192, 1_000_000, sampled, differing) == segments
+
+
+def test_a_table_already_in_few_segments_keeps_its_count() -> None:
+    assert segments_for_sample(4096, 8192, 60_000, 2000, 0) == 4096
 
 
 def _packed(*digests: int) -> bytes:
