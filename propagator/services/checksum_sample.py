@@ -19,6 +19,7 @@ from psycopg import sql
 
 from propagator.adapters.tables import TableInfo
 from propagator.core.segments import sample_percent, segments_for_sample
+from propagator.errors import Side
 from propagator.services.checksum_queries import SideQueries
 from propagator.services.checksum_snapshot import Snapshot
 
@@ -38,7 +39,7 @@ class DifferenceSample:
     @classmethod
     def of(
         cls,
-        queries: dict[Any, SideQueries],
+        queries: dict[Side, SideQueries],
         key_columns: Sequence[str],
         sandbox: TableInfo,
         estimated_rows: float,
@@ -97,12 +98,10 @@ def sampled_segments(
 ) -> tuple[int, int, int]:
     """``(segments, rows sampled, of them differing)``: ``counts`` is ``(usual, sparse)``.
 
-    A sample either server refuses (a type its keys cannot be sent as, say) leaves
-    the usual count, as does a table too small for the sparse count to be fewer.
+    A sample either server refuses (a type its keys cannot be sent as, say), or an
+    empty one, leaves the usual count.
     """
     count, sparse = counts
-    if count <= sparse:
-        return count, 0, 0
     sampled = production.fetch_or_none(sample.sampled_rows())
     if not sampled:
         return count, 0, 0
