@@ -66,7 +66,7 @@ HASHED_ROWS_MAX = 500_000
 # segmented pass uses that many, and the rows of the few differing segments are
 # picked by their hashes as before.
 SPARSE_SEGMENTS = 1 << 13
-_SAMPLED_ROWS = 2000
+_SAMPLED_ROWS = 1000
 
 # Every character ``str.isspace()`` accepts, which is what ``str.strip()`` removes
 # (a unit test recomputes it over all of Unicode).
@@ -332,7 +332,7 @@ def fine_segment_count(estimated_rows: float, coarse: int) -> int:
 
 
 def sample_percent(estimated_rows: float) -> float:
-    """The share of a table's blocks (``TABLESAMPLE SYSTEM``) holding about 2,000 rows."""
+    """The share of a table's blocks (``TABLESAMPLE SYSTEM``) holding about 1,000 rows."""
     if not estimated_rows or estimated_rows < 0 or math.isnan(estimated_rows):
         return 100.0
     return min(100.0, 100.0 * _SAMPLED_ROWS / estimated_rows)

@@ -1,6 +1,6 @@
 """How many rows differ, roughly, told by a sample: it sizes the segmented pass.
 
-About 2,000 production rows (``TABLESAMPLE SYSTEM``: whole blocks, no scan) are
+About 1,000 production rows (``TABLESAMPLE SYSTEM``: whole blocks, no scan) are
 hashed, the sandbox rows with the same keys are found through its key index and
 hashed the same way, and the sampled rows whose hash has no match estimate how
 many rows differ. A few milliseconds a side, spent only once the whole tables

@@ -644,7 +644,7 @@ def test_a_sample_of_few_differences_groups_them_into_fewer_segments(
     """Few sampled rows differ: the sparse count; many: the usual one; exact either way."""
     seed(databases, 4000)
     for db in (databases.production, databases.sandbox):
-        db.execute("ANALYZE jobs")  # 4000 rows: 256 segments, a sample of half the blocks
+        db.execute("ANALYZE jobs")  # 4000 rows: 256 segments, a sample of a quarter of the blocks
     databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job IN (1007, 3999)")
     counts = segmented_passes(monkeypatch)
     assert_same_as_stream(runner, differences=2, sparse_segments=32)
