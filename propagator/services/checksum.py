@@ -117,15 +117,13 @@ def reconcile_checksum(
 
     Arguments mean what they mean for ``services.reconcile.reconcile``. ``strict``
     turns "does not apply" into a ``ConfigurationError``; ``segments`` (a power
-    of two) overrides the sizing. On False the report carries
+    of two) overrides the sizing, else a sample saying few rows differ picks
+    ``sparse_segments`` (``checksum_sample``). On False the report carries
     ``fallback_reason`` and the caller streams instead. ``hashing`` forces
     "md5" (or "builtin") where both servers support it, for tests and benchmarks.
 
-    Differing segments holding over ``refine_above`` of the rows (scattered
-    differences) are narrowed down by each row's hash (up to ``hashed_rows_max``
-    rows), else by a finer pass into ``fine_segments`` (see ``checksum_locate``).
-    Unless ``segments`` is given, a sample saying few rows differ groups them
-    into ``sparse_segments`` instead of the usual count (``checksum_sample``).
+    Differing segments with over ``refine_above`` of the rows are narrowed down by row
+    hashes (up to ``hashed_rows_max`` rows), else a pass into ``fine_segments``.
     """
     started = time.perf_counter()
     layout = _layout(context)
@@ -133,14 +131,8 @@ def reconcile_checksum(
         return _fall_back(report, layout, strict)
     production, sandbox = _snapshots(context, open_connection)
     try:
-        passes = _agree(
-            context,
-            layout,
-            production,
-            sandbox,
-            hashing,
-            (segments, fine_segments, sparse_segments),
-        )
+        sizing = (segments, fine_segments, sparse_segments)
+        passes = _agree(context, layout, production, sandbox, hashing, sizing)
         if isinstance(passes, str):
             return _fall_back(report, passes, strict)
         differing = locate(

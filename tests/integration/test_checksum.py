@@ -638,13 +638,18 @@ def segmented_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counts
 
 
+def seed_analyzed(databases: DatabasePair) -> None:
+    """4000 rows both sides know the size of: 256 segments, a sample of a quarter of its blocks."""
+    seed(databases, 4000)
+    for db in (databases.production, databases.sandbox):
+        db.execute("ANALYZE jobs")
+
+
 def test_a_sample_of_few_differences_groups_them_into_fewer_segments(
     databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Few sampled rows differ: the sparse count; many: the usual one; exact either way."""
-    seed(databases, 4000)
-    for db in (databases.production, databases.sandbox):
-        db.execute("ANALYZE jobs")  # 4000 rows: 256 segments, a sample of a quarter of the blocks
+    seed_analyzed(databases)
     databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job IN (1007, 3999)")
     counts = segmented_passes(monkeypatch)
     assert_same_as_stream(runner, differences=2, sparse_segments=32)
@@ -659,9 +664,7 @@ def test_a_sample_a_server_refuses_leaves_the_usual_segments(
     databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Keys the sandbox cannot take as sent: its savepoint undone, the snapshot reads on."""
-    seed(databases, 4000)
-    for db in (databases.production, databases.sandbox):
-        db.execute("ANALYZE jobs")
+    seed_analyzed(databases)
     databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job = 1007")
     original = DifferenceSample.of
 
