@@ -660,6 +660,23 @@ def test_a_sample_of_few_differences_groups_them_into_fewer_segments(
     assert counts == [256, 256]
 
 
+def test_a_sample_reads_only_the_rows_the_production_filter_keeps(
+    databases: DatabasePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filter (a % in it) applies to the sample: rows it leaves out never count as differing."""
+    seed_analyzed(databases)
+    databases.production.execute("UPDATE jobs SET stage = 'x%' WHERE job % 2 = 0")
+    databases.sandbox.execute("UPDATE jobs SET fab_order = 0 WHERE job % 2 = 1")  # filtered out
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job = 1006")
+    runner = Runner(databases.production, databases.sandbox, production_filter="stage LIKE 'x%%'")
+    counts = segmented_passes(monkeypatch)
+    try:
+        assert_same_as_stream(runner, differences=1, missing=(0, 2000), sparse_segments=32)
+    finally:
+        runner.close()
+    assert counts == [32, 32]
+
+
 def test_a_sample_a_server_refuses_leaves_the_usual_segments(
     databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
