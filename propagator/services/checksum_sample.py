@@ -25,6 +25,10 @@ from propagator.services.checksum_snapshot import Snapshot
 
 __all__ = ["DifferenceSample", "sampled_segments"]
 
+# The share sampled comes from the planner's row estimate, which can be far behind a
+# table that grew: the sample stops at five times the rows it aims at.
+_SAMPLED_ROWS_MAX = 5000
+
 
 @dataclass(frozen=True, slots=True)
 class DifferenceSample:
@@ -57,7 +61,8 @@ class DifferenceSample:
         side = self.production
         return sql.SQL(
             "SELECT {keys}, {row_hash} FROM (SELECT {read} FROM {table} "
-            "TABLESAMPLE SYSTEM ({percent}) REPEATABLE (0) WHERE {condition} OFFSET 0) AS s"
+            "TABLESAMPLE SYSTEM ({percent}) REPEATABLE (0) WHERE {condition} OFFSET 0) AS s "
+            "LIMIT {limit}"
         ).format(
             keys=sql.SQL(", ").join(
                 sql.SQL("s.{}").format(sql.Identifier(k)) for k in self.key_columns
@@ -67,6 +72,7 @@ class DifferenceSample:
             table=side.table,
             percent=sql.Literal(self.percent),
             condition=side.condition,
+            limit=sql.Literal(_SAMPLED_ROWS_MAX),
         )
 
     def matching_rows(self, keys: Sequence[Sequence[Any]]) -> sql.Composed:

@@ -18,6 +18,7 @@ from propagator.core.mapping import DEFAULT_KEY_COLUMNS, FieldMapping, MappingSp
 from propagator.core.plan import JobMappingResult, merge_compare
 from propagator.core.report import ReconcileReport
 from propagator.errors import ConfigurationError
+from propagator.services import checksum_locate
 from propagator.services.checksum import reconcile_checksum
 from propagator.services.checksum_queries import SideQueries
 from propagator.services.checksum_sample import DifferenceSample
@@ -675,6 +676,29 @@ def test_a_sample_reads_only_the_rows_the_production_filter_keeps(
     finally:
         runner.close()
     assert counts == [32, 32]
+
+
+def test_a_sample_of_a_table_grown_since_its_statistics_stays_small(
+    databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stale statistics (4000 rows, now 44,000) ask for a quarter of the blocks: capped."""
+    seed_analyzed(databases)
+    grown = [(100_000 + i, "C", Decimal(i)) for i in range(40_000)]
+    for db in (databases.production, databases.sandbox):
+        db.insert_jobs(grown)
+    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job = 1007")
+    samples: list[tuple[int, int, int]] = []
+    original = checksum_locate.sampled_segments
+
+    def recording(*args: Any) -> tuple[int, int, int]:
+        samples.append(original(*args))
+        return samples[-1]
+
+    monkeypatch.setattr(checksum_locate, "sampled_segments", recording)
+    assert_same_as_stream(runner, differences=1, sparse_segments=128)
+    [(segments, sampled, differing)] = samples
+    assert (segments, sampled) == (128, 5000)
+    assert differing <= 1
 
 
 def test_a_sample_a_server_refuses_leaves_the_usual_segments(
