@@ -69,22 +69,30 @@ class SideQueries:
     order: sql.Composable
     location: sql.Identifier | None  # the inner query's name for ctid; None: not addressable
 
-    def _inner(
+    def inner(
         self,
         *,
         located: bool = False,
         every_column: bool = False,
         segments: tuple[int, tuple[int, ...]] | None = None,
+        source: sql.Composable | None = None,
+        also: sql.Composable | None = None,
     ) -> sql.Composed:
-        """The inner query; ``segments`` (mask, numbers) keeps the rows of those only."""
+        """The inner query; ``segments`` (mask, numbers) keeps the rows of those only.
+
+        ``source`` reads the rows from it instead of the table (a sample of it);
+        ``also`` is one more condition on the table's own columns.
+        """
         read = self.read if every_column else self.hashed_read
         if located and self.location is not None:
             read = sql.SQL("{}, ctid AS {}").format(read, self.location)
         condition = self.condition
         if segments is not None:
             condition = sql.SQL("{} AND {}").format(condition, self._in_segments(*segments))
-        return sql.SQL("(SELECT {read} FROM {table} WHERE {condition} OFFSET 0) AS s").format(
-            read=read, table=self.table, condition=condition
+        if also is not None:
+            condition = sql.SQL("{} AND {}").format(condition, also)
+        return sql.SQL("(SELECT {read} FROM {source} WHERE {condition} OFFSET 0) AS s").format(
+            read=read, source=source or self.table, condition=condition
         )
 
     def _in_segments(self, mask: int, segments: tuple[int, ...]) -> sql.Composed:
@@ -130,7 +138,7 @@ class SideQueries:
         )
         if self.whole_row_hash is None:
             return query.format(
-                row_hash=self.row_hash, count_hash=self.count_hash, source=self._inner()
+                row_hash=self.row_hash, count_hash=self.count_hash, source=self.inner()
             )
         # One mapped value: the key hash is needed once a row, so the table is read
         # directly (the inner query that computes it once costs ~10% of the pass).
@@ -176,7 +184,7 @@ class SideQueries:
             mask=sql.Literal(mask),
             row_hash=self.row_hash,
             count_hash=self.count_hash,
-            inner=self._inner(segments=segments),
+            inner=self.inner(segments=segments),
         )
 
     def row_hashes(self, mask: int, differing: tuple[int, ...]) -> sql.Composed:
@@ -202,7 +210,7 @@ class SideQueries:
             key=self.hash_alias,
             row_hash=self.row_hash,
             location=sql.SQL(", s.{} AS t").format(self.location) if located else sql.SQL(""),
-            inner=self._inner(located=True, segments=(mask, differing)),
+            inner=self.inner(located=True, segments=(mask, differing)),
         )
 
     def rows_at(self, locations: tuple[tuple[int, int], ...]) -> sql.Composed:
@@ -239,7 +247,7 @@ class SideQueries:
             )
         return sql.SQL("SELECT {columns} FROM {inner}{restriction} ORDER BY {order}").format(
             columns=self.columns,
-            inner=self._inner(every_column=True, segments=(mask, differing)),
+            inner=self.inner(every_column=True, segments=(mask, differing)),
             restriction=restriction,
             order=self.order,
         )

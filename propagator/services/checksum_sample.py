@@ -59,19 +59,15 @@ class DifferenceSample:
     def sampled_rows(self) -> sql.Composed:
         """Production's sampled rows: their key values, then their row hash."""
         side = self.production
-        return sql.SQL(
-            "SELECT {keys}, {row_hash} FROM (SELECT {read} FROM {table} "
-            "TABLESAMPLE SYSTEM ({percent}) REPEATABLE (0) WHERE {condition} OFFSET 0) AS s "
-            "LIMIT {limit}"
-        ).format(
+        sampled = sql.SQL("{} TABLESAMPLE SYSTEM ({}) REPEATABLE (0)").format(
+            side.table, sql.Literal(self.percent)
+        )
+        return sql.SQL("SELECT {keys}, {row_hash} FROM {inner} LIMIT {limit}").format(
             keys=sql.SQL(", ").join(
                 sql.SQL("s.{}").format(sql.Identifier(k)) for k in self.key_columns
             ),
             row_hash=side.row_hash,
-            read=side.read,
-            table=side.table,
-            percent=sql.Literal(self.percent),
-            condition=side.condition,
+            inner=side.inner(every_column=True, source=sampled),
             limit=sql.Literal(_SAMPLED_ROWS_MAX),
         )
 
@@ -82,17 +78,11 @@ class DifferenceSample:
             sql.SQL("{}::{}[]").format(sql.Literal([key[i] for key in keys]), sql.SQL(type_sql))
             for i, type_sql in enumerate(self.sandbox_key_types)
         ]
-        return sql.SQL(
-            "SELECT {row_hash} FROM (SELECT {read} FROM {table} WHERE {condition} "
-            "AND ({keys}) IN (SELECT * FROM unnest({arrays})) OFFSET 0) AS s"
-        ).format(
-            row_hash=side.row_hash,
-            read=side.read,
-            table=side.table,
-            condition=side.condition,
-            keys=sql.SQL(", ").join(map(sql.Identifier, self.key_columns)),
-            arrays=sql.SQL(", ").join(arrays),
+        with_keys = sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(
+            sql.SQL(", ").join(map(sql.Identifier, self.key_columns)),
+            sql.SQL(", ").join(arrays),
         )
+        return sql.SQL("SELECT {} FROM {}").format(side.row_hash, side.inner(also=with_keys))
 
 
 def sampled_segments(

@@ -536,6 +536,14 @@ def test_both_servers_are_read_at_once(databases: DatabasePair, runner: Runner) 
     assert outcome["report"].statistics.rows_with_differences == 3000
 
 
+def scatter(databases: DatabasePair, rows: int, *, changed: str, deleted: str) -> None:
+    """``rows`` equal rows, then ``fab_order + 1`` in the sandbox where ``changed`` holds and
+    the production rows where ``deleted`` holds gone."""
+    seed(databases, rows)
+    databases.sandbox.execute(f"UPDATE jobs SET fab_order = fab_order + 1 WHERE {changed}")
+    databases.production.execute(f"DELETE FROM jobs WHERE {deleted}")
+
+
 def count_rows_read(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """The rows each side's snapshot reads from now on, counted as they are read."""
     read = {"production": 0, "sandbox": 0}
@@ -554,9 +562,7 @@ def test_scattered_differences_are_refined_and_read_sparingly(
     databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Differences in most coarse segments: a finer pass leaves few rows to read, same plan."""
-    seed(databases, 2000)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 50 = 7")
-    databases.production.execute("DELETE FROM jobs WHERE job = 1999")
+    scatter(databases, 2000, changed="job % 50 = 7", deleted="job = 1999")
     read = count_rows_read(monkeypatch)
     report = assert_same_as_stream(
         runner,
@@ -577,10 +583,8 @@ def test_scattered_differences_read_only_the_rows_whose_hashes_are_unmatched(
     databases: DatabasePair, runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Differences in most segments: each side's row hashes pick out exactly what differs."""
-    seed(databases, 2000)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 50 = 7")
+    scatter(databases, 2000, changed="job % 50 = 7", deleted="job = 1999")
     databases.sandbox.execute("UPDATE jobs SET fab_order = NULL WHERE job = 1008")
-    databases.production.execute("DELETE FROM jobs WHERE job = 1999")
     databases.sandbox.execute("INSERT INTO jobs (job, release, fab_order) VALUES (1, 'Z', 1)")
     read = count_rows_read(monkeypatch)
     report = assert_same_as_stream(
@@ -611,9 +615,7 @@ def test_hundreds_of_differing_segments_are_narrowed_down_exactly(
     limits: dict[str, Any],
 ) -> None:
     """Hundreds of differing segments: each way of narrowing them down reads their rows only."""
-    seed(databases, 4000)
-    databases.sandbox.execute("UPDATE jobs SET fab_order = fab_order + 1 WHERE job % 13 = 5")
-    databases.production.execute("DELETE FROM jobs WHERE job % 400 = 3")
+    scatter(databases, 4000, changed="job % 13 = 5", deleted="job % 400 = 3")
     read = count_rows_read(monkeypatch)
     report = assert_same_as_stream(
         runner, differences=307, missing=(0, 10), segments=1024, **limits
